@@ -1,0 +1,218 @@
+# floodgate - the one Makefile.
+#
+#   make                 static and shared library in build/release/
+#   make check           install missing deps, build, run every test
+#   make check SANITIZE=1  the same under AddressSanitizer + UBSan (build/asan/)
+#   make check TSAN=1    the same under ThreadSanitizer (build/tsan/)
+#   make bench           optimised benchmarks, one line per figure
+#   make demo            build and run the demo
+#   make lint            format check, clang-tidy, cppcheck: zero findings
+#   make install PREFIX=/usr/local [DESTDIR=...]   and   make uninstall
+#
+# The version comes from include/floodgate/version.h; the soname from its
+# major number. Everything built goes under build/.
+
+.DEFAULT_GOAL := all
+.DELETE_ON_ERROR:
+SHELL := /bin/sh
+
+version_part = $(shell sed -n 's/^\#define FG_VERSION_$(1) \([0-9][0-9]*\).*/\1/p' include/floodgate/version.h)
+MAJOR := $(call version_part,MAJOR)
+MINOR := $(call version_part,MINOR)
+PATCH := $(call version_part,PATCH)
+VERSION := $(MAJOR).$(MINOR).$(PATCH)
+
+PREFIX ?= /usr/local
+EXEC_PREFIX ?= $(PREFIX)
+LIBDIR ?= $(EXEC_PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+DESTDIR ?=
+
+PKG_CONFIG ?= pkg-config
+CLANG_TIDY ?= clang-tidy
+CPPCHECK ?= cppcheck
+CLANG_FORMAT ?= clang-format
+
+# Variants: each has its own build directory so they never mix objects.
+ifeq ($(SANITIZE),1)
+VARIANT := asan
+OPT := -O1 -g -fno-omit-frame-pointer
+SAN := -fsanitize=address,undefined -fno-sanitize-recover=all
+else ifeq ($(TSAN),1)
+VARIANT := tsan
+OPT := -O1 -g
+SAN := -fsanitize=thread
+# ck_pr's x86_64 inline assembly is invisible to ThreadSanitizer; see lib/atomic.h.
+SANDEFS := -DFG_TSAN -DCK_USE_CC_BUILTINS=1
+else
+VARIANT := release
+OPT := -O2 -g
+SAN :=
+NOUNDEF := -Wl,--no-undefined
+endif
+B := build/$(VARIANT)
+
+# Recursive (=) so pkg-config is asked after `deps` has run.
+DEP_CFLAGS = $(shell $(PKG_CONFIG) --cflags ck)
+DEP_LIBS = $(shell $(PKG_CONFIG) --libs ck) -lpthread
+CHECK_CFLAGS = $(shell $(PKG_CONFIG) --cflags check)
+CHECK_LIBS = $(shell $(PKG_CONFIG) --libs check)
+
+WARN := -Wall -Wextra -Wpedantic -Werror
+STD := -std=c11 -D_POSIX_C_SOURCE=200809L
+CFLAGS ?=
+LDFLAGS ?=
+LIB_CFLAGS = $(STD) $(WARN) $(OPT) $(SAN) $(SANDEFS) -fPIC -fvisibility=hidden \
+             -Iinclude $(DEP_CFLAGS) $(CFLAGS)
+APP_CFLAGS = $(STD) $(WARN) $(OPT) $(SAN) $(SANDEFS) -Iinclude $(DEP_CFLAGS) $(CFLAGS)
+
+LIB_SRCS := $(wildcard lib/*.c)
+LIB_OBJS := $(LIB_SRCS:%.c=$(B)/%.o)
+TEST_SRCS := $(wildcard tests/check_*.c)
+TEST_OBJS := $(TEST_SRCS:%.c=$(B)/%.o)
+BENCH_SRCS := $(wildcard bench/*.c)
+EXAMPLES := hello
+HEADERS := include/floodgate.h $(wildcard include/floodgate/*.h)
+
+STATIC := $(B)/libfloodgate.a
+SONAME := libfloodgate.so.$(MAJOR)
+SHARED := $(B)/libfloodgate.so.$(VERSION)
+
+# `make deps` runs before any build that needs the packages; FG_NO_DEPS=1
+# skips it (packagers, offline builds).
+ifeq ($(FG_NO_DEPS),1)
+DEPS_STEP :=
+else
+DEPS_STEP := deps
+endif
+
+.PHONY: all lib deps deps-lint check test-unit test-shell bench bench-run examples demo \
+        install uninstall lint format format-check tidy cppcheck clean
+
+all: lib
+
+lib: $(STATIC) $(SHARED) $(B)/libfloodgate.so
+
+deps:
+	@scripts/deps.sh build
+
+deps-lint:
+	@scripts/deps.sh lint
+
+$(B)/lib/%.o: lib/%.c $(HEADERS) $(wildcard lib/*.h) | $(DEPS_STEP)
+	@mkdir -p $(dir $@)
+	$(CC) $(LIB_CFLAGS) -c $< -o $@
+
+$(STATIC): $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	rm -f $@
+	$(AR) rcs $@ $^
+
+# Only fg_ symbols leave the shared library: -fvisibility=hidden plus the
+# export macro, and the version script as a second fence.
+$(SHARED): $(LIB_OBJS) lib/floodgate.map
+	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=lib/floodgate.map $(NOUNDEF) \
+	    $(SAN) $(LDFLAGS) -o $@ $(LIB_OBJS) $(DEP_LIBS)
+
+$(B)/libfloodgate.so: $(SHARED)
+	ln -sf libfloodgate.so.$(VERSION) $(B)/$(SONAME)
+	ln -sf $(SONAME) $@
+
+# ---- tests -------------------------------------------------------------------
+
+$(B)/tests/%.o: tests/%.c $(HEADERS) tests/suites.h | $(DEPS_STEP)
+	@mkdir -p $(dir $@)
+	$(CC) $(APP_CFLAGS) $(CHECK_CFLAGS) -c $< -o $@
+
+$(B)/tests/check_floodgate: $(TEST_OBJS) $(STATIC)
+	$(CC) $(SAN) $(LDFLAGS) -o $@ $(TEST_OBJS) $(STATIC) $(CHECK_LIBS) $(DEP_LIBS)
+
+check: test-unit test-shell
+
+test-unit: $(B)/tests/check_floodgate
+	$(B)/tests/check_floodgate
+
+# Shell tests: the exported-symbol list, C++ and standalone header builds,
+# and (release only: sanitizer builds cannot be linked by a plain cc) the
+# install + out-of-tree build of examples/hello and a quick benchmark run
+# that checks every figure is printed in the stable format.
+test-shell: lib
+	sh tests/test_exports.sh $(B)/libfloodgate.so $(VARIANT)
+	sh tests/test_headers.sh
+ifeq ($(VARIANT),release)
+	sh tests/test_install.sh
+	$(MAKE) --no-print-directory $(B)/bench/bench
+	sh tests/test_bench.sh $(B)/bench/bench
+endif
+
+# ---- examples, demo ----------------------------------------------------------
+
+$(B)/examples/%: examples/%.c $(STATIC) $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(APP_CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(DEP_LIBS)
+
+examples: $(EXAMPLES:%=$(B)/examples/%)
+
+demo: examples
+	$(B)/examples/hello
+
+# ---- benchmarks: always the optimised build, never sanitizers -----------------
+
+bench:
+	@$(MAKE) --no-print-directory SANITIZE= TSAN= bench-run
+
+$(B)/bench/bench: $(BENCH_SRCS) $(wildcard bench/*.h) $(STATIC) $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(APP_CFLAGS) -Ilib $(LDFLAGS) -o $@ $(BENCH_SRCS) $(STATIC) $(DEP_LIBS)
+
+bench-run: $(B)/bench/bench
+	$(B)/bench/bench $(BENCH_ARGS)
+
+# ---- install -----------------------------------------------------------------
+
+install: lib
+	install -d $(DESTDIR)$(INCLUDEDIR)/floodgate $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PKGCONFIGDIR)
+	install -m 644 include/floodgate.h $(DESTDIR)$(INCLUDEDIR)/
+	install -m 644 $(wildcard include/floodgate/*.h) $(DESTDIR)$(INCLUDEDIR)/floodgate/
+	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/
+	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/
+	ln -sf libfloodgate.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libfloodgate.so
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
+	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' \
+	    pkg-config/floodgate.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/floodgate.pc
+	chmod 644 $(DESTDIR)$(PKGCONFIGDIR)/floodgate.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(INCLUDEDIR)/floodgate.h
+	rm -f $(addprefix $(DESTDIR)$(INCLUDEDIR)/floodgate/,$(notdir $(wildcard include/floodgate/*.h)))
+	-rmdir $(DESTDIR)$(INCLUDEDIR)/floodgate 2>/dev/null
+	rm -f $(DESTDIR)$(LIBDIR)/libfloodgate.a $(DESTDIR)$(LIBDIR)/libfloodgate.so \
+	      $(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/libfloodgate.so.$(VERSION) \
+	      $(DESTDIR)$(PKGCONFIGDIR)/floodgate.pc
+
+# ---- lint --------------------------------------------------------------------
+
+FORMAT_FILES = $(wildcard include/*.h include/floodgate/*.h lib/*.c lib/*.h tests/*.c \
+                 tests/*.h tests/*.cpp bench/*.c bench/*.h examples/*.c tools/*.c)
+TIDY_FILES = $(wildcard lib/*.c bench/*.c examples/*.c tools/*.c)
+
+lint: format-check tidy cppcheck
+
+format:
+	$(CLANG_FORMAT) -i $(FORMAT_FILES)
+
+format-check: | deps-lint
+	$(CLANG_FORMAT) --dry-run --Werror $(FORMAT_FILES)
+
+tidy: | deps-lint deps
+	$(CLANG_TIDY) --quiet $(TIDY_FILES) -- $(STD) -Iinclude -Ilib $(DEP_CFLAGS)
+
+cppcheck: | deps-lint
+	$(CPPCHECK) --quiet --error-exitcode=1 --std=c11 --inline-suppr \
+	    --enable=warning,performance,portability --suppress=missingIncludeSystem \
+	    -D__GNUC__ -D__x86_64__ -Iinclude -Ilib $(wildcard lib examples bench tools)
+
+clean:
+	rm -rf build

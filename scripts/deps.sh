@@ -1,0 +1,65 @@
+#!/bin/sh
+# scripts/deps.sh - install the Debian packages floodgate needs, only if missing.
+#
+# Usage: scripts/deps.sh [build|lint|all]
+#   build: pkg-config, Concurrency Kit, jansson, Check (what `make` and `make check` need)
+#   lint:  clang-tidy, cppcheck, clang-format (what `make lint` needs)
+# It asks pkg-config (or the PATH, for tools) first and calls apt-get only for
+# what is really missing. When not run as root it prints the command to run.
+set -eu
+
+want=${1:-build}
+missing=""
+
+need_pc() { # need_pc <pkg-config name> <debian package>
+    if ! command -v pkg-config >/dev/null 2>&1 || ! pkg-config --exists "$1"; then
+        missing="$missing $2"
+    fi
+}
+need_cmd() { # need_cmd <command> <debian package>
+    command -v "$1" >/dev/null 2>&1 || missing="$missing $2"
+}
+
+case "$want" in
+build | all)
+    need_cmd cc gcc
+    need_cmd make make
+    need_cmd pkg-config pkgconf
+    need_pc ck libck-dev
+    need_pc jansson libjansson-dev
+    need_pc check check
+    ;;
+esac
+case "$want" in
+lint | all)
+    need_cmd clang-tidy clang-tidy
+    need_cmd cppcheck cppcheck
+    need_cmd clang-format clang-format
+    ;;
+esac
+
+if [ -z "$missing" ]; then
+    echo "deps: all $want dependencies present"
+    exit 0
+fi
+
+# pkgconf must come first when pkg-config itself was missing: the rest were
+# only "missing" because nobody could ask.
+echo "deps: missing Debian packages:$missing"
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        SUDO="sudo -n"
+    else
+        echo "deps: not root; install them with:" >&2
+        echo "    sudo apt-get update && sudo apt-get install -y$missing" >&2
+        exit 1
+    fi
+else
+    SUDO=""
+fi
+echo "deps: running apt-get update and apt-get install -y --no-install-recommends$missing"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+# shellcheck disable=SC2086 # word splitting of the package list is intended
+$SUDO apt-get install -y -q --no-install-recommends $missing
+echo "deps: installed$missing"
