@@ -1,0 +1,59 @@
+/*
+ * lib/alloc.c - the replaceable allocator (fg_set_alloc_funcs).
+ *
+ * The hook is two plain pointers, read without synchronisation: the contract
+ * is that they are set before any other thread uses floodgate.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "floodgate/alloc.h"
+#include "floodgate/error.h"
+
+#include "alloc.h"
+
+static fg_malloc_fn fg_malloc_hook = malloc;
+static fg_free_fn fg_free_hook = free;
+
+int fg_set_alloc_funcs(fg_malloc_fn malloc_fn, fg_free_fn free_fn) {
+    if ((malloc_fn == NULL) != (free_fn == NULL))
+        return FG_EINVAL;
+    fg_malloc_hook = malloc_fn ? malloc_fn : malloc;
+    fg_free_hook = free_fn ? free_fn : free;
+    return 0;
+}
+
+void fg_get_alloc_funcs(fg_malloc_fn *malloc_fn, fg_free_fn *free_fn) {
+    if (malloc_fn)
+        *malloc_fn = fg_malloc_hook;
+    if (free_fn)
+        *free_fn = fg_free_hook;
+}
+
+void *fg__malloc(size_t size) { return fg_malloc_hook(size ? size : 1); }
+
+void *fg__calloc(size_t n, size_t size) {
+    if (size != 0 && n > SIZE_MAX / size)
+        return NULL;
+    void *p = fg__malloc(n * size);
+    if (p)
+        memset(p, 0, n * size);
+    return p;
+}
+
+void fg__free(void *ptr) {
+    if (ptr)
+        fg_free_hook(ptr);
+}
+
+char *fg__strndup(const char *s, size_t len) {
+    if (len == SIZE_MAX)
+        return NULL;
+    char *copy = fg__malloc(len + 1);
+    if (copy) {
+        memcpy(copy, s, len);
+        copy[len] = '\0';
+    }
+    return copy;
+}

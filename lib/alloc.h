@@ -1,0 +1,16 @@
+/*
+ * lib/alloc.h - internal allocation helpers. Every allocation floodgate makes
+ * goes through fg__malloc / fg__free so fg_set_alloc_funcs sees all of them.
+ */
+#ifndef FG_LIB_ALLOC_H
+#define FG_LIB_ALLOC_H
+
+#include <stddef.h>
+
+void *fg__malloc(size_t size);
+void *fg__calloc(size_t n, size_t size);
+void fg__free(void *ptr);
+/* A NUL-terminated copy of the first len bytes of s, or NULL. */
+char *fg__strndup(const char *s, size_t len);
+
+#endif /* FG_LIB_ALLOC_H */

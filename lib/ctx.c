@@ -1,0 +1,136 @@
+/*
+ * lib/ctx.c - the per-request context: initialisation and headers.
+ *
+ * Everything here is bounded and allocation-free: strings are borrowed
+ * (pointer, length) pairs, headers go into the fixed array inside the ctx.
+ */
+#include <string.h>
+
+#include "floodgate/ctx.h"
+#include "floodgate/error.h"
+
+#include "internal.h"
+
+/* RFC 9110 token characters: the set allowed in methods and field names. */
+static int fg_is_tchar(unsigned char c) {
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+        return 1;
+    return c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+static int fg_is_token(const char *s, size_t len) {
+    for (size_t i = 0; i < len; i++)
+        if (!fg_is_tchar((unsigned char)s[i]))
+            return 0;
+    return 1;
+}
+
+int fg_ctx_init_n(fg_ctx *ctx, const char *method, size_t method_len, const char *path,
+                  size_t path_len) {
+    if (ctx == NULL)
+        return FG_EINVAL;
+    /* Reset field by field: the header array and the frame stack are only
+     * read up to their counts, so they need no clearing. */
+    ctx->priv.state = FG_CTX_INVALID;
+    ctx->priv.chain = NULL;
+    ctx->priv.depth = 0;
+    ctx->method.ptr = NULL;
+    ctx->method.len = 0;
+    ctx->path.ptr = NULL;
+    ctx->path.len = 0;
+    ctx->now_ns = 0;
+    ctx->deadline_ns = 0;
+    ctx->retry_count = 0;
+    ctx->nheaders = 0;
+    ctx->user = NULL;
+    memset(&ctx->trace, 0, sizeof(ctx->trace));
+    ctx->status = 0;
+    ctx->rejected_by = NULL;
+    ctx->retry_after_ns = 0;
+    ctx->delay_ns = 0;
+
+    if (path == NULL || (method == NULL && method_len != 0))
+        return FG_EINVAL;
+    if (method_len > FG_METHOD_MAX || path_len > FG_PATH_MAX)
+        return FG_ETOOLONG;
+    if (method != NULL && !fg_is_token(method, method_len))
+        return FG_EINVAL;
+    ctx->method.ptr = method;
+    ctx->method.len = method_len;
+    ctx->path.ptr = path;
+    ctx->path.len = path_len;
+    ctx->priv.state = FG_CTX_READY;
+    return 0;
+}
+
+int fg_ctx_init(fg_ctx *ctx, const char *method, const char *path) {
+    /* Bound the scans: an unterminated over-long string must not be read
+     * past its bound + 1. */
+    size_t mlen = method ? strnlen(method, FG_METHOD_MAX + 1) : 0;
+    size_t plen = path ? strnlen(path, FG_PATH_MAX + 1) : 0;
+    return fg_ctx_init_n(ctx, method, mlen, path, plen);
+}
+
+int fg_ctx_add_header_n(fg_ctx *ctx, const char *name, size_t name_len, const char *value,
+                        size_t value_len) {
+    if (ctx == NULL || name == NULL || (value == NULL && value_len != 0))
+        return FG_EINVAL;
+    if (ctx->priv.state != FG_CTX_READY)
+        return FG_ESTATE;
+    if (name_len > FG_HEADER_NAME_MAX || value_len > FG_HEADER_VALUE_MAX)
+        return FG_ETOOLONG;
+    if (name_len == 0 || !fg_is_token(name, name_len))
+        return FG_EINVAL;
+    if (ctx->nheaders >= FG_CTX_MAX_HEADERS)
+        return FG_ETOOMANY;
+    fg_header *h = &ctx->headers[ctx->nheaders++];
+    h->name.ptr = name;
+    h->name.len = name_len;
+    h->value.ptr = value_len ? value : "";
+    h->value.len = value_len;
+    return 0;
+}
+
+int fg_ctx_add_header(fg_ctx *ctx, const char *name, const char *value) {
+    if (name == NULL || value == NULL)
+        return FG_EINVAL;
+    size_t nlen = strnlen(name, FG_HEADER_NAME_MAX + 1);
+    size_t vlen = strnlen(value, FG_HEADER_VALUE_MAX + 1);
+    return fg_ctx_add_header_n(ctx, name, nlen, value, vlen);
+}
+
+static int fg_ascii_lower(int c) { return (c >= 'A' && c <= 'Z') ? c + ('a' - 'A') : c; }
+
+static int fg_name_equal(const fg_str *a, const char *b, size_t blen) {
+    if (a->len != blen)
+        return 0;
+    for (size_t i = 0; i < blen; i++)
+        if (fg_ascii_lower((unsigned char)a->ptr[i]) != fg_ascii_lower((unsigned char)b[i]))
+            return 0;
+    return 1;
+}
+
+int fg_ctx_header_n(const fg_ctx *ctx, const char *name, size_t name_len, fg_str *value) {
+    if (value != NULL) {
+        value->ptr = NULL;
+        value->len = 0;
+    }
+    if (ctx == NULL || name == NULL || value == NULL)
+        return FG_EINVAL;
+    uint32_t n = ctx->nheaders <= FG_CTX_MAX_HEADERS ? ctx->nheaders : FG_CTX_MAX_HEADERS;
+    for (uint32_t i = 0; i < n; i++) {
+        if (fg_name_equal(&ctx->headers[i].name, name, name_len)) {
+            *value = ctx->headers[i].value;
+            return 0;
+        }
+    }
+    return FG_ENOTFOUND;
+}
+
+int fg_ctx_header(const fg_ctx *ctx, const char *name, fg_str *value) {
+    if (name == NULL)
+        return fg_ctx_header_n(ctx, NULL, 0, value);
+    return fg_ctx_header_n(ctx, name, strnlen(name, FG_HEADER_NAME_MAX + 1), value);
+}
+
+size_t fg_ctx_size(void) { return sizeof(fg_ctx); }

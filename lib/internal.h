@@ -1,0 +1,33 @@
+/*
+ * lib/internal.h - definitions shared between the core's source files: the
+ * stage object and the ctx life-cycle states. Not installed.
+ */
+#ifndef FG_LIB_INTERNAL_H
+#define FG_LIB_INTERNAL_H
+
+#include <stdint.h>
+
+#include "floodgate/ctx.h"
+#include "floodgate/stage.h"
+
+/*
+ * ctx->priv.state. The values are unlikely bit patterns rather than 0, 1, 2
+ * so that a ctx the caller forgot to initialise (stack garbage) is refused
+ * with FG_ESTATE far more often than it is mistaken for a valid one.
+ */
+enum {
+    FG_CTX_INVALID = 0,            /* init failed */
+    FG_CTX_READY = 0x46475244u,    /* initialised, not yet entered */
+    FG_CTX_ADMITTED = 0x46474144u, /* entered, waiting for fg_chain_exit */
+    FG_CTX_FINISHED = 0x4647464eu, /* exited or rejected */
+    FG_CTX_RUNNING = 0x46475255u,  /* inside fg_chain_call */
+};
+
+struct fg_stage {
+    const fg_stage_ops *ops; /* borrowed, static in practice */
+    void *state;             /* owned: ops->destroy(state) with the last reference */
+    char *name;              /* owned copy */
+    uint32_t refs;           /* atomic reference count */
+};
+
+#endif /* FG_LIB_INTERNAL_H */
