@@ -1,0 +1,21 @@
+/*
+ * tests/suites.h - every Check suite of the test runner.
+ *
+ * Each tests/check_<component>.c defines one fg_suite_<component>() and is
+ * listed here and in FG_TEST_SUITES; tests/check_main.c runs them all.
+ */
+#ifndef FG_TESTS_SUITES_H
+#define FG_TESTS_SUITES_H
+
+#include <check.h>
+
+Suite *fg_suite_error(void);
+Suite *fg_suite_alloc(void);
+Suite *fg_suite_clock(void);
+Suite *fg_suite_ctx(void);
+Suite *fg_suite_stage(void);
+Suite *fg_suite_chain(void);
+
+#define FG_TEST_SUITES(X) X(error) X(alloc) X(clock) X(ctx) X(stage) X(chain)
+
+#endif
