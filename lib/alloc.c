@@ -57,3 +57,30 @@ char *fg__strndup(const char *s, size_t len) {
     }
     return copy;
 }
+
+/* Over-allocate, align inside the block, and keep the block's own address in
+ * the word just below the aligned pointer, where fg__aligned_free finds it. */
+void *fg__aligned_calloc(size_t size, size_t align) {
+    if (align < sizeof(void *) || (align & (align - 1)) != 0 || align > 4096 ||
+        size > SIZE_MAX - align - sizeof(void *))
+        return NULL;
+    unsigned char *raw = fg__malloc(size + align + sizeof(void *));
+    if (raw == NULL)
+        return NULL;
+    /* Step forward from the first byte that leaves room for the back
+     * pointer to the next multiple of align (pointer arithmetic, no int to
+     * pointer cast). */
+    unsigned char *aligned = raw + sizeof(void *);
+    aligned += (align - ((uintptr_t)aligned & (align - 1))) & (align - 1);
+    memcpy(aligned - sizeof(void *), &raw, sizeof(raw));
+    memset(aligned, 0, size);
+    return aligned;
+}
+
+void fg__aligned_free(void *ptr) {
+    if (ptr == NULL)
+        return;
+    void *raw;
+    memcpy(&raw, (unsigned char *)ptr - sizeof(void *), sizeof(raw));
+    fg__free(raw);
+}

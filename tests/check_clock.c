@@ -475,6 +475,38 @@ START_TEST(test_fake_set_not_torn) {
 }
 END_TEST
 
+/* fg_clock_fast: whichever clock it picks reads like CLOCK_MONOTONIC: it
+ * never goes backwards on one thread, starts within a millisecond of it and
+ * measures a real sleep to within a few percent. */
+START_TEST(test_fast_clock_tracks_monotonic) {
+    fg_clock c;
+    int rc = fg_clock_fast(&c);
+    ck_assert(rc == 0 || rc == 1);
+    ck_assert(c.now != NULL);
+    ck_assert(c.sleep != NULL);
+    uint64_t mono = fg_clock_monotonic_now(NULL);
+    uint64_t fast = fg_clock_read(&c);
+    uint64_t gap = fast > mono ? fast - mono : mono - fast;
+    ck_assert_uint_lt(gap, FG_NS_PER_MS);
+    uint64_t prev = fg_clock_read(&c);
+    for (int i = 0; i < 100000; i++) {
+        uint64_t now = fg_clock_read(&c);
+        ck_assert_uint_ge(now, prev);
+        prev = now;
+    }
+    uint64_t f0 = fg_clock_read(&c), m0 = fg_clock_monotonic_now(NULL);
+    fg_clock_sleep(&c, 20 * FG_NS_PER_MS);
+    uint64_t f1 = fg_clock_read(&c), m1 = fg_clock_monotonic_now(NULL);
+    ck_assert_uint_ge(f1 - f0, 20 * FG_NS_PER_MS * 95 / 100);
+    uint64_t df = f1 - f0, dm = m1 - m0;
+    uint64_t err = df > dm ? df - dm : dm - df;
+    ck_assert_uint_lt(err, dm / 20);
+}
+END_TEST
+
+START_TEST(test_fast_clock_null) { ck_assert_int_eq(fg_clock_fast(NULL), FG_EINVAL); }
+END_TEST
+
 Suite *fg_suite_clock(void) {
     Suite *s = suite_create("clock");
     TCase *tc;
@@ -491,6 +523,11 @@ Suite *fg_suite_clock(void) {
     tcase_add_test(tc, test_read_null_now_is_monotonic);
     tcase_add_test(tc, test_read_monotonic_value);
     tcase_add_test(tc, test_read_custom);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("fast");
+    tcase_add_test(tc, test_fast_clock_tracks_monotonic);
+    tcase_add_test(tc, test_fast_clock_null);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("sleep");
