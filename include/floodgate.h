@@ -21,5 +21,6 @@
 #include "floodgate/ctx.h"
 #include "floodgate/stage.h"
 #include "floodgate/chain.h"
+#include "floodgate/limiter.h"
 
 #endif /* FLOODGATE_H */

@@ -79,7 +79,8 @@ typedef struct fg_ctx_frame {
 /*
  * fg_ctx - fields above `priv` may be read by stages and handlers; the
  * comments say who writes them. `priv` is floodgate's alone: never read or
- * write it, its layout changes between releases.
+ * write it; what it holds may change in any release (its size only with
+ * the soname, like the rest of the struct).
  */
 typedef struct fg_ctx {
     fg_str method;        /* set by fg_ctx_init; may be empty */
