@@ -15,7 +15,10 @@ Suite *fg_suite_clock(void);
 Suite *fg_suite_ctx(void);
 Suite *fg_suite_stage(void);
 Suite *fg_suite_chain(void);
+Suite *fg_suite_limiter(void);
+Suite *fg_suite_keyed(void);
 
-#define FG_TEST_SUITES(X) X(error) X(alloc) X(clock) X(ctx) X(stage) X(chain)
+#define FG_TEST_SUITES(X)                                                                     \
+    X(error) X(alloc) X(clock) X(ctx) X(stage) X(chain) X(limiter) X(keyed)
 
 #endif
