@@ -169,6 +169,21 @@ $(B)/bench/bench: $(BENCH_SRCS) $(wildcard bench/*.h) $(STATIC) $(HEADERS)
 bench-run: $(B)/bench/bench
 	$(B)/bench/bench $(BENCH_ARGS)
 
+# Peers: the same operations in other libraries, side by side with ours
+# (bench/peers/). Needs Go and golang.org/x/time from Debian, which
+# scripts/deps.sh peers installs when missing; built offline in GOPATH mode,
+# everything it writes under build/. `make check` never depends on it.
+.PHONY: bench-peers
+PEER_GO_ENV = GO111MODULE=off GOPATH=/usr/share/gocode GOPROXY=off GOFLAGS= GOENV=off \
+              GOCACHE=$(CURDIR)/build/go-cache GOTMPDIR=$(CURDIR)/build/go-tmp
+
+bench-peers:
+	@scripts/deps.sh peers
+	@$(MAKE) --no-print-directory SANITIZE= TSAN= build/release/bench/bench
+	@mkdir -p build/go-cache build/go-tmp build/peers
+	$(PEER_GO_ENV) go build -o build/peers/xtime ./bench/peers/xtime
+	@sh bench/peers/compare.sh build/peers/xtime build/release/bench/bench
+
 # ---- install -----------------------------------------------------------------
 
 install: lib

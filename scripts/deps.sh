@@ -1,9 +1,11 @@
 #!/bin/sh
 # scripts/deps.sh - install the Debian packages floodgate needs, only if missing.
 #
-# Usage: scripts/deps.sh [build|lint|all]
+# Usage: scripts/deps.sh [build|lint|peers|all]
 #   build: pkg-config, Concurrency Kit, jansson, Check (what `make` and `make check` need)
 #   lint:  clang-tidy, cppcheck, clang-format (what `make lint` needs)
+#   peers: Go and golang.org/x/time/rate, used offline in GOPATH mode by
+#          `make bench-peers` (never by `make check`)
 # It asks pkg-config (or the PATH, for tools) first and calls apt-get only for
 # what is really missing. When not run as root it prints the command to run.
 set -eu
@@ -18,6 +20,9 @@ need_pc() { # need_pc <pkg-config name> <debian package>
 }
 need_cmd() { # need_cmd <command> <debian package>
     command -v "$1" >/dev/null 2>&1 || missing="$missing $2"
+}
+need_dir() { # need_dir <directory> <debian package>
+    [ -d "$1" ] || missing="$missing $2"
 }
 
 case "$want" in
@@ -35,6 +40,12 @@ lint | all)
     need_cmd clang-tidy clang-tidy
     need_cmd cppcheck cppcheck
     need_cmd clang-format clang-format
+    ;;
+esac
+case "$want" in
+peers | all)
+    need_cmd go golang-go
+    need_dir /usr/share/gocode/src/golang.org/x/time/rate golang-golang-x-time-dev
     ;;
 esac
 

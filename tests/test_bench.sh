@@ -3,24 +3,53 @@
 # briefly and prints every figure name users and scripts rely on, in the
 # stable `bench=<name> threads=<n> ns_per_op=<x>` format, with zero
 # allocations per request. (Speed itself is judged by `make bench`, never
-# here: this machine is shared and noisy.)
+# here: this machine is shared and noisy. The target=... met=yes|no fields
+# must be there, whatever they say.)
 set -eu
 bench=$1
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
-"$bench" --quick >"$out"
+if ! "$bench" --quick >"$out"; then
+    echo "FAIL bench: $bench --quick exited non-zero"; cat "$out"; exit 1
+fi
 fail=0
-expect() { # expect <name> <threads>
-    if ! grep -Eq "^bench=$1 threads=$2 ns_per_op=[0-9]+\.[0-9]+( |\$)" "$out"; then
-        echo "FAIL bench: no line for bench=$1 threads=$2"; fail=1
+expect() { # expect <name> <threads> [<field regex> ...]: the line, with these fields
+    e_name=$1 e_threads=$2
+    shift 2
+    line=$(grep -E "^bench=$e_name threads=$e_threads ns_per_op=[0-9]+\.[0-9]+( |\$)" "$out" || true)
+    if [ -z "$line" ]; then
+        echo "FAIL bench: no line for bench=$e_name threads=$e_threads"; fail=1; return
     fi
+    for field in "$@"; do
+        if ! printf '%s\n' "$line" | grep -Eq " $field( |\$)"; then
+            echo "FAIL bench: bench=$e_name threads=$e_threads lacks $field"; fail=1
+        fi
+    done
 }
+num='[0-9]+\.[0-9]+'
+met='met=(yes|no)'
 expect floor_cas 1
 expect floor_clock 1
+expect floor_clock_fast 1 'clock=(tsc|monotonic)'
 for name in chain_empty chain_4noop chain_4noop_split; do
-    expect $name 1
-    expect $name 2
+    expect "$name" 1 "allocs_per_op=$num"
+    expect "$name" 2 "allocs_per_op=$num"
 done
+expect limiter_try_ctxclock 1 "ratio_cas=$num" "allocs_per_op=$num" 'target=[^ ]+' "$met"
+expect limiter_try_ctxclock 2 "ratio_cas=$num" "allocs_per_op=$num"
+for threads in 1 2; do
+    expect limiter_try_ownclock "$threads" "ratio_clock=$num" "allocs_per_op=$num" 'clock=(tsc|monotonic)'
+    expect limiter_try_monoclock "$threads" "ratio_clock=$num" "allocs_per_op=$num" 'clock=monotonic'
+done
+expect limiter_try_2buckets 2 "ratio_cas=$num" "allocs_per_op=$num"
+for threads in 1 2; do
+    expect keyed_try_1e3 "$threads" "allocs_per_op=$num"
+    expect keyed_try_1e5 "$threads" "allocs_per_op=$num" 'target=[^ ]+' "$met"
+done
+expect keyed_bytes_per_key 1 "bytes=$num" 'target=[^ ]+' "$met"
+if ! grep -Eq '^bench=keyed_bytes_per_key threads=1 ns_per_op=0\.00 ' "$out"; then
+    echo "FAIL bench: keyed_bytes_per_key is not ns_per_op=0.00"; fail=1
+fi
 if grep -E 'allocs_per_op=' "$out" | grep -vq 'allocs_per_op=0\.0000'; then
     echo "FAIL bench: a request allocated:"; grep -E 'allocs_per_op=' "$out" | grep -v 'allocs_per_op=0\.0000'
     fail=1
