@@ -178,8 +178,8 @@ int fg_keyed_limiter_new(const fg_keyed_limiter_options *opts, fg_keyed_limiter 
     k->slots = cap + cap / 4 + 1; /* load factor <= 4/5 at the cap */
     size_t nslots = (size_t)k->nshards * k->slots;
     k->shards = fg__aligned_calloc((size_t)k->nshards * sizeof(*k->shards), 64);
-    k->tags = fg__aligned_calloc(nslots * sizeof(*k->tags), 64);
-    k->entries = fg__aligned_calloc(nslots * k->stride, 64);
+    k->tags = fg__slab_calloc(nslots * sizeof(*k->tags));
+    k->entries = fg__slab_calloc(nslots * k->stride);
     if (k->shards == NULL || k->tags == NULL || k->entries == NULL ||
         pthread_mutex_init(&k->writer, NULL) != 0) {
         fg__aligned_free(k->shards);
