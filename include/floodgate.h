@@ -22,5 +22,6 @@
 #include "floodgate/stage.h"
 #include "floodgate/chain.h"
 #include "floodgate/limiter.h"
+#include "floodgate/breaker.h"
 
 #endif /* FLOODGATE_H */

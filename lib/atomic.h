@@ -45,6 +45,12 @@ static inline bool fg__cas_u32(uint32_t *p, uint32_t expected, uint32_t desired)
     return __atomic_compare_exchange_n(p, &expected, desired, false, __ATOMIC_SEQ_CST,
                                        __ATOMIC_SEQ_CST);
 }
+static inline uint8_t fg__xchg_u8(uint8_t *p, uint8_t v) {
+    return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST);
+}
+static inline uint8_t fg__load_u8(const uint8_t *p) {
+    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
 /* Every read-modify-write above is sequentially consistent, so the fence
  * that follows one adds nothing here; ThreadSanitizer does not model
  * stand-alone fences (GCC rejects them under -fsanitize=thread). */
@@ -81,6 +87,13 @@ static inline bool fg__cas_u64(uint64_t *p, uint64_t expected, uint64_t desired)
 }
 static inline bool fg__cas_u32(uint32_t *p, uint32_t expected, uint32_t desired) {
     return ck_pr_cas_32(p, expected, desired);
+}
+/* xchg with a memory operand is implicitly locked: a full barrier. */
+static inline uint8_t fg__xchg_u8(uint8_t *p, uint8_t v) { return ck_pr_fas_8(p, v); }
+static inline uint8_t fg__load_u8(const uint8_t *p) {
+    uint8_t v = ck_pr_load_8(p);
+    ck_pr_fence_load();
+    return v;
 }
 static inline void fg__fence_acquire(void) { ck_pr_fence_acquire(); }
 /* A spin-wait hint (x86 PAUSE): lets the sibling hyper-thread run. */
