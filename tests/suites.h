@@ -17,8 +17,9 @@ Suite *fg_suite_stage(void);
 Suite *fg_suite_chain(void);
 Suite *fg_suite_limiter(void);
 Suite *fg_suite_keyed(void);
+Suite *fg_suite_breaker(void);
 
 #define FG_TEST_SUITES(X)                                                                     \
-    X(error) X(alloc) X(clock) X(ctx) X(stage) X(chain) X(limiter) X(keyed)
+    X(error) X(alloc) X(clock) X(ctx) X(stage) X(chain) X(limiter) X(keyed) X(breaker)
 
 #endif
