@@ -18,9 +18,10 @@
  *     limiter_try_ctxclock threads=1   ns_per_op <= 2.5 x floor_cas
  *     keyed_try_1e5 (both lines)       ns_per_op <= 100
  *     keyed_bytes_per_key              bytes <= 96 per key, 1e5 keys
- * The single-bucket target is the uncontended cost, so it is judged on
- * threads=1 only; limiter_try_ctxclock threads=2 is two threads on one
- * word and reports what contention costs.
+ *     breaker_closed threads=1         ns_per_op <= 3 x floor_cas
+ * The single-bucket and closed-breaker targets are uncontended costs, so
+ * they are judged on threads=1 only; the threads=2 lines are two threads on
+ * one shared object and report what contention costs.
  *
  * Usage: bench [--quick] [--filter SUBSTRING]
  * Figure names are a stable interface: scripts compare them across versions.
@@ -509,6 +510,137 @@ static void bench_keyed_bytes(const char *name, uint32_t nkeys) {
     report(name, 1, 0.0, extra);
 }
 
+/* ---- the circuit breaker ------------------------------------------------ */
+
+/* Budget: enter + exit on a closed breaker, time supplied by the caller,
+ * <= 3 CAS. */
+#define TARGET_BREAKER_RATIO_CAS 3.0
+#define BREAKER_LATENCY_NS       FG_NS_PER_US          /* every call takes 1 us */
+#define BREAKER_OPEN_FOR_NS      (FG_NS_PER_S * 86400) /* a day: never half-open here */
+
+/*
+ * One breaker shared by every thread of a figure. The caller's clock, as a
+ * ctx supplies it, is base_ns + i * step_ns for request i: no clock read in
+ * the loop. base_ns moves past the last reading of each repetition, so the
+ * breaker never sees time run backwards from one repetition to the next
+ * (the TIME window's step makes its clock run faster than the real one).
+ */
+struct breaker_job {
+    fg_breaker *breaker;
+    uint64_t step_ns;
+    uint64_t base_ns; /* only grows; ck_pr between the workers */
+};
+
+/* Raise *base to at least to. Both workers of a repetition store the same
+ * value, but one may start after the other has finished and already moved
+ * it, so the store is a CAS loop that only ever raises it. */
+static void raise_base(uint64_t *base, uint64_t to) {
+    uint64_t cur = ck_pr_load_64(base);
+    while (cur < to && !ck_pr_cas_64(base, cur, to))
+        cur = ck_pr_load_64(base);
+}
+
+/* enter, then exit as a success 1 us later: the closed path, all of it. */
+static uint64_t loop_breaker_closed(void *arg, int index, uint64_t ops) {
+    struct breaker_job *job = arg;
+    fg_breaker *b = job->breaker;
+    const uint64_t step = job->step_ns, base = ck_pr_load_64(&job->base_ns);
+    uint64_t failures = 0;
+    (void)index;
+    for (uint64_t i = 0; i < ops; i++) {
+        uint64_t t = base + i * step, permit;
+        if (fg_breaker_enter(b, t, &permit, NULL) != 0) {
+            failures++;
+            continue;
+        }
+        /* 0: counted; 1 (discarded) would mean the state moved, a failure here. */
+        failures += fg_breaker_exit(b, permit, t + BREAKER_LATENCY_NS, FG_BREAKER_SUCCESS,
+                                    BREAKER_LATENCY_NS) != 0;
+    }
+    raise_base(&job->base_ns, base + ops * step + BREAKER_LATENCY_NS);
+    return failures;
+}
+
+/* enter on an open breaker: every one must be rejected. */
+static uint64_t loop_breaker_open(void *arg, int index, uint64_t ops) {
+    struct breaker_job *job = arg;
+    fg_breaker *b = job->breaker;
+    const uint64_t step = job->step_ns, base = ck_pr_load_64(&job->base_ns);
+    uint64_t failures = 0;
+    (void)index;
+    for (uint64_t i = 0; i < ops; i++) {
+        uint64_t permit, retry_after;
+        failures += fg_breaker_enter(b, base + i * step, &permit, &retry_after) != FG_EBREAKER;
+    }
+    raise_base(&job->base_ns, base + ops * step);
+    return failures;
+}
+
+/* CLOSED: default options (a COUNT window of 100 calls). CLOSED_TIME: a
+ * TIME window of 10 s in 10 buckets, its clock moving 1 us per request so
+ * that a run of 2e6 requests crosses two bucket boundaries. OPEN: default
+ * options, open for a day, tripped by real failures before timing. */
+enum breaker_figure { BREAKER_CLOSED, BREAKER_CLOSED_TIME, BREAKER_OPEN };
+
+/* Trip b by reporting failures until the state machine opens it (the
+ * default window needs min_requests = 100 of them). */
+static void trip_breaker(fg_breaker *b, uint64_t now) {
+    for (int i = 0; i < 1000 && fg_breaker_state(b) == FG_BREAKER_CLOSED; i++) {
+        uint64_t permit;
+        if (fg_breaker_enter(b, now, &permit, NULL) != 0 ||
+            fg_breaker_exit(b, permit, now, FG_BREAKER_FAILURE, BREAKER_LATENCY_NS) < 0)
+            break;
+    }
+    fg_breaker_stats st;
+    if (fg_breaker_snapshot(b, now, &st) != 0 || st.state != FG_BREAKER_OPEN ||
+        st.mode != FG_BREAKER_AUTO) {
+        (void)fprintf(stderr, "bench: the breaker did not trip\n");
+        abort();
+    }
+}
+
+/* Returns 0, or -1 when a closed-breaker call was not admitted and counted
+ * or an open-breaker call was not rejected. */
+static int bench_breaker(const char *name, enum breaker_figure fig) {
+    if (!selected(name))
+        return 0;
+    fg_breaker_options o = FG_BREAKER_OPTIONS_INIT;
+    if (fig == BREAKER_CLOSED_TIME) {
+        o.window = FG_BREAKER_WINDOW_TIME;
+        o.window_ns = 10 * FG_NS_PER_S;
+        o.window_buckets = 10;
+    } else if (fig == BREAKER_OPEN) {
+        o.open_for_ns = BREAKER_OPEN_FOR_NS;
+    }
+    struct breaker_job job = {NULL, fig == BREAKER_CLOSED_TIME ? FG_NS_PER_US : 1, now_ns()};
+    if (fg_breaker_new(&o, &job.breaker) != 0)
+        abort();
+    if (fig == BREAKER_OPEN)
+        trip_breaker(job.breaker, job.base_ns);
+    void *args[MAX_THREADS] = {&job, &job};
+    op_loop loop = fig == BREAKER_OPEN ? loop_breaker_open : loop_breaker_closed;
+    int rc = 0;
+    for (int threads = 1; threads <= MAX_THREADS; threads++) {
+        double ns, allocs;
+        rc = measure(name, loop, args, threads, &ns, &allocs);
+        if (rc != 0)
+            break;
+        double ratio = ns / floor_cas_ns;
+        char extra[160];
+        if (fig == BREAKER_CLOSED && threads == 1)
+            (void)snprintf(extra, sizeof(extra),
+                           "ratio_cas=%.2f allocs_per_op=%.4f target=%.0fxfloor_cas met=%s",
+                           ratio, allocs, TARGET_BREAKER_RATIO_CAS,
+                           yes_no(ratio <= TARGET_BREAKER_RATIO_CAS));
+        else
+            (void)snprintf(extra, sizeof(extra), "ratio_cas=%.2f allocs_per_op=%.4f", ratio,
+                           allocs);
+        report(name, threads, ns, extra);
+    }
+    fg_breaker_free(job.breaker);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0) {
@@ -551,5 +683,8 @@ int main(int argc, char **argv) {
     rc |= bench_keyed("keyed_try_1e3", 1000, 0);
     rc |= bench_keyed("keyed_try_1e5", 100000, 1);
     bench_keyed_bytes("keyed_bytes_per_key", 100000);
+    rc |= bench_breaker("breaker_closed", BREAKER_CLOSED);
+    rc |= bench_breaker("breaker_closed_time", BREAKER_CLOSED_TIME);
+    rc |= bench_breaker("breaker_open_reject", BREAKER_OPEN);
     return rc ? 1 : 0;
 }

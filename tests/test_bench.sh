@@ -47,6 +47,12 @@ for threads in 1 2; do
     expect keyed_try_1e5 "$threads" "allocs_per_op=$num" 'target=[^ ]+' "$met"
 done
 expect keyed_bytes_per_key 1 "bytes=$num" 'target=[^ ]+' "$met"
+expect breaker_closed 1 "ratio_cas=$num" "allocs_per_op=$num" 'target=3xfloor_cas' "$met"
+expect breaker_closed 2 "ratio_cas=$num" "allocs_per_op=$num"
+for threads in 1 2; do
+    expect breaker_closed_time "$threads" "ratio_cas=$num" "allocs_per_op=$num"
+    expect breaker_open_reject "$threads" "ratio_cas=$num" "allocs_per_op=$num"
+done
 if ! grep -Eq '^bench=keyed_bytes_per_key threads=1 ns_per_op=0\.00 ' "$out"; then
     echo "FAIL bench: keyed_bytes_per_key is not ns_per_op=0.00"; fail=1
 fi
