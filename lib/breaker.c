@@ -4,9 +4,9 @@
  * One 64-bit word holds everything a request decides on:
  *     bits  0-1   state (closed / open / half-open)
  *     bits  2-3   mode (auto / forced open / forced closed / disabled)
- *     bits  4-21  half-open probes admitted
- *     bits 22-39  half-open probes that succeeded
- *     bits 40-63  generation (low 24 bits of the transition count)
+ *     bits  4-17  half-open probes admitted
+ *     bits 18-31  half-open probes that succeeded
+ *     bits 32-63  generation (low 32 bits of the transition count)
  * A closed request reads it once on enter and once on exit; a probe takes a
  * slot with a CAS on it, so exactly half_open_probes are admitted however
  * many threads race. A permit is the full generation with two flag bits; an
@@ -41,23 +41,23 @@
 
 #define FG_W_STATE(w)      ((unsigned)((w)&3u))
 #define FG_W_MODE(w)       ((unsigned)(((w) >> 2) & 3u))
-#define FG_W_ADMITTED(w)   ((uint32_t)(((w) >> 4) & 0x3ffffu))
-#define FG_W_SUCCEEDED(w)  ((uint32_t)(((w) >> 22) & 0x3ffffu))
-#define FG_W_GEN(w)        ((w) >> 40)
+#define FG_W_ADMITTED(w)   ((uint32_t)(((w) >> 4) & 0x3fffu))
+#define FG_W_SUCCEEDED(w)  ((uint32_t)(((w) >> 18) & 0x3fffu))
+#define FG_W_GEN(w)        ((w) >> 32)
 #define FG_W_ONE_ADMITTED  (UINT64_C(1) << 4)
-#define FG_W_ONE_SUCCEEDED (UINT64_C(1) << 22)
-#define FG_GEN_MASK        ((UINT64_C(1) << 24) - 1)
+#define FG_W_ONE_SUCCEEDED (UINT64_C(1) << 18)
+#define FG_GEN_MASK        ((UINT64_C(1) << 32) - 1)
 
 static uint64_t fg_word(unsigned state, unsigned mode, uint32_t admitted, uint32_t succeeded,
                         uint64_t gen) {
     return (uint64_t)state | ((uint64_t)mode << 2) | ((uint64_t)admitted << 4) |
-           ((uint64_t)succeeded << 22) | ((gen & FG_GEN_MASK) << 40);
+           ((uint64_t)succeeded << 18) | ((gen & FG_GEN_MASK) << 32);
 }
 
 /* Permit: [generation : 62][flags : 2]. */
 #define FG_PERMIT_PROBE    UINT64_C(1) /* a half-open probe */
 #define FG_PERMIT_NORECORD UINT64_C(2) /* admitted but not counted */
-#define FG_PERMIT_GEN(p)   ((p) >> 2)
+#define FG_PERMIT_GEN(p)   (((p) >> 2) & FG_GEN_MASK)
 
 /* Outcome codes in the COUNT ring: 0 is an empty slot. */
 #define FG_CODE_CALL 4u
@@ -460,14 +460,9 @@ static int fg_move(fg_breaker *b, uint64_t seen, unsigned to, fg_breaker_reason 
 
 /* ---- requests ------------------------------------------------------------------- */
 
-/* A permit for the word w: its full generation (the word keeps the low 24
- * bits; the full count is stored before the word, so it is at least w's). */
-static uint64_t fg_permit(const fg_breaker *b, uint64_t w, uint64_t flags) {
-    uint64_t gen = fg__load_u64(&b->generation);
-    if ((gen & FG_GEN_MASK) != FG_W_GEN(w))
-        gen = UINT64_MAX >> 2; /* the word moved on meanwhile: a stale permit */
-    return (gen << 2) | flags;
-}
+/* A permit for the word w: its 32-bit generation (a permit would have to
+ * be held across 2^32 state changes to be mistaken for a current one). */
+static uint64_t fg_permit(uint64_t w, uint64_t flags) { return (FG_W_GEN(w) << 2) | flags; }
 
 /* A request the state machine rejects: count it, or in shadow mode admit it
  * unrecorded. */
@@ -475,7 +470,7 @@ static int fg_reject(fg_breaker *b, uint64_t w, uint64_t retry, uint64_t *permit
                      uint64_t *retry_after_ns) {
     if (FG_W_MODE(w) == FG_BREAKER_DISABLED) {
         fg__faa_u64(&b->shadow_rejected, 1);
-        *permit = fg_permit(b, w, FG_PERMIT_NORECORD);
+        *permit = fg_permit(w, FG_PERMIT_NORECORD);
         return 0;
     }
     fg__faa_u64(&b->rejected, 1);
@@ -499,12 +494,12 @@ int fg_breaker_enter(fg_breaker *b, uint64_t now_ns, uint64_t *permit,
             return FG_EBREAKER;
         }
         if (mode == FG_BREAKER_FORCED_CLOSED) {
-            *permit = fg_permit(b, w, FG_PERMIT_NORECORD);
+            *permit = fg_permit(w, FG_PERMIT_NORECORD);
             return 0;
         }
         switch (FG_W_STATE(w)) {
         case FG_BREAKER_CLOSED:
-            *permit = fg_permit(b, w, 0);
+            *permit = fg_permit(w, 0);
             return 0;
         case FG_BREAKER_OPEN: {
             uint64_t until = fg__load_u64(&b->open_until);
@@ -518,7 +513,7 @@ int fg_breaker_enter(fg_breaker *b, uint64_t now_ns, uint64_t *permit,
                         &gen)) {
                 /* The first probe, of the generation just created (if the
                  * word has moved on again since, the permit is simply stale). */
-                *permit = (gen << 2) | FG_PERMIT_PROBE;
+                *permit = ((gen & FG_GEN_MASK) << 2) | FG_PERMIT_PROBE;
                 return 0;
             }
             continue; /* someone else moved it: decide on the new word */
@@ -537,7 +532,7 @@ int fg_breaker_enter(fg_breaker *b, uint64_t now_ns, uint64_t *permit,
                 return fg_reject(b, w, 0, permit, retry_after_ns);
             if (!fg__cas_u64(&b->word, w, w + FG_W_ONE_ADMITTED))
                 continue;
-            *permit = fg_permit(b, w, FG_PERMIT_PROBE);
+            *permit = fg_permit(w, FG_PERMIT_PROBE);
             return 0;
         }
         default:
@@ -584,9 +579,8 @@ int fg_breaker_exit(fg_breaker *b, uint64_t permit, uint64_t now_ns, fg_breaker_
         return 1;
     uint64_t now = now_ns < FG_GCRA_TIME_MAX ? now_ns : FG_GCRA_TIME_MAX - 1;
     uint64_t w = fg__load_u64(&b->word);
-    if (FG_W_GEN(w) != (FG_PERMIT_GEN(permit) & FG_GEN_MASK) ||
-        fg__load_u64(&b->generation) != FG_PERMIT_GEN(permit) ||
-        FG_W_MODE(w) == FG_BREAKER_FORCED_OPEN || FG_W_MODE(w) == FG_BREAKER_FORCED_CLOSED) {
+    if (FG_W_GEN(w) != FG_PERMIT_GEN(permit) || FG_W_MODE(w) == FG_BREAKER_FORCED_OPEN ||
+        FG_W_MODE(w) == FG_BREAKER_FORCED_CLOSED) {
         fg__faa_u64(&b->discarded, 1);
         return 1;
     }
