@@ -95,6 +95,7 @@ START_TEST(test_pinned_values) {
     ck_assert_int_eq(FG_ERANGE, -8);
     ck_assert_int_eq(FG_ECONFIG, -9);
     ck_assert_int_eq(FG_ESYS, -10);
+    ck_assert_int_eq(FG_EPARSE, -11);
     ck_assert_int_eq(FG_ELIMITED, -100);
     ck_assert_int_eq(FG_EBREAKER, -101);
     ck_assert_int_eq(FG_ENOROUTE, -102);

@@ -30,6 +30,7 @@
     XX(ERANGE, -8, "value out of range")                                                      \
     XX(ECONFIG, -9, "invalid configuration")                                                  \
     XX(ESYS, -10, "system call failed")                                                       \
+    XX(EPARSE, -11, "malformed input")                                                        \
     XX(ELIMITED, -100, "rate limited")                                                        \
     XX(EBREAKER, -101, "circuit breaker open")                                                \
     XX(ENOROUTE, -102, "no route matches the request")                                        \
