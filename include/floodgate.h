@@ -23,5 +23,6 @@
 #include "floodgate/chain.h"
 #include "floodgate/limiter.h"
 #include "floodgate/breaker.h"
+#include "floodgate/trace.h"
 
 #endif /* FLOODGATE_H */
