@@ -18,8 +18,9 @@ Suite *fg_suite_chain(void);
 Suite *fg_suite_limiter(void);
 Suite *fg_suite_keyed(void);
 Suite *fg_suite_breaker(void);
+Suite *fg_suite_trace(void);
 
 #define FG_TEST_SUITES(X)                                                                     \
-    X(error) X(alloc) X(clock) X(ctx) X(stage) X(chain) X(limiter) X(keyed) X(breaker)
+    X(error) X(alloc) X(clock) X(ctx) X(stage) X(chain) X(limiter) X(keyed) X(breaker) X(trace)
 
 #endif
