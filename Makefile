@@ -87,6 +87,7 @@ else
 DEPS_STEP := deps
 endif
 
+.PHONY: fuzz fuzz-build
 .PHONY: all lib deps deps-lint check test-unit test-shell bench bench-run examples demo \
         install uninstall lint format format-check tidy cppcheck clean
 
@@ -184,6 +185,35 @@ bench-peers:
 	$(PEER_GO_ENV) go build -o build/peers/xtime ./bench/peers/xtime
 	@sh bench/peers/compare.sh build/peers/xtime build/release/bench/bench
 
+# ---- fuzzing: libFuzzer targets under tests/fuzz/, built with clang ----------
+#
+#   make fuzz                      build every target and run each FUZZ_SECONDS
+#   make fuzz FUZZ_SECONDS=600     (ASan + UBSan; a crash fails the run)
+# Each run starts from tests/fuzz/corpus/<name>/ and keeps new inputs in
+# build/fuzz/corpus/<name>/.
+
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_FLAGS = -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+             -D_POSIX_C_SOURCE=200809L -Iinclude $(DEP_CFLAGS)
+
+build/fuzz/%: tests/fuzz/fuzz_%.c $(LIB_SRCS) $(HEADERS) $(wildcard lib/*.h) | $(DEPS_STEP)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(LIB_SRCS) $(DEP_LIBS)
+
+fuzz-build: $(FUZZ_TARGETS:%=build/fuzz/%)
+
+fuzz: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+	    mkdir -p build/fuzz/corpus/$$t; \
+	    echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+	    build/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	        build/fuzz/corpus/$$t tests/fuzz/corpus/$$t 2>build/fuzz/$$t.log || \
+	        { tail -40 build/fuzz/$$t.log; exit 1; }; \
+	    grep -E '^stat::number_of_executed_units|^Done' build/fuzz/$$t.log; \
+	done
+
 # ---- install -----------------------------------------------------------------
 
 install: lib
@@ -210,7 +240,7 @@ uninstall:
 # ---- lint --------------------------------------------------------------------
 
 FORMAT_FILES = $(wildcard include/*.h include/floodgate/*.h lib/*.c lib/*.h tests/*.c \
-                 tests/*.h tests/*.cpp bench/*.c bench/*.h examples/*.c tools/*.c)
+                 tests/*.h tests/*.cpp tests/fuzz/*.c bench/*.c bench/*.h examples/*.c tools/*.c)
 TIDY_FILES = $(wildcard lib/*.c bench/*.c examples/*.c tools/*.c)
 
 lint: format-check tidy cppcheck

@@ -641,6 +641,51 @@ static int bench_breaker(const char *name, enum breaker_figure fig) {
     return rc;
 }
 
+/* ---- trace context ------------------------------------------------------- */
+
+/* Budget: parse and validate a traceparent and make this hop's span id. */
+#define TARGET_TRACE_PARSE_NS 40.0
+
+static const char bench_traceparent[] =
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+static uint64_t loop_trace_parse_child(void *arg, int index, uint64_t ops) {
+    (void)arg;
+    (void)index;
+    uint64_t failures = 0, acc = 0;
+    for (uint64_t i = 0; i < ops; i++) {
+        fg_traceparent tp;
+        uint8_t span[8];
+        failures +=
+            fg_traceparent_parse(bench_traceparent, sizeof(bench_traceparent) - 1, &tp) != 0;
+        fg_span_id_new(span);
+        acc += span[0] + tp.flags;
+    }
+    sink = acc;
+    return failures;
+}
+
+static int bench_trace(const char *name) {
+    if (!selected(name))
+        return 0;
+    void *args[MAX_THREADS] = {NULL, NULL};
+    int rc = 0;
+    for (int threads = 1; threads <= MAX_THREADS; threads++) {
+        double ns, allocs;
+        rc = measure(name, loop_trace_parse_child, args, threads, &ns, &allocs);
+        if (rc != 0)
+            break;
+        char extra[160];
+        if (threads == 1)
+            (void)snprintf(extra, sizeof(extra), "allocs_per_op=%.4f target=%.0fns met=%s",
+                           allocs, TARGET_TRACE_PARSE_NS, yes_no(ns <= TARGET_TRACE_PARSE_NS));
+        else
+            (void)snprintf(extra, sizeof(extra), "allocs_per_op=%.4f", allocs);
+        report(name, threads, ns, extra);
+    }
+    return rc;
+}
+
 int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0) {
@@ -686,5 +731,6 @@ int main(int argc, char **argv) {
     rc |= bench_breaker("breaker_closed", BREAKER_CLOSED);
     rc |= bench_breaker("breaker_closed_time", BREAKER_CLOSED_TIME);
     rc |= bench_breaker("breaker_open_reject", BREAKER_OPEN);
+    rc |= bench_trace("trace_parse_child");
     return rc ? 1 : 0;
 }

@@ -53,6 +53,8 @@ for threads in 1 2; do
     expect breaker_closed_time "$threads" "ratio_cas=$num" "allocs_per_op=$num"
     expect breaker_open_reject "$threads" "ratio_cas=$num" "allocs_per_op=$num"
 done
+expect trace_parse_child 1 "allocs_per_op=$num" 'target=40ns' "$met"
+expect trace_parse_child 2 "allocs_per_op=$num"
 if ! grep -Eq '^bench=keyed_bytes_per_key threads=1 ns_per_op=0\.00 ' "$out"; then
     echo "FAIL bench: keyed_bytes_per_key is not ns_per_op=0.00"; fail=1
 fi
