@@ -485,7 +485,7 @@ int fg_breaker_enter(fg_breaker *b, uint64_t now_ns, uint64_t *permit,
         *retry_after_ns = 0;
     if (b == NULL || permit == NULL)
         return FG_EINVAL;
-    uint64_t now = now_ns < FG_GCRA_TIME_MAX ? now_ns : FG_GCRA_TIME_MAX - 1;
+    uint64_t now = fg__time_clamp(now_ns);
     for (;;) {
         uint64_t w = fg__load_u64(&b->word); /* acquire: the state's fields */
         unsigned mode = FG_W_MODE(w);
@@ -577,7 +577,7 @@ int fg_breaker_exit(fg_breaker *b, uint64_t permit, uint64_t now_ns, fg_breaker_
         return FG_EINVAL;
     if (permit & FG_PERMIT_NORECORD)
         return 1;
-    uint64_t now = now_ns < FG_GCRA_TIME_MAX ? now_ns : FG_GCRA_TIME_MAX - 1;
+    uint64_t now = fg__time_clamp(now_ns);
     uint64_t w = fg__load_u64(&b->word);
     if (FG_W_GEN(w) != FG_PERMIT_GEN(permit) || FG_W_MODE(w) == FG_BREAKER_FORCED_OPEN ||
         FG_W_MODE(w) == FG_BREAKER_FORCED_CLOSED) {
@@ -648,8 +648,7 @@ int fg_breaker_snapshot(const fg_breaker *b, uint64_t now_ns, fg_breaker_stats *
     st->mode = (fg_breaker_mode)FG_W_MODE(w);
     st->generation = fg__load_u64(&b->generation);
     struct fg_totals tot;
-    fg_window_totals(b, now_ns < FG_GCRA_TIME_MAX ? now_ns : FG_GCRA_TIME_MAX - 1, UINT64_MAX,
-                     &tot);
+    fg_window_totals(b, fg__time_clamp(now_ns), UINT64_MAX, &tot);
     st->window_calls = tot.calls;
     st->window_failures = tot.fails;
     st->window_slow = tot.slow;
@@ -676,7 +675,7 @@ int fg_breaker_set_mode(fg_breaker *b, fg_breaker_mode mode) {
     if (pthread_mutex_lock(&b->lock) != 0)
         return FG_ESYS;
     uint64_t now = fg_clock_read(&b->clock);
-    now = now < FG_GCRA_TIME_MAX ? now : FG_GCRA_TIME_MAX - 1;
+    now = fg__time_clamp(now);
     uint64_t w = fg__load_u64(&b->word);
     unsigned state = FG_W_STATE(w);
     fg_breaker_event ev;
@@ -694,7 +693,7 @@ int fg_breaker_reset(fg_breaker *b) {
     if (pthread_mutex_lock(&b->lock) != 0)
         return FG_ESYS;
     uint64_t now = fg_clock_read(&b->clock);
-    now = now < FG_GCRA_TIME_MAX ? now : FG_GCRA_TIME_MAX - 1;
+    now = fg__time_clamp(now);
     uint64_t w = fg__load_u64(&b->word);
     fg_breaker_event ev;
     fg_move_locked(b, w, FG_BREAKER_CLOSED, FG_BREAKER_AUTO, FG_BREAKER_REASON_RESET, now, 0,

@@ -26,6 +26,14 @@
 
 __extension__ typedef unsigned __int128 fg_u128;
 
+/* Clamp a clock reading below FG_GCRA_TIME_MAX. Readings that high (146
+ * years of uptime) only come from a broken clock; clamping keeps every sum
+ * of a time and a duration in range. Every limiter and breaker entry point
+ * passes its `now` through this. */
+static inline uint64_t fg__time_clamp(uint64_t t) {
+    return t < FG_GCRA_TIME_MAX ? t : FG_GCRA_TIME_MAX - 1;
+}
+
 /* Ceil(a * b / c) in 128 bits, saturated to FG_GCRA_TIME_MAX. c > 0. */
 static inline uint64_t fg__muldiv_ceil(uint64_t a, uint64_t b, uint64_t c) {
     fg_u128 p = (fg_u128)a * b;

@@ -366,7 +366,7 @@ int fg_keyed_limiter_try(fg_keyed_limiter *k, const char *key, size_t key_len, u
     size_t first = (size_t)(s - k->shards) * k->slots + fg_home(k, fg_tag(h));
     __builtin_prefetch(&k->tags[first]);
     __builtin_prefetch(k->entries + first * k->stride);
-    uint64_t now = now_ns < FG_GCRA_TIME_MAX ? now_ns : FG_GCRA_TIME_MAX - 1;
+    uint64_t now = fg__time_clamp(now_ns);
     int rc;
     uint64_t wait = 0;
     fg_kshard_lock(s);
@@ -411,7 +411,7 @@ uint64_t fg_keyed_limiter_tokens(fg_keyed_limiter *k, const char *key, size_t ke
         return 0;
     uint64_t h = fg__siphash13(k->k0, k->k1, key, key_len);
     struct fg_kshard *s = fg_shard_for(k, h);
-    uint64_t now = now_ns < FG_GCRA_TIME_MAX ? now_ns : FG_GCRA_TIME_MAX - 1;
+    uint64_t now = fg__time_clamp(now_ns);
     fg_kshard_lock(s);
     uint64_t t = now > s->last_seen ? now : s->last_seen;
     uint32_t empty;
@@ -425,7 +425,7 @@ uint64_t fg_keyed_limiter_tokens(fg_keyed_limiter *k, const char *key, size_t ke
  * shard's current time so that each keeps its tokens. */
 static int fg_keyed_update(fg_keyed_limiter *k, uint64_t rate, uint64_t period, uint64_t burst,
                            uint64_t now_ns) {
-    uint64_t now = now_ns < FG_GCRA_TIME_MAX ? now_ns : FG_GCRA_TIME_MAX - 1;
+    uint64_t now = fg__time_clamp(now_ns);
     if (pthread_mutex_lock(&k->writer) != 0)
         return FG_ESYS;
     struct fg_lparams np;

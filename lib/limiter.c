@@ -144,12 +144,6 @@ void fg_limiter_free(fg_limiter *l) {
     fg__free(l);
 }
 
-/* Times at or past 2^62 ns (146 years of uptime) only come from a broken
- * clock; clamp them so that sums stay in range. */
-static uint64_t fg_clamp_time(uint64_t t) {
-    return t < FG_GCRA_TIME_MAX ? t : FG_GCRA_TIME_MAX - 1;
-}
-
 /* A consistent view of the bucket: its settings, and its TAT in their terms. */
 struct fg_view {
     uint64_t word; /* the state word read */
@@ -231,7 +225,7 @@ int fg_limiter_try_wait(fg_limiter *l, uint64_t now_ns, uint64_t n, uint64_t max
         *wait_ns = 0;
     if (l == NULL || n == 0)
         return FG_EINVAL;
-    uint64_t now = fg_clamp_time(now_ns);
+    uint64_t now = fg__time_clamp(now_ns);
     for (;;) {
         struct fg_view v;
         if (fg_read_view(l, &v) != 0)
@@ -302,7 +296,7 @@ uint64_t fg_limiter_tokens(const fg_limiter *l, uint64_t now_ns) {
     struct fg_view v;
     while (fg_read_view(l, &v) != 0) {
     }
-    uint64_t now = fg_clamp_time(now_ns);
+    uint64_t now = fg__time_clamp(now_ns);
     uint64_t seen = fg__load_u64(&l->last_seen);
     return fg__gcra_tokens(v.tat, now > seen ? now : seen, v.interval, v.tau);
 }
@@ -360,7 +354,7 @@ static int fg_limiter_update(fg_limiter *l, uint64_t rate, uint64_t period, uint
         return rc;
     }
     uint64_t seen = fg__load_u64(&l->last_seen);
-    uint64_t at = fg_clamp_time(fg_clock_read(&l->clock));
+    uint64_t at = fg__time_clamp(fg_clock_read(&l->clock));
     np.anchor = at > seen ? at : seen;
     fg_lparams_store(&l->slot[(g + 1) & 1], &np);
     fg__store_u64(&l->gen, g + 1); /* release: the slot is complete before gen says so */
