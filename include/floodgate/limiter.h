@@ -235,8 +235,16 @@ FG_API int fg_keyed_limiter_try(fg_keyed_limiter *keyed, const char *key, size_t
 
 /*
  * fg_keyed_limiter_set_rate / fg_keyed_limiter_set_burst - as for
- * fg_limiter, applied to every key's bucket, each keeping its tokens. They
- * walk the table (O(max_keys)).
+ * fg_limiter, applied to every key's bucket, each keeping its tokens at the
+ * reading of the bucket options' clock. They walk the table (O(max_keys)),
+ * one shard at a time, so a request sees either the old or the new
+ * settings for its key, never a mix.
+ *
+ * Returns: 0; FG_EINVAL (NULL, rate or burst 0) or FG_ERANGE as
+ * fg_limiter_new, and then nothing changes; FG_ESYS when the writers'
+ * mutex cannot be taken.
+ * Thread-safety: MT-safe; concurrent changes are serialised; requests on a
+ * shard wait only while that shard is converted.
  */
 FG_API int fg_keyed_limiter_set_rate(fg_keyed_limiter *keyed, uint64_t rate,
                                      uint64_t period_ns);

@@ -66,6 +66,7 @@ FG_API int fg_traceparent_format(const fg_traceparent *tp, char *buf, size_t cap
  * afresh rather than repeat its parent's ids). A trace-id made here
  * is random in all 16 bytes, so FG_TRACE_FLAG_RANDOM may be set for it.
  *
+ * Ownership: writes the caller's array; a NULL id is ignored.
  * Thread-safety: MT-safe, lock-free.
  */
 FG_API void fg_trace_id_new(uint8_t id[16]);
