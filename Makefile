@@ -54,8 +54,8 @@ endif
 B := build/$(VARIANT)
 
 # Recursive (=) so pkg-config is asked after `deps` has run.
-DEP_CFLAGS = $(shell $(PKG_CONFIG) --cflags ck)
-DEP_LIBS = $(shell $(PKG_CONFIG) --libs ck) -lpthread
+DEP_CFLAGS = $(shell $(PKG_CONFIG) --cflags ck jansson)
+DEP_LIBS = $(shell $(PKG_CONFIG) --libs ck jansson) -lpthread
 CHECK_CFLAGS = $(shell $(PKG_CONFIG) --cflags check)
 CHECK_LIBS = $(shell $(PKG_CONFIG) --libs check)
 

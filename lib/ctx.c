@@ -11,16 +11,17 @@
 
 #include "internal.h"
 
-/* RFC 9110 token characters: the set allowed in methods and field names. */
-static int fg_is_tchar(unsigned char c) {
+/* RFC 9110 token characters: the set allowed in methods and field names
+ * (and in baggage keys). */
+int fg__is_tchar(unsigned char c) {
     if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
         return 1;
     return c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL;
 }
 
-static int fg_is_token(const char *s, size_t len) {
+int fg__is_token(const char *s, size_t len) {
     for (size_t i = 0; i < len; i++)
-        if (!fg_is_tchar((unsigned char)s[i]))
+        if (!fg__is_tchar((unsigned char)s[i]))
             return 0;
     return 1;
 }
@@ -53,7 +54,7 @@ int fg_ctx_init_n(fg_ctx *ctx, const char *method, size_t method_len, const char
         return FG_EINVAL;
     if (method_len > FG_METHOD_MAX || path_len > FG_PATH_MAX)
         return FG_ETOOLONG;
-    if (method != NULL && !fg_is_token(method, method_len))
+    if (method != NULL && !fg__is_token(method, method_len))
         return FG_EINVAL;
     ctx->method.ptr = method;
     ctx->method.len = method_len;
@@ -79,7 +80,7 @@ int fg_ctx_add_header_n(fg_ctx *ctx, const char *name, size_t name_len, const ch
         return FG_ESTATE;
     if (name_len > FG_HEADER_NAME_MAX || value_len > FG_HEADER_VALUE_MAX)
         return FG_ETOOLONG;
-    if (name_len == 0 || !fg_is_token(name, name_len))
+    if (name_len == 0 || !fg__is_token(name, name_len))
         return FG_EINVAL;
     if (ctx->nheaders >= FG_CTX_MAX_HEADERS)
         return FG_ETOOMANY;
@@ -101,7 +102,7 @@ int fg_ctx_add_header(fg_ctx *ctx, const char *name, const char *value) {
 
 static int fg_ascii_lower(int c) { return (c >= 'A' && c <= 'Z') ? c + ('a' - 'A') : c; }
 
-static int fg_name_equal(const fg_str *a, const char *b, size_t blen) {
+int fg__name_equal(const fg_str *a, const char *b, size_t blen) {
     if (a->len != blen)
         return 0;
     for (size_t i = 0; i < blen; i++)
@@ -119,7 +120,7 @@ int fg_ctx_header_n(const fg_ctx *ctx, const char *name, size_t name_len, fg_str
         return FG_EINVAL;
     uint32_t n = ctx->nheaders <= FG_CTX_MAX_HEADERS ? ctx->nheaders : FG_CTX_MAX_HEADERS;
     for (uint32_t i = 0; i < n; i++) {
-        if (fg_name_equal(&ctx->headers[i].name, name, name_len)) {
+        if (fg__name_equal(&ctx->headers[i].name, name, name_len)) {
             *value = ctx->headers[i].value;
             return 0;
         }

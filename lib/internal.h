@@ -5,6 +5,7 @@
 #ifndef FG_LIB_INTERNAL_H
 #define FG_LIB_INTERNAL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "floodgate/ctx.h"
@@ -29,5 +30,17 @@ struct fg_stage {
     char *name;              /* owned copy */
     uint32_t refs;           /* atomic reference count */
 };
+
+/* HTTP text helpers (lib/ctx.c). fg__is_token: every byte of s is an RFC
+ * 9110 tchar (true for len 0). fg__name_equal: a equals b, ASCII
+ * case-insensitively, as HTTP field names compare. */
+int fg__is_tchar(unsigned char c);
+int fg__is_token(const char *s, size_t len);
+int fg__name_equal(const fg_str *a, const char *b, size_t blen);
+
+/* Trace helpers (lib/trace.c): lowercase hex of n bytes into 2n chars (no
+ * NUL); whether n bytes are all zero. */
+void fg__tohex(const uint8_t *in, size_t n, char *out);
+int fg__all_zero(const uint8_t *p, size_t n);
 
 #endif /* FG_LIB_INTERNAL_H */

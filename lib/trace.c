@@ -13,6 +13,7 @@
 #include "floodgate/error.h"
 #include "floodgate/trace.h"
 
+#include "internal.h"
 #include "siphash.h" /* fg__os_random */
 
 /* Lowercase hex digit values; -1 for every other byte (uppercase is
@@ -41,7 +42,7 @@ static int fg_unhex(const char *s, uint8_t *out, size_t n) {
     return bad < 0 ? -1 : 0;
 }
 
-static int fg_all_zero(const uint8_t *p, size_t n) {
+int fg__all_zero(const uint8_t *p, size_t n) {
     for (size_t i = 0; i < n; i++)
         if (p[i] != 0)
             return 0;
@@ -76,13 +77,13 @@ int fg_traceparent_parse(const char *s, size_t len, fg_traceparent *out) {
     if (fg_unhex(s + 3, tp.trace_id, 16) != 0 || fg_unhex(s + 36, tp.parent_id, 8) != 0 ||
         fg_unhex(s + 53, &tp.flags, 1) != 0)
         return FG_EPARSE;
-    if (fg_all_zero(tp.trace_id, 16) || fg_all_zero(tp.parent_id, 8))
+    if (fg__all_zero(tp.trace_id, 16) || fg__all_zero(tp.parent_id, 8))
         return FG_EPARSE;
     *out = tp;
     return 0;
 }
 
-static void fg_tohex(const uint8_t *in, size_t n, char *out) {
+void fg__tohex(const uint8_t *in, size_t n, char *out) {
     static const char digits[] = "0123456789abcdef";
     for (size_t i = 0; i < n; i++) {
         out[2 * i] = digits[in[i] >> 4];
@@ -91,19 +92,19 @@ static void fg_tohex(const uint8_t *in, size_t n, char *out) {
 }
 
 int fg_traceparent_format(const fg_traceparent *tp, char *buf, size_t cap) {
-    if (tp == NULL || buf == NULL || fg_all_zero(tp->trace_id, 16) ||
-        fg_all_zero(tp->parent_id, 8))
+    if (tp == NULL || buf == NULL || fg__all_zero(tp->trace_id, 16) ||
+        fg__all_zero(tp->parent_id, 8))
         return FG_EINVAL;
     if (cap < FG_TRACEPARENT_LEN + 1)
         return FG_ETOOLONG;
     buf[0] = '0';
     buf[1] = '0';
     buf[2] = '-';
-    fg_tohex(tp->trace_id, 16, buf + 3);
+    fg__tohex(tp->trace_id, 16, buf + 3);
     buf[35] = '-';
-    fg_tohex(tp->parent_id, 8, buf + 36);
+    fg__tohex(tp->parent_id, 8, buf + 36);
     buf[52] = '-';
-    fg_tohex(&tp->flags, 1, buf + 53);
+    fg__tohex(&tp->flags, 1, buf + 53);
     buf[FG_TRACEPARENT_LEN] = '\0';
     return 0;
 }
@@ -164,7 +165,7 @@ static void fg_random_id(uint8_t *id, size_t n) {
             size_t k = n - i < 8 ? n - i : 8;
             memcpy(id + i, &r, k);
         }
-    } while (fg_all_zero(id, n)); /* never all zero (p = 2^-64 per try) */
+    } while (fg__all_zero(id, n)); /* never all zero (p = 2^-64 per try) */
 }
 
 void fg_trace_id_new(uint8_t id[16]) {
