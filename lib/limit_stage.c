@@ -9,6 +9,7 @@
 
 #include "floodgate/error.h"
 #include "floodgate/limiter.h"
+#include "floodgate/trace.h"
 
 #include "alloc.h"
 #include "atomic.h"
@@ -86,6 +87,23 @@ static int fg_limit_keyed_enter(void *state, fg_ctx *ctx, uint64_t *slot) {
     case FG_KEY_CUSTOM:
         found = st->key_fn(ctx, &key, st->key_arg) == 0;
         break;
+    case FG_KEY_BAGGAGE: {
+        /* Decoded into the stack: a key longer than any keyed limiter
+         * accepts is a key too long, as a long header would be. */
+        char buf[FG_KEYED_KEY_MAX_LIMIT + 1];
+        size_t len;
+        int rc = fg_ctx_baggage(ctx, st->key_name, st->key_name_len, buf, sizeof(buf), &len);
+        if (rc == FG_ETOOLONG)
+            return fg_limit_verdict(st, ctx, FG_ETOOLONG, 0);
+        if (rc == 0) {
+            uint64_t wait;
+            rc = fg_keyed_limiter_try(st->keyed, buf, len, ctx->now_ns, st->tokens,
+                                      fg_wait_bound(ctx), &wait);
+            return fg_limit_verdict(st, ctx, rc, wait);
+        }
+        found = 0;
+        break;
+    }
     case FG_KEY_HEADER:
     default:
         found = fg_ctx_header_n(ctx, st->key_name, st->key_name_len, &key) == 0;
@@ -157,15 +175,15 @@ int fg_stage_limit_keyed(fg_keyed_limiter *keyed, const fg_limit_stage_options *
         opts = &defaults;
     if (opts->tokens > fg__keyed_burst(keyed))
         return FG_ERANGE;
-    if ((opts->key_source == FG_KEY_HEADER && opts->key_name == NULL) ||
+    int named = opts->key_source == FG_KEY_HEADER || opts->key_source == FG_KEY_BAGGAGE;
+    if ((named && opts->key_name == NULL) ||
         (opts->key_source == FG_KEY_CUSTOM && opts->key_fn == NULL) ||
-        (opts->key_source != FG_KEY_HEADER && opts->key_source != FG_KEY_PATH &&
-         opts->key_source != FG_KEY_CUSTOM) ||
+        (!named && opts->key_source != FG_KEY_PATH && opts->key_source != FG_KEY_CUSTOM) ||
         (opts->missing != FG_KEY_MISSING_ADMIT && opts->missing != FG_KEY_MISSING_REJECT &&
          opts->missing != FG_KEY_MISSING_SHARED))
         return FG_EINVAL;
     size_t name_len = 0;
-    if (opts->key_source == FG_KEY_HEADER) {
+    if (named) {
         name_len = strnlen(opts->key_name, FG_HEADER_NAME_MAX + 1);
         if (name_len > FG_HEADER_NAME_MAX)
             return FG_ETOOLONG;
@@ -178,7 +196,7 @@ int fg_stage_limit_keyed(fg_keyed_limiter *keyed, const fg_limit_stage_options *
     st->key_fn = opts->key_fn;
     st->key_arg = opts->key_arg;
     st->missing = opts->missing;
-    if (opts->key_source == FG_KEY_HEADER) {
+    if (named) {
         st->key_name = fg__strndup(opts->key_name, name_len);
         st->key_name_len = name_len;
         if (st->key_name == NULL) {

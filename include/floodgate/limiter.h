@@ -270,13 +270,17 @@ FG_API int fg_keyed_limiter_stats(fg_keyed_limiter *keyed, fg_keyed_stats *stats
 /*
  * Where a keyed stage finds a request's key. FG_KEY_HEADER reads the
  * header named `name` (e.g. "x-user-id"); FG_KEY_PATH uses the path;
- * FG_KEY_CUSTOM calls fn. A request without its key (missing header) is
- * handled as `missing` says.
+ * FG_KEY_CUSTOM calls fn; FG_KEY_BAGGAGE reads the W3C baggage entry named
+ * `name` (percent-decoded, see fg_ctx_baggage; e.g. "tenant"). A request
+ * without its key (missing header or baggage entry) is handled as `missing`
+ * says; a key longer than the keyed limiter's key_max is rejected with
+ * FG_ETOOLONG.
  */
 typedef enum fg_key_source {
     FG_KEY_HEADER = 0,
     FG_KEY_PATH = 1,
-    FG_KEY_CUSTOM = 2
+    FG_KEY_CUSTOM = 2,
+    FG_KEY_BAGGAGE = 3
 } fg_key_source;
 
 typedef enum fg_key_missing {
@@ -295,8 +299,9 @@ typedef struct fg_limit_stage_options {
     int shadow;       /* nonzero: decide and count, never reject or delay */
     /* keyed stages only */
     fg_key_source key_source;
-    const char *key_name; /* header name for FG_KEY_HEADER; copied */
-    fg_key_fn key_fn;     /* FG_KEY_CUSTOM */
+    const char
+        *key_name;    /* header name (FG_KEY_HEADER) or baggage key (FG_KEY_BAGGAGE); copied */
+    fg_key_fn key_fn; /* FG_KEY_CUSTOM */
     void *key_arg;
     fg_key_missing missing;
 } fg_limit_stage_options;
