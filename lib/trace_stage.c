@@ -161,9 +161,7 @@ int fg_trace_outgoing(const fg_ctx *ctx, const char *vendor_key, char *buf, size
     size_t vendor_len = 0;
     if (vendor_key != NULL) {
         vendor_len = strnlen(vendor_key, FG_TRACESTATE_KEY_MAX + 1);
-        /* Checked as fg_tracestate_set will: a valid key with a valid value. */
-        fg_tracestate probe = {0};
-        if (fg_tracestate_set(&probe, vendor_key, vendor_len, "0", 1) != 0)
+        if (!fg__tracestate_key_valid(vendor_key, vendor_len))
             return FG_EINVAL;
     }
     if (!ctx->trace.valid)

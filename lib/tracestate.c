@@ -35,7 +35,7 @@ static int fg_ts_keychars(const char *s, size_t n) {
 }
 
 /* simple-key / tenant-id "@" system-id, with their lengths. */
-static int fg_ts_key_valid(const char *k, size_t n) {
+int fg__tracestate_key_valid(const char *k, size_t n) {
     if (n == 0 || n > FG_TRACESTATE_KEY_MAX)
         return 0;
     const char *at = memchr(k, '@', n);
@@ -87,7 +87,7 @@ static int fg_ts_append(fg_tracestate *ts, const char *s, size_t len) {
                 return FG_EPARSE;
             size_t klen = (size_t)(eq - (s + a));
             size_t vlen = b - a - klen - 1;
-            if (!fg_ts_key_valid(s + a, klen) || !fg_ts_value_valid(eq + 1, vlen))
+            if (!fg__tracestate_key_valid(s + a, klen) || !fg_ts_value_valid(eq + 1, vlen))
                 return FG_EPARSE;
             if (ts->n == FG_TRACESTATE_MAX_MEMBERS || fg_ts_find(ts, s + a, klen) >= 0)
                 return FG_EPARSE;
@@ -152,7 +152,7 @@ static void fg_ts_delete(fg_tracestate *ts, uint32_t i) {
 int fg_tracestate_set(fg_tracestate *ts, const char *key, size_t key_len, const char *value,
                       size_t value_len) {
     if (ts == NULL || key == NULL || value == NULL || ts->n > FG_TRACESTATE_MAX_MEMBERS ||
-        !fg_ts_key_valid(key, key_len) || !fg_ts_value_valid(value, value_len))
+        !fg__tracestate_key_valid(key, key_len) || !fg_ts_value_valid(value, value_len))
         return FG_EINVAL;
     int old = fg_ts_find(ts, key, key_len);
     if (old >= 0)

@@ -270,8 +270,8 @@ FG_API int fg_baggage_parse_ctx(fg_baggage *b, const fg_ctx *ctx);
 
 /*
  * fg_baggage_get - the value of the member with this key, percent-decoded,
- * and a NUL, into buf. When a key appears more than once the last one wins
- * (as OpenTelemetry does). A '%' not followed by two hex digits is kept as
+ * and a NUL, into buf. Keys compare exactly (case-sensitive). When a key
+ * appears more than once the last one wins (as OpenTelemetry does). A '%' not followed by two hex digits is kept as
  * it is.
  *
  * Returns: 0 and *len (without the NUL; len may be NULL); FG_ENOTFOUND;
