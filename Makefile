@@ -72,7 +72,7 @@ LIB_OBJS := $(LIB_SRCS:%.c=$(B)/%.o)
 TEST_SRCS := $(wildcard tests/check_*.c)
 TEST_OBJS := $(TEST_SRCS:%.c=$(B)/%.o)
 BENCH_SRCS := $(wildcard bench/*.c)
-EXAMPLES := hello
+EXAMPLES := hello tracing
 HEADERS := include/floodgate.h $(wildcard include/floodgate/*.h)
 
 STATIC := $(B)/libfloodgate.a

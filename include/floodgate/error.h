@@ -206,6 +206,9 @@ FG_API int fg_error_has(const fg_error *err, int code);
  * Returns: 0 and *len (without the NUL; len may be NULL); FG_ETOOLONG when
  * the line and its NUL do not fit in cap (buf then holds "" when cap > 0);
  * FG_EINVAL for NULL err or buf; FG_ENOMEM.
+ * Allocation: the JSON is built by jansson, whose temporary allocations
+ * use jansson's own allocator (json_set_alloc_funcs, process-wide and the
+ * application's to set), not fg_set_alloc_funcs.
  * Thread-safety: MT-safe on an err nobody modifies.
  */
 FG_API int fg_error_log_json(const fg_error *err, const char *level, char *buf, size_t cap,

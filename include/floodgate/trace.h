@@ -374,12 +374,14 @@ typedef struct fg_trace_options {
 /*
  * fg_stage_trace - the trace stage. On enter: parse the first
  * "traceparent" header of ctx; when it is valid, continue that trace
- * (ctx->trace.trace_id, parent_id = the caller's span, flags kept), else
+ * (ctx->trace.trace_id, parent_id = the caller's span, the caller's random
+ * flag kept; flag bits version 00 does not define are cleared), else
  * start one (a new random trace-id, parent_id zero, FG_TRACE_FLAG_RANDOM
  * set) — a bad header never fails a request. Then give this hop a new
- * span_id and set the sampled flag as the sampler decides. It never
- * rejects. On exit: report the span to on_span (sampled spans only, unless
- * hook_unsampled).
+ * span_id and set the sampled flag as the sampler decides. When ctx->trace
+ * is already valid (a retry by an earlier stage re-entering this one), the
+ * trace is kept and only a new span id is made. It never rejects. On exit:
+ * report the span to on_span (sampled spans only, unless hook_unsampled).
  *
  * Returns: 0 and *out; FG_EINVAL for NULL out or an invalid sampler (as
  * fg_sampler_decide would refuse it); FG_ETOOLONG for a name over
@@ -405,12 +407,14 @@ typedef struct fg_trace_headers {
 /*
  * fg_trace_outgoing - the headers for a downstream call made while serving
  * ctx: traceparent with the same trace-id, this hop's span id as the
- * parent-id and this hop's flags; the caller's tracestate (only when the
- * trace came in a valid traceparent) with vendor_key's entry set to this
- * hop's span id in hex and moved to the front (vendor_key NULL: passed on
- * unchanged), truncated to FG_TRACESTATE_PROPAGATE; and the caller's
- * baggage (the valid members, re-encoded). Each value is NUL-terminated in
- * buf.
+ * parent-id and this hop's flags; tracestate: the caller's members (only
+ * when the trace came in a valid traceparent and the caller's tracestate
+ * was valid), with vendor_key's entry set to this hop's span id in hex and
+ * moved to the front (so a trace we started carries just our entry;
+ * vendor_key NULL: the caller's passed on unchanged), truncated to
+ * FG_TRACESTATE_PROPAGATE, empty when there is nothing to send; and the
+ * caller's baggage (the valid members, re-encoded). Each value is
+ * NUL-terminated in buf.
  *
  * Returns: 0 and *out; FG_ESTATE when ctx->trace is not valid (no trace
  * stage ran); FG_ETOOLONG when buf is too small (use FG_TRACE_HEADERS_MAX;
