@@ -182,8 +182,9 @@ int fg_tracestate_format(const fg_tracestate *ts, char *buf, size_t cap, size_t 
     if (ts == NULL || buf == NULL || ts->n > FG_TRACESTATE_MAX_MEMBERS)
         return FG_EINVAL;
     /* Which members to keep: the whole list when it fits the propagation
-     * limit; else drop large members from the right, then any from the
-     * right, until it fits. Lengths count the commas between members. */
+     * limit; else, as the recommendation orders, drop every large member
+     * first, then members from the right until it fits. Lengths count the
+     * commas between members. */
     uint8_t keep[FG_TRACESTATE_MAX_MEMBERS];
     size_t total = 0, kept = 0;
     for (uint32_t i = 0; i < ts->n; i++) {
@@ -193,7 +194,8 @@ int fg_tracestate_format(const fg_tracestate *ts, char *buf, size_t cap, size_t 
     }
 #define FG_TS_LENGTH() (total + (kept > 0 ? kept - 1 : 0))
     for (int pass = 0; pass < 2 && FG_TS_LENGTH() > FG_TRACESTATE_PROPAGATE; pass++) {
-        for (uint32_t i = ts->n; i-- > 0 && FG_TS_LENGTH() > FG_TRACESTATE_PROPAGATE;) {
+        for (uint32_t i = ts->n;
+             i-- > 0 && (pass == 0 || FG_TS_LENGTH() > FG_TRACESTATE_PROPAGATE);) {
             size_t m = ts->members[i].key.len + 1 + ts->members[i].value.len;
             if (keep[i] && (pass == 1 || m > FG_TRACESTATE_LARGE)) {
                 keep[i] = 0;

@@ -1689,7 +1689,7 @@ START_TEST(test_stage_options) {
     ck_assert_int_eq(fg_stage_limit_keyed(k, &so, &s), FG_EINVAL); /* custom, no fn */
     so = (fg_limit_stage_options)FG_LIMIT_STAGE_OPTIONS_INIT;
     so.key_name = "x-user";
-    so.key_source = (fg_key_source)3;
+    so.key_source = (fg_key_source)4; /* one past FG_KEY_BAGGAGE */
     ck_assert_int_eq(fg_stage_limit_keyed(k, &so, &s), FG_EINVAL);
     so.key_source = (fg_key_source)-1;
     ck_assert_int_eq(fg_stage_limit_keyed(k, &so, &s), FG_EINVAL);

@@ -199,10 +199,10 @@ FG_API int fg_tracestate_remove(fg_tracestate *ts, const char *key, size_t key_l
 /*
  * fg_tracestate_format - write ts as a header value ("k1=v1,k2=v2") and a
  * NUL into buf, no longer than FG_TRACESTATE_PROPAGATE characters: when the
- * whole list is longer, members longer than FG_TRACESTATE_LARGE characters
- * are left out first (the rightmost of them first, only as many as needed),
- * then other members from the right, as the recommendation's truncation
- * guidance says. An empty list writes "".
+ * whole list is longer, every member longer than FG_TRACESTATE_LARGE
+ * characters is left out first, then members from the right until it fits,
+ * as the recommendation's truncation guidance orders. An empty list writes
+ * "".
  *
  * Returns: 0 and *len (without the NUL; len may be NULL); FG_ETOOLONG when
  * the value and its NUL do not fit in cap (buf then holds ""
