@@ -24,5 +24,6 @@
 #include "floodgate/limiter.h"
 #include "floodgate/breaker.h"
 #include "floodgate/trace.h"
+#include "floodgate/router.h"
 
 #endif /* FLOODGATE_H */

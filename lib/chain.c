@@ -17,6 +17,7 @@
 #include "alloc.h"
 #include "atomic.h"
 #include "internal.h"
+#include "router_internal.h"
 
 struct fg_chain {
     char *name;
@@ -59,10 +60,13 @@ int fg_chain_use(fg_chain *chain, fg_stage *stage) {
         return FG_EINVAL;
     }
     int rc = 0;
-    if (fg__load_u32(&chain->frozen))
-        rc = FG_ESTATE;
-    else if (chain->nstages >= FG_CHAIN_MAX_STAGES)
-        rc = FG_ETOOMANY;
+    if (fg__load_u32(&chain->frozen) ||
+        (chain->nstages > 0 && fg__is_router_stage(chain->stages[chain->nstages - 1])))
+        rc = FG_ESTATE; /* frozen, or after the router, which must come last */
+    else if (chain->nstages >= FG_CHAIN_MAX_STAGES ||
+             (fg__is_router_stage(stage) &&
+              chain->nstages + 1 + fg__router_stage_depth(stage) > FG_CTX_MAX_DEPTH))
+        rc = FG_ETOOMANY; /* a routed request could not hold all its frames */
     if (rc != 0) {
         fg_stage_unref(stage);
         return rc;
@@ -120,11 +124,25 @@ static int fg_chain_begin(const fg_chain *chain, fg_ctx *ctx, uint32_t state) {
     return 0;
 }
 
-/* Enter stages [from, nstages). On rejection the rejecting stage is not
- * pushed: it never admitted, so it must not be exited. */
+/* The i-th stage of this request: the chain's, then (once the router
+ * stage, always the chain's last, has chosen) the target's. NULL past the
+ * end. */
+static fg_stage *fg_stage_at(const fg_chain *chain, const fg_ctx *ctx, uint32_t i) {
+    if (i < chain->nstages)
+        return chain->stages[i];
+    const struct fg__route_target *t = ctx->priv.route_target;
+    if (t == NULL || i - chain->nstages >= t->nstages)
+        return NULL;
+    return t->stages[i - chain->nstages];
+}
+
+/* Enter the request's stages from index `from` on. On rejection the
+ * rejecting stage is not pushed: it never admitted, so it must not be
+ * exited. The frame stack cannot overflow: fg_chain_use refused a router
+ * whose targets could make a request deeper than FG_CTX_MAX_DEPTH. */
 static int fg_enter_stages(const fg_chain *chain, fg_ctx *ctx, uint32_t from) {
-    for (uint32_t i = from; i < chain->nstages; i++) {
-        fg_stage *stage = chain->stages[i];
+    fg_stage *stage;
+    for (uint32_t i = from; (stage = fg_stage_at(chain, ctx, i)) != NULL; i++) {
         uint64_t slot = 0;
         int rc = stage->ops->enter ? stage->ops->enter(stage->state, ctx, &slot) : 0;
         if (rc != 0) {
@@ -161,8 +179,13 @@ static int fg_unwind(fg_ctx *ctx, fg_outcome *outcome, uint64_t end_ns, int allo
     return 0;
 }
 
+/* Whether the chain ends in a router. */
+static int fg_chain_routed(const fg_chain *chain) {
+    return chain->nstages > 0 && fg__is_router_stage(chain->stages[chain->nstages - 1]);
+}
+
 int fg_chain_call(const fg_chain *chain, fg_ctx *ctx, fg_handler_fn handler, void *arg) {
-    if (handler == NULL)
+    if (chain == NULL || (handler == NULL && !fg_chain_routed(chain)))
         return FG_EINVAL;
     int rc = fg_chain_begin(chain, ctx, FG_CTX_RUNNING);
     if (rc != 0)
@@ -181,7 +204,9 @@ int fg_chain_call(const fg_chain *chain, fg_ctx *ctx, fg_handler_fn handler, voi
              * here, on the chain's clock, so the handler starts on time. */
             if (ctx->delay_ns)
                 fg_clock_sleep(&chain->clock, ctx->delay_ns);
-            ctx->status = fg_failure_code(handler(ctx, arg));
+            /* A routed request is served by its target's handler. */
+            const struct fg__route_target *t = ctx->priv.route_target;
+            ctx->status = fg_failure_code(t ? t->handler(ctx, t->arg) : handler(ctx, arg));
             outcome.kind = ctx->status ? FG_OUTCOME_FAILED : FG_OUTCOME_OK;
             outcome.code = ctx->status;
         }

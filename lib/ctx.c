@@ -35,6 +35,10 @@ int fg_ctx_init_n(fg_ctx *ctx, const char *method, size_t method_len, const char
     ctx->priv.state = FG_CTX_INVALID;
     ctx->priv.chain = NULL;
     ctx->priv.depth = 0;
+    ctx->priv.route_target = NULL;
+    ctx->route = NULL;
+    ctx->target = NULL;
+    ctx->nparams = 0;
     ctx->method.ptr = NULL;
     ctx->method.len = 0;
     ctx->path.ptr = NULL;

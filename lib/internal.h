@@ -43,6 +43,10 @@ int fg__name_equal(const fg_str *a, const char *b, size_t blen);
 void fg__tohex(const uint8_t *in, size_t n, char *out);
 int fg__all_zero(const uint8_t *p, size_t n);
 
+/* 64 random bits from the calling thread's generator (lib/trace.c): fast,
+ * lock-free, seeded from the OS; not for secrets. */
+uint64_t fg__random_u64(void);
+
 /* Whether k is a valid tracestate key (lib/tracestate.c). */
 int fg__tracestate_key_valid(const char *k, size_t n);
 

@@ -158,6 +158,8 @@ static uint64_t fg_rng_next(void) {
     return result;
 }
 
+uint64_t fg__random_u64(void) { return fg_rng_next(); }
+
 static void fg_random_id(uint8_t *id, size_t n) {
     do {
         for (size_t i = 0; i < n; i += 8) {

@@ -71,8 +71,10 @@ FG_API int fg_chain_new(const fg_chain_options *opts, fg_chain **out);
  * fg_chain_use - append a stage; requests enter stages in the order added.
  *
  * Returns: 0; FG_EINVAL (NULL argument); FG_ESTATE when the chain has already
- * served a request (it is immutable from then on); FG_ETOOMANY past
- * FG_CHAIN_MAX_STAGES; FG_ENOMEM.
+ * served a request (it is immutable from then on) or already ends in a
+ * router stage (which must be last); FG_ETOOMANY past FG_CHAIN_MAX_STAGES,
+ * or for a router stage when the chain's stages, the router and its
+ * deepest target's stages would exceed FG_CTX_MAX_DEPTH; FG_ENOMEM.
  * Ownership: takes the caller's reference to stage, on success and on error
  * alike, so fg_chain_use(c, s) never leaks s. Use fg_stage_ref first to keep
  * one.
@@ -98,10 +100,14 @@ FG_API void fg_chain_free(fg_chain *chain);
  * (see stage.h); ctx->now_ns is then re-read for each attempt and restored to
  * the first reading when the call returns.
  *
+ * When the chain ends in a router (floodgate/router.h), a routed request is
+ * served by its target's handler instead: handler and arg are then not used
+ * and may be NULL.
+ *
  * Returns: 0 when the handler succeeded; the handler's failure code; the
  * rejection code when a stage rejected (or the fallback's return value when
- * the chain has a fallback); FG_EINVAL when chain, ctx or handler is NULL
- * (arg may be NULL); FG_ESTATE when ctx was not initialised, is already
+ * the chain has a fallback); FG_EINVAL when chain or ctx is NULL, or handler
+ * is NULL and the chain does not end in a router (arg may be NULL); FG_ESTATE when ctx was not initialised, is already
  * inside a chain, or has finished a request (fg_ctx_init it again).
  * ctx->status holds the same code (even when the fallback's return value is
  * what is returned), ctx->rejected_by the rejecting stage.

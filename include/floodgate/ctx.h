@@ -40,6 +40,7 @@ FG_BEGIN_DECLS
 #define FG_METHOD_MAX       32   /* bytes in the method */
 #define FG_PATH_MAX         8192 /* bytes in the path (route key) */
 #define FG_CTX_MAX_DEPTH    32   /* stages one request may have entered at once */
+#define FG_CTX_MAX_PARAMS   8    /* path parameters a matched route pattern may bind */
 
 /* Handles, defined in floodgate/stage.h and floodgate/chain.h. */
 typedef struct fg_stage fg_stage;
@@ -103,11 +104,19 @@ typedef struct fg_ctx {
      * schedules the handler that much later itself. */
     uint64_t delay_ns;
     fg_header headers[FG_CTX_MAX_HEADERS];
+    /* Written by the router (floodgate/router.h) when it has chosen: the
+     * route's and target's names (NULL before), and the path parameters of
+     * a pattern route, name without its ':' or '*', value borrowing path. */
+    const char *route;
+    const char *target;
+    uint32_t nparams;
+    fg_header params[FG_CTX_MAX_PARAMS];
 
     struct {
         const fg_chain *chain;
         uint32_t state;
         uint32_t depth;
+        const void *route_target; /* the router's chosen target */
         fg_ctx_frame frames[FG_CTX_MAX_DEPTH];
     } priv;
 } fg_ctx;
