@@ -119,6 +119,7 @@ static int fg_chain_begin(const fg_chain *chain, fg_ctx *ctx, uint32_t state) {
         fg__store_u32(&mut->frozen, 1);
     ctx->priv.chain = chain;
     ctx->priv.depth = 0;
+    ctx->priv.route_target = NULL; /* only this chain's router may choose one */
     ctx->priv.state = state;
     ctx->now_ns = fg_clock_read(&chain->clock);
     return 0;
