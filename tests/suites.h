@@ -19,8 +19,15 @@ Suite *fg_suite_limiter(void);
 Suite *fg_suite_keyed(void);
 Suite *fg_suite_breaker(void);
 Suite *fg_suite_trace(void);
+Suite *fg_suite_tracestate(void);
+Suite *fg_suite_baggage(void);
+Suite *fg_suite_trace_stage(void);
+Suite *fg_suite_errval(void);
 
 #define FG_TEST_SUITES(X)                                                                     \
-    X(error) X(alloc) X(clock) X(ctx) X(stage) X(chain) X(limiter) X(keyed) X(breaker) X(trace)
+    X(error)                                                                                  \
+    X(alloc)                                                                                  \
+    X(clock) X(ctx) X(stage) X(chain) X(limiter) X(keyed) X(breaker) X(trace) X(tracestate)   \
+        X(baggage) X(trace_stage) X(errval)
 
 #endif
