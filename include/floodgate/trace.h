@@ -220,8 +220,8 @@ FG_API int fg_tracestate_format(const fg_tracestate *ts, char *buf, size_t cap, 
  * One list-member. key is an HTTP token. value is as on the wire
  * (percent-encoded) when `plain` is 0, and the caller's raw bytes (encoded
  * when formatted) when fg_baggage_set put it there. properties is the raw
- * text after the first ';' (e.g. "ttl=60;private"), empty when none;
- * formatting passes it on unchanged.
+ * text after the first ';' and the optional whitespace around it (e.g.
+ * "ttl=60;private"), empty when none; formatting passes it on unchanged.
  */
 typedef struct fg_baggage_member {
     fg_str key;
@@ -245,7 +245,9 @@ typedef struct fg_baggage {
  * whitespace; a member is key OWS '=' OWS value, then any number of
  * ';'-separated properties (key, or key=value); keys are HTTP tokens;
  * values are printable ASCII other than '"' ',' ';' '\\' and space,
- * percent-encoding the rest. Unlike tracestate, one bad member does not
+ * percent-encoding the rest; a value may be empty ("k="); empty members
+ * are skipped, a ';' with no property after it is malformed. Unlike
+ * tracestate, one bad member does not
  * spoil the others: a malformed member is skipped and counted in
  * b->malformed; members past FG_BAGGAGE_MAX_MEMBERS, or past
  * FG_BAGGAGE_MAX_BYTES of value, are dropped and counted in b->dropped.
@@ -271,8 +273,8 @@ FG_API int fg_baggage_parse_ctx(fg_baggage *b, const fg_ctx *ctx);
 /*
  * fg_baggage_get - the value of the member with this key, percent-decoded,
  * and a NUL, into buf. Keys compare exactly (case-sensitive). When a key
- * appears more than once the last one wins (as OpenTelemetry does). A '%' not followed by two hex digits is kept as
- * it is.
+ * appears more than once the last one wins (as OpenTelemetry does). A '%' not followed by two
+ * hex digits is kept as it is.
  *
  * Returns: 0 and *len (without the NUL; len may be NULL); FG_ENOTFOUND;
  * FG_ETOOLONG when the value and its NUL do not fit in cap; FG_EINVAL for
@@ -317,9 +319,10 @@ FG_API int fg_baggage_format(const fg_baggage *b, char *buf, size_t cap, size_t 
 /*
  * fg_ctx_baggage - look up one baggage entry straight from ctx's "baggage"
  * headers, percent-decoded, without a fg_baggage: what a router rule or a
- * key extractor uses (e.g. "env" -> "gray"). The member rules are
- * fg_baggage_parse's (malformed members never match; the last of several
- * wins).
+ * key extractor uses (e.g. "env" -> "gray"). The member rules and limits
+ * are fg_baggage_parse's (malformed members never match, members past
+ * FG_BAGGAGE_MAX_MEMBERS or FG_BAGGAGE_MAX_BYTES are not seen; the last of
+ * several wins), so it answers as fg_baggage_get on a parsed list would.
  *
  * Returns: as fg_baggage_get; FG_EINVAL for a NULL ctx.
  * Thread-safety: MT-safe on a ctx nobody writes; allocation-free.
