@@ -25,20 +25,20 @@
 /* ---- nodes ------------------------------------------------------------------------ */
 
 enum fg_node_kind {
-    FG_N_BOOL,  /* literal: b */
-    FG_N_NUM,   /* literal: num */
-    FG_N_STR,   /* literal: str */
-    FG_N_PATH,  /* the path (up to '?') */
+    FG_N_BOOL, /* literal: b */
+    FG_N_NUM,  /* literal: num */
+    FG_N_STR,  /* literal: str */
+    FG_N_PATH, /* the path (up to '?') */
     FG_N_METHOD,
-    FG_N_GET,   /* map a[str]: source in op */
-    FG_N_HAS,   /* has(child a), a FG_N_GET */
-    FG_N_NOT,   /* !a */
-    FG_N_AND,   /* a && b */
-    FG_N_OR,    /* a || b */
-    FG_N_CMP,   /* a op b */
-    FG_N_IN,    /* a in list b */
-    FG_N_LIST,  /* elements: a = first, each element's `next` */
-    FG_N_CALL,  /* a.method(b): op = method */
+    FG_N_GET,  /* map a[str]: source in op */
+    FG_N_HAS,  /* has(child a), a FG_N_GET */
+    FG_N_NOT,  /* !a */
+    FG_N_AND,  /* a && b */
+    FG_N_OR,   /* a || b */
+    FG_N_CMP,  /* a op b */
+    FG_N_IN,   /* a in list b */
+    FG_N_LIST, /* elements: a = first, each element's `next` */
+    FG_N_CALL, /* a.method(b): op = method */
 };
 
 /* Static types. VAL is a request value: a string that may be absent. */
@@ -177,7 +177,8 @@ struct fg_parser {
     int failed;
 };
 
-static void fg_fail(struct fg_parser *p, int code, size_t at, const char *fmt, const char *arg) {
+static void fg_fail(struct fg_parser *p, int code, size_t at, const char *fmt,
+                    const char *arg) {
     if (p->failed)
         return;
     p->failed = code;
@@ -188,7 +189,9 @@ static void fg_fail(struct fg_parser *p, int code, size_t at, const char *fmt, c
     }
 }
 
-static int fg_ident_start(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; }
+static int fg_ident_start(char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+}
 static int fg_ident_char(char c) { return fg_ident_start(c) || (c >= '0' && c <= '9'); }
 
 /* Decode a string literal starting at the quote at p->pos. */
@@ -370,7 +373,8 @@ static void fg_next(struct fg_parser *p) {
 
 static int fg_tok_is(const struct fg_parser *p, const char *word) {
     size_t n = strlen(word);
-    return p->tok == FG_TK_IDENT && p->tok_len == n && memcmp(p->src + p->tok_start, word, n) == 0;
+    return p->tok == FG_TK_IDENT && p->tok_len == n &&
+           memcmp(p->src + p->tok_start, word, n) == 0;
 }
 
 static int fg_new_node(struct fg_parser *p, enum fg_node_kind kind, enum fg_type type) {
@@ -594,10 +598,10 @@ static int fg_parse_primary(struct fg_parser *p) {
     while (!p->failed && p->tok == FG_TK_DOT) {
         size_t dot_at = p->tok_start;
         fg_next(p);
-        int method = fg_tok_is(p, "startsWith")  ? FG_CALL_STARTS
-                     : fg_tok_is(p, "endsWith")  ? FG_CALL_ENDS
+        int method = fg_tok_is(p, "startsWith") ? FG_CALL_STARTS
+                     : fg_tok_is(p, "endsWith") ? FG_CALL_ENDS
                      : fg_tok_is(p, "contains") ? FG_CALL_CONTAINS
-                                                 : -1;
+                                                : -1;
         if (method < 0) {
             fg_fail(p, FG_EPARSE, p->tok_start,
                     "unknown method: use startsWith, endsWith or contains%s", NULL);
@@ -843,8 +847,8 @@ static void fg_eval_value(const fg_expr *e, int n, const fg_ctx *ctx, fg_val *v,
         v->str = ctx->method;
         return;
     case FG_N_GET:
-        v->present = fg__request_value(ctx, node->op, node->str.ptr, node->str.len, &v->str, buf,
-                                       FG_EXPR_VALUE_BUF) == 0;
+        v->present = fg__request_value(ctx, node->op, node->str.ptr, node->str.len, &v->str,
+                                       buf, FG_EXPR_VALUE_BUF) == 0;
         return;
     default:
         v->present = 0;
@@ -902,7 +906,8 @@ static int fg_eval(const fg_expr *e, int n, const fg_ctx *ctx);
 
 static int fg_eval_cmp(const fg_expr *e, const fg_node *node, const fg_ctx *ctx) {
     if (e->nodes[node->a].type == FG_T_BOOL) /* bool == bool, bool != bool */
-        return (fg_eval(e, node->a, ctx) == fg_eval(e, node->b, ctx)) == (node->op == FG_CMP_EQ);
+        return (fg_eval(e, node->a, ctx) == fg_eval(e, node->b, ctx)) ==
+               (node->op == FG_CMP_EQ);
     char abuf[FG_EXPR_VALUE_BUF], bbuf[FG_EXPR_VALUE_BUF];
     fg_val a, b;
     fg_eval_value(e, node->a, ctx, &a, abuf);
@@ -966,8 +971,8 @@ static int fg_eval(const fg_expr *e, int n, const fg_ctx *ctx) {
         const fg_node *get = &e->nodes[node->a];
         char buf[FG_EXPR_VALUE_BUF];
         fg_str v;
-        int rc = fg__request_value(ctx, get->op, get->str.ptr, get->str.len, &v, buf,
-                                   sizeof(buf));
+        int rc =
+            fg__request_value(ctx, get->op, get->str.ptr, get->str.len, &v, buf, sizeof(buf));
         return rc == 0 || rc == FG_ETOOLONG;
     }
     case FG_N_CMP:

@@ -225,8 +225,9 @@ static uint32_t fg_pick_target(const struct fg_route *r, const fg_ctx *ctx) {
     uint32_t slot;
     char buf[FG_PRED_VALUE_BUF];
     fg_str key;
-    if (r->split_key != NULL && fg__request_value(ctx, r->split_source, r->split_key,
-                                                  r->split_key_len, &key, buf, sizeof(buf)) == 0)
+    if (r->split_key != NULL &&
+        fg__request_value(ctx, r->split_source, r->split_key, r->split_key_len, &key, buf,
+                          sizeof(buf)) == 0)
         slot = fg_split_slot(r->salt, r->salt_len, key.ptr, key.len);
     else
         slot = (uint32_t)((fg__random_u64() >> 32) * FG_SPLIT_SLOTS >> 32);
@@ -306,8 +307,8 @@ static const char *fg_conditions(const struct fg_route *r, const fg_ctx *ctx, ui
 
 struct fg_reqpath {
     int rooted;
-    uint32_t n;      /* segments looked at */
-    int overflow;    /* more than FG_ROUTE_MAX_SEGS segments */
+    uint32_t n;   /* segments looked at */
+    int overflow; /* more than FG_ROUTE_MAX_SEGS segments */
     fg_str segs[FG_ROUTE_MAX_SEGS];
     uint8_t param[FG_ROUTE_MAX_SEGS]; /* symbolic walks only: a route's ":param" */
     uint8_t tail;                     /* symbolic walks only */
@@ -322,7 +323,8 @@ static void fg_split_path(fg_str path, struct fg_reqpath *rp) {
         return;
     size_t pos = rp->rooted ? 1 : 0;
     for (;;) {
-        const char *slash = path.len > pos ? memchr(path.ptr + pos, '/', path.len - pos) : NULL;
+        const char *slash =
+            path.len > pos ? memchr(path.ptr + pos, '/', path.len - pos) : NULL;
         size_t end = slash ? (size_t)(slash - path.ptr) : path.len;
         if (rp->n == FG_ROUTE_MAX_SEGS) {
             rp->overflow = 1;
@@ -624,7 +626,8 @@ static int fg_route_parse_path(struct fg_route *r, fg_parse_error *err, int inde
         s->text = p + pos;
         s->len = (uint32_t)(end - pos);
         s->param = 0;
-        if (r->path_kind == FG_PATH_PATTERN && s->len > 0 && (p[pos] == ':' || p[pos] == '*')) {
+        if (r->path_kind == FG_PATH_PATTERN && s->len > 0 &&
+            (p[pos] == ':' || p[pos] == '*')) {
             if (s->len == 1) {
                 fg_seterr(err, FG_EINVAL, index, "a ':' or '*' without a name in the path%s",
                           NULL);
@@ -848,7 +851,8 @@ static int fg_router_add_route(fg_router *router, const fg_route_spec *spec,
     }
     r->name = fg_copy(spec->name, FG_ROUTE_NAME_MAX, NULL, &too_long);
     if (r->name == NULL) {
-        fg_seterr(err, too_long ? FG_ETOOLONG : FG_ENOMEM, index, "route name too long%s", NULL);
+        fg_seterr(err, too_long ? FG_ETOOLONG : FG_ENOMEM, index, "route name too long%s",
+                  NULL);
         return too_long ? FG_ETOOLONG : FG_ENOMEM;
     }
     for (uint32_t i = 0; i < router->nroutes; i++)
@@ -891,7 +895,8 @@ static int fg_router_add_route(fg_router *router, const fg_route_spec *spec,
     }
     r->split_source = (uint8_t)spec->split_source;
     if (rc == 0 && spec->split_key != NULL) {
-        r->split_key = fg_copy(spec->split_key, FG_HEADER_NAME_MAX, &r->split_key_len, &too_long);
+        r->split_key =
+            fg_copy(spec->split_key, FG_HEADER_NAME_MAX, &r->split_key_len, &too_long);
         if (r->split_key == NULL)
             rc = too_long ? FG_ETOOLONG : FG_ENOMEM;
     }
@@ -1177,7 +1182,8 @@ struct fg_out {
     int cut;
 };
 
-static void fg_outf(struct fg_out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void fg_outf(struct fg_out *o, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 static void fg_outf(struct fg_out *o, const char *fmt, ...) {
     if (o->cut)
         return;
@@ -1220,8 +1226,9 @@ int fg_router_explain(const fg_router *router, fg_ctx *ctx, char *buf, size_t ca
     struct fg_reqpath rp;
     fg_str path = fg__route_path(ctx);
     fg_split_path(path, &rp);
-    fg_outf(&o, "request %.*s %.*s\n", (int)ctx->method.len, ctx->method.ptr ? ctx->method.ptr : "",
-            (int)(path.len > 512 ? 512 : path.len), path.ptr ? path.ptr : "");
+    fg_outf(&o, "request %.*s %.*s\n", (int)ctx->method.len,
+            ctx->method.ptr ? ctx->method.ptr : "", (int)(path.len > 512 ? 512 : path.len),
+            path.ptr ? path.ptr : "");
     long winner = -1;
     for (uint32_t i = 0; i < router->nroutes && winner < 0; i++) {
         const struct fg_route *r = &router->routes[i];
@@ -1249,8 +1256,7 @@ int fg_router_explain(const fg_router *router, fg_ctx *ctx, char *buf, size_t ca
         fg_route_match m;
         int rc = fg_route_request(router, ctx, &m);
         if (rc != 0 || m.route != winner) /* the tree and the list must agree */
-            fg_outf(&o, "matched by the list but not the index (bug): %s\n",
-                    fg_strerror(rc));
+            fg_outf(&o, "matched by the list but not the index (bug): %s\n", fg_strerror(rc));
         else
             fg_outf(&o, "matched, target '%s'\n", m.target_name);
     }

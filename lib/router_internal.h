@@ -16,13 +16,13 @@
 
 /* One target of a route, as built (ctx->priv.route_target points here). */
 struct fg__route_target {
-    char *name;           /* owned */
+    char *name; /* owned */
     uint32_t weight;
-    uint32_t slot_end;    /* the split's slots [previous end, slot_end) are this target's */
+    uint32_t slot_end; /* the split's slots [previous end, slot_end) are this target's */
     fg_handler_fn handler;
     void *arg;
     uint32_t nstages;
-    fg_stage **stages;    /* owned references */
+    fg_stage **stages; /* owned references */
 };
 
 /* The request's path for routing: ctx->path up to the first '?'. */

@@ -107,8 +107,8 @@ FG_API void fg_chain_free(fg_chain *chain);
  * Returns: 0 when the handler succeeded; the handler's failure code; the
  * rejection code when a stage rejected (or the fallback's return value when
  * the chain has a fallback); FG_EINVAL when chain or ctx is NULL, or handler
- * is NULL and the chain does not end in a router (arg may be NULL); FG_ESTATE when ctx was not initialised, is already
- * inside a chain, or has finished a request (fg_ctx_init it again).
+ * is NULL and the chain does not end in a router (arg may be NULL); FG_ESTATE when ctx was not
+ * initialised, is already inside a chain, or has finished a request (fg_ctx_init it again).
  * ctx->status holds the same code (even when the fallback's return value is
  * what is returned), ctx->rejected_by the rejecting stage.
  * Ownership: borrows everything.

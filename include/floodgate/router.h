@@ -37,15 +37,15 @@
 
 FG_BEGIN_DECLS
 
-#define FG_ROUTER_MAX_ROUTES  65536 /* routes in one router */
-#define FG_ROUTE_MAX_TARGETS  16    /* targets in one route's split */
-#define FG_ROUTE_MAX_MATCHES  16    /* value predicates per route */
-#define FG_ROUTE_MAX_METHODS  16    /* methods in one route's method set */
-#define FG_ROUTE_NAME_MAX     128   /* bytes in a route or target name */
-#define FG_SPLIT_SLOTS        10000 /* a split's granularity: weights are out of this */
-#define FG_EXPR_MAX_LEN       4096  /* bytes in a rule expression */
-#define FG_EXPR_MAX_DEPTH     32    /* nesting of a rule expression */
-#define FG_EXPR_MAX_NODES     256   /* operators and operands in one expression */
+#define FG_ROUTER_MAX_ROUTES 65536 /* routes in one router */
+#define FG_ROUTE_MAX_TARGETS 16    /* targets in one route's split */
+#define FG_ROUTE_MAX_MATCHES 16    /* value predicates per route */
+#define FG_ROUTE_MAX_METHODS 16    /* methods in one route's method set */
+#define FG_ROUTE_NAME_MAX    128   /* bytes in a route or target name */
+#define FG_SPLIT_SLOTS       10000 /* a split's granularity: weights are out of this */
+#define FG_EXPR_MAX_LEN      4096  /* bytes in a rule expression */
+#define FG_EXPR_MAX_DEPTH    32    /* nesting of a rule expression */
+#define FG_EXPR_MAX_NODES    256   /* operators and operands in one expression */
 
 /* ---- rule expressions ------------------------------------------------------------ */
 
@@ -132,14 +132,14 @@ typedef enum fg_match_op {
     FG_MATCH_LE = 4,
     FG_MATCH_GT = 5,
     FG_MATCH_GE = 6,
-    FG_MATCH_EQ = 7,      /* a number == `number` */
+    FG_MATCH_EQ = 7, /* a number == `number` */
 } fg_match_op;
 
 /* One value predicate: source[name] op value/number; invert negates it (an
  * inverted PRESENT means "absent"). */
 typedef struct fg_value_match {
     fg_value_source source;
-    const char *name;  /* copied */
+    const char *name; /* copied */
     fg_match_op op;
     const char *value; /* EXACT, PREFIX; copied */
     double number;     /* LT .. EQ */
@@ -152,11 +152,11 @@ typedef struct fg_value_match {
  * one target needs no weight). stages run after the chain's, in order.
  */
 typedef struct fg_route_target {
-    const char *name;      /* copied; NULL: the route's name */
+    const char *name; /* copied; NULL: the route's name */
     uint32_t weight;
     fg_handler_fn handler; /* may be NULL only in split use (fg_route_dispatch fails) */
     void *arg;
-    fg_stage **stages;     /* nstages references, taken by fg_router_add */
+    fg_stage **stages; /* nstages references, taken by fg_router_add */
     size_t nstages;
 } fg_route_target;
 
@@ -237,8 +237,8 @@ FG_API size_t fg_router_count(const fg_router *router);
 
 /* The result of a match. */
 typedef struct fg_route_match {
-    int route;          /* index in the order added */
-    int target;         /* index in the route's targets */
+    int route;  /* index in the order added */
+    int target; /* index in the route's targets */
     const char *route_name;
     const char *target_name;
 } fg_route_match;
