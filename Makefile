@@ -195,7 +195,7 @@ bench-peers:
 FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
-FUZZ_FLAGS = -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+FUZZ_FLAGS = -std=c11 $(WARN) -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
              -D_POSIX_C_SOURCE=200809L -Iinclude $(DEP_CFLAGS)
 
 build/fuzz/%: tests/fuzz/fuzz_%.c $(LIB_SRCS) $(HEADERS) $(wildcard lib/*.h) | $(DEPS_STEP)
