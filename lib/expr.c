@@ -459,7 +459,14 @@ static int fg_parse_get(struct fg_parser *p, int source) {
             return -1;
         }
         p->out->nodes[n].str = (fg_str){p->src + p->tok_start, p->tok_len};
+        size_t key_end = p->tok_start + p->tok_len;
         fg_next(p);
+        if (p->tok == FG_TK_MINUS && p->tok_start == key_end) {
+            fg_fail(p, FG_EPARSE, p->tok_start,
+                    "a key that is not an identifier must be indexed: map[\"x-env\"]%s",
+                    NULL);
+            return -1;
+        }
     } else {
         fg_fail(p, FG_EPARSE, at, "a map must be indexed: map[\"key\"] or map.key%s", NULL);
         return -1;

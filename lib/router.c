@@ -1226,9 +1226,17 @@ int fg_router_explain(const fg_router *router, fg_ctx *ctx, char *buf, size_t ca
     struct fg_reqpath rp;
     fg_str path = fg__route_path(ctx);
     fg_split_path(path, &rp);
-    fg_outf(&o, "request %.*s %.*s\n", (int)ctx->method.len,
-            ctx->method.ptr ? ctx->method.ptr : "", (int)(path.len > 512 ? 512 : path.len),
-            path.ptr ? path.ptr : "");
+    fg_outf(&o, "request %.*s ", (int)ctx->method.len, ctx->method.ptr ? ctx->method.ptr : "");
+    /* The path is the client's: print it escaped, so no byte of it can
+     * pass for a line of the explanation. */
+    for (size_t i = 0; i < path.len && i < 512; i++) {
+        unsigned char c = (unsigned char)path.ptr[i];
+        if (c >= 0x20 && c < 0x7f && c != '\\')
+            fg_outf(&o, "%c", c);
+        else
+            fg_outf(&o, "\\x%02x", c);
+    }
+    fg_outf(&o, "%s\n", path.len > 512 ? "..." : "");
     long winner = -1;
     for (uint32_t i = 0; i < router->nroutes && winner < 0; i++) {
         const struct fg_route *r = &router->routes[i];
