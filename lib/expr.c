@@ -463,8 +463,7 @@ static int fg_parse_get(struct fg_parser *p, int source) {
         fg_next(p);
         if (p->tok == FG_TK_MINUS && p->tok_start == key_end) {
             fg_fail(p, FG_EPARSE, p->tok_start,
-                    "a key that is not an identifier must be indexed: map[\"x-env\"]%s",
-                    NULL);
+                    "a key that is not an identifier must be indexed: map[\"x-env\"]%s", NULL);
             return -1;
         }
     } else {
@@ -647,15 +646,17 @@ static int fg_parse_primary(struct fg_parser *p) {
 static int fg_parse_unary(struct fg_parser *p) {
     if (p->failed)
         return -1;
-    if (++p->depth > FG_EXPR_MAX_DEPTH) {
-        fg_fail(p, FG_ERANGE, p->tok_start, "expression nested too deeply%s", NULL);
-        return -1;
-    }
     int n;
     if (p->tok == FG_TK_NOT) {
         size_t at = p->tok_start;
+        /* Each '!' nests, as each '(' does: both recurse. */
+        if (++p->depth > FG_EXPR_MAX_DEPTH) {
+            fg_fail(p, FG_ERANGE, p->tok_start, "expression nested too deeply%s", NULL);
+            return -1;
+        }
         fg_next(p);
         int a = fg_parse_unary(p);
+        p->depth--;
         if (p->failed)
             return -1;
         if (p->out->nodes[a].type != FG_T_BOOL) {
@@ -669,7 +670,6 @@ static int fg_parse_unary(struct fg_parser *p) {
     } else {
         n = fg_parse_primary(p);
     }
-    p->depth--;
     return p->failed ? -1 : n;
 }
 
@@ -763,6 +763,8 @@ static int fg_parse_logic(struct fg_parser *p, int level) {
     return p->failed ? -1 : a;
 }
 
+/* An expression: the whole rule, a parenthesised one, or a method's
+ * argument. Nesting counts every level below the whole rule. */
 static int fg_parse_or(struct fg_parser *p) {
     if (++p->depth > FG_EXPR_MAX_DEPTH) {
         fg_fail(p, FG_ERANGE, p->tok_start, "expression nested too deeply%s", NULL);
@@ -792,12 +794,17 @@ int fg_expr_compile(const char *src, size_t len, fg_expr **out, fg_parse_error *
     fg_expr *e = fg__calloc(1, sizeof(*e));
     if (e == NULL)
         return FG_ENOMEM;
-    e->text = fg__malloc(len + 1);
+    /* The source is copied first (key names like meta.uid point into it),
+     * then decoded string literals follow it: never longer than the source. */
+    e->text = fg__malloc(2 * len + 1);
     if (e->text == NULL) {
         fg__free(e);
         return FG_ENOMEM;
     }
-    struct fg_parser p = {.src = src, .len = len, .out = e, .err = err};
+    if (len)
+        memcpy(e->text, src, len);
+    struct fg_parser p = {
+        .src = e->text, .len = len, .out = e, .text_used = len, .err = err, .depth = -1};
     fg_next(&p);
     int root = fg_parse_or(&p);
     if (!p.failed && p.tok != FG_TK_END)
@@ -831,7 +838,11 @@ typedef struct fg_val {
     fg_str str;
 } fg_val;
 
-#define FG_EXPR_VALUE_BUF 256 /* a decoded baggage value; longer ones count as absent */
+/* A decoded baggage value: as long as a baggage header can be. Only the
+ * leaf evaluators (comparisons, in, calls, has) hold such buffers, and
+ * they never recurse, so at most one leaf frame is live at a time. */
+#define FG_EXPR_VALUE_BUF (FG_BAGGAGE_MAX_BYTES + 1)
+#define FG_LEAF           __attribute__((noinline))
 
 /* Read the value of a FG_N_GET, FG_N_PATH, FG_N_METHOD, FG_N_STR or
  * FG_N_NUM node. buf holds a decoded baggage value. */
@@ -911,10 +922,8 @@ static int fg_compare(int op, const fg_val *a, const fg_val *b) {
 
 static int fg_eval(const fg_expr *e, int n, const fg_ctx *ctx);
 
-static int fg_eval_cmp(const fg_expr *e, const fg_node *node, const fg_ctx *ctx) {
-    if (e->nodes[node->a].type == FG_T_BOOL) /* bool == bool, bool != bool */
-        return (fg_eval(e, node->a, ctx) == fg_eval(e, node->b, ctx)) ==
-               (node->op == FG_CMP_EQ);
+static FG_LEAF int fg_eval_cmp_values(const fg_expr *e, const fg_node *node,
+                                      const fg_ctx *ctx) {
     char abuf[FG_EXPR_VALUE_BUF], bbuf[FG_EXPR_VALUE_BUF];
     fg_val a, b;
     fg_eval_value(e, node->a, ctx, &a, abuf);
@@ -922,7 +931,14 @@ static int fg_eval_cmp(const fg_expr *e, const fg_node *node, const fg_ctx *ctx)
     return fg_compare(node->op, &a, &b);
 }
 
-static int fg_eval_in(const fg_expr *e, const fg_node *node, const fg_ctx *ctx) {
+static int fg_eval_cmp(const fg_expr *e, const fg_node *node, const fg_ctx *ctx) {
+    if (e->nodes[node->a].type == FG_T_BOOL) /* bool == bool, bool != bool */
+        return (fg_eval(e, node->a, ctx) == fg_eval(e, node->b, ctx)) ==
+               (node->op == FG_CMP_EQ);
+    return fg_eval_cmp_values(e, node, ctx);
+}
+
+static FG_LEAF int fg_eval_in(const fg_expr *e, const fg_node *node, const fg_ctx *ctx) {
     char abuf[FG_EXPR_VALUE_BUF];
     fg_val a;
     fg_eval_value(e, node->a, ctx, &a, abuf);
@@ -937,7 +953,7 @@ static int fg_eval_in(const fg_expr *e, const fg_node *node, const fg_ctx *ctx) 
     return 0;
 }
 
-static int fg_eval_call(const fg_expr *e, const fg_node *node, const fg_ctx *ctx) {
+static FG_LEAF int fg_eval_call(const fg_expr *e, const fg_node *node, const fg_ctx *ctx) {
     char abuf[FG_EXPR_VALUE_BUF], bbuf[FG_EXPR_VALUE_BUF];
     fg_val a, b;
     fg_eval_value(e, node->a, ctx, &a, abuf);
@@ -962,6 +978,13 @@ static int fg_eval_call(const fg_expr *e, const fg_node *node, const fg_ctx *ctx
     }
 }
 
+static FG_LEAF int fg_eval_has(const fg_node *get, const fg_ctx *ctx) {
+    char buf[FG_EXPR_VALUE_BUF];
+    fg_str v;
+    int rc = fg__request_value(ctx, get->op, get->str.ptr, get->str.len, &v, buf, sizeof(buf));
+    return rc == 0 || rc == FG_ETOOLONG;
+}
+
 /* A bool node's value. Depth is bounded by the compiler's FG_EXPR_MAX_DEPTH. */
 static int fg_eval(const fg_expr *e, int n, const fg_ctx *ctx) {
     const fg_node *node = &e->nodes[n];
@@ -974,14 +997,8 @@ static int fg_eval(const fg_expr *e, int n, const fg_ctx *ctx) {
         return fg_eval(e, node->a, ctx) && fg_eval(e, node->b, ctx);
     case FG_N_OR:
         return fg_eval(e, node->a, ctx) || fg_eval(e, node->b, ctx);
-    case FG_N_HAS: {
-        const fg_node *get = &e->nodes[node->a];
-        char buf[FG_EXPR_VALUE_BUF];
-        fg_str v;
-        int rc =
-            fg__request_value(ctx, get->op, get->str.ptr, get->str.len, &v, buf, sizeof(buf));
-        return rc == 0 || rc == FG_ETOOLONG;
-    }
+    case FG_N_HAS:
+        return fg_eval_has(&e->nodes[node->a], ctx);
     case FG_N_CMP:
         return fg_eval_cmp(e, node, ctx);
     case FG_N_IN:

@@ -30,9 +30,9 @@
 #include "internal.h"
 #include "router_internal.h"
 
-#define FG_ROUTE_MAX_SEGS  64  /* segments of a path the router looks at */
-#define FG_ROUTE_MAX_VISIT 64  /* tree nodes one match may visit (backtracking bound) */
-#define FG_PRED_VALUE_BUF  256 /* a decoded baggage value in a predicate */
+#define FG_ROUTE_MAX_SEGS  64 /* segments of a path the router looks at */
+#define FG_ROUTE_MAX_VISIT 64 /* tree nodes one match may visit (backtracking bound) */
+#define FG_PRED_VALUE_BUF  (FG_BAGGAGE_MAX_BYTES + 1) /* a decoded baggage value */
 
 enum fg_tail { FG_TAIL_END = 0, FG_TAIL_ANY = 1, FG_TAIL_MORE = 2 };
 
@@ -466,10 +466,21 @@ static void fg_bind_params(const struct fg_route *r, const struct fg_reqpath *rp
 }
 
 static int fg_route_request(const fg_router *router, fg_ctx *ctx, fg_route_match *m) {
+    /* Nothing of an earlier match on this ctx may survive a failed one. */
+    ctx->route = NULL;
+    ctx->target = NULL;
+    ctx->nparams = 0;
+    ctx->priv.route_target = NULL;
     struct fg_reqpath rp;
     fg_str path = fg__route_path(ctx);
     fg_split_path(path, &rp);
-    struct fg_walk w = {.router = router, .rp = &rp};
+    struct fg_walk w; /* not `= {...}`: that would zero 1.5 KiB of list slots per match */
+    w.router = router;
+    w.rp = &rp;
+    w.symbolic = 0;
+    w.visits = 0;
+    w.overflow = 0;
+    w.nlists = 0;
     fg_walk_from(&w, rp.rooted);
     if (w.overflow)
         return FG_ETOOMANY;
@@ -780,9 +791,11 @@ static int fg_route_parse_targets(fg_router *router, struct fg_route *r,
         fg_seterr(err, FG_EINVAL, index, "every weight of the split is 0%s", NULL);
         return FG_EINVAL;
     }
-    if (total > UINT32_MAX) {
-        fg_seterr(err, FG_ERANGE, index, "the split's weights add up past 2^32%s", NULL);
-        return FG_ERANGE;
+    if (spec->ntargets > 1 && total > FG_SPLIT_SLOTS) {
+        /* Out of 10,000 slots every positive weight gets at least one, and
+         * a weight means what it says (no share rounded to zero). */
+        fg_seterr(err, FG_EINVAL, index, "the split's weights add up past 10000%s", NULL);
+        return FG_EINVAL;
     }
     uint64_t cum = 0;
     for (size_t i = 0; i < spec->ntargets; i++) {
@@ -836,7 +849,7 @@ static int fg_route_parse_targets(fg_router *router, struct fg_route *r,
 static void fg_spec_unref_stages(const fg_route_spec *spec) {
     if (spec == NULL || spec->targets == NULL)
         return;
-    for (size_t i = 0; i < spec->ntargets && i < FG_ROUTE_MAX_TARGETS; i++)
+    for (size_t i = 0; i < spec->ntargets; i++)
         if (spec->targets[i].stages != NULL)
             for (size_t k = 0; k < spec->targets[i].nstages; k++)
                 fg_stage_unref(spec->targets[i].stages[k]);
@@ -1263,7 +1276,10 @@ int fg_router_explain(const fg_router *router, fg_ctx *ctx, char *buf, size_t ca
     } else {
         fg_route_match m;
         int rc = fg_route_request(router, ctx, &m);
-        if (rc != 0 || m.route != winner) /* the tree and the list must agree */
+        if (rc == FG_ETOOMANY)
+            fg_outf(&o, "the index gave up: more than %d tree nodes to visit (FG_ETOOMANY)\n",
+                    FG_ROUTE_MAX_VISIT);
+        else if (rc != 0 || m.route != winner) /* the tree and the list must agree */
             fg_outf(&o, "matched by the list but not the index (bug): %s\n", fg_strerror(rc));
         else
             fg_outf(&o, "matched, target '%s'\n", m.target_name);

@@ -65,7 +65,7 @@ typedef struct fg_expr fg_expr;
 
 /*
  * fg_expr_compile - compile a rule: the subset of CEL that needs no macros.
- *   literals    "str" 'str' (escapes \\ \" \' \n \t), 42, -7, 2.5, true, false
+ *   literals    "str" 'str' (escapes \\ \" \' \n \t \r), 42, -7, 2.5, true, false
  *   attributes  path, method (strings); header, meta, query, baggage (maps
  *               of strings: header["x-env"], meta.uid; header names are
  *               case-insensitive, the others exact)
@@ -154,7 +154,7 @@ typedef struct fg_value_match {
 typedef struct fg_route_target {
     const char *name; /* copied; NULL: the route's name */
     uint32_t weight;
-    fg_handler_fn handler; /* may be NULL only in split use (fg_route_dispatch fails) */
+    fg_handler_fn handler; /* required */
     void *arg;
     fg_stage **stages; /* nstages references, taken by fg_router_add */
     size_t nstages;
@@ -200,7 +200,8 @@ FG_API int fg_router_new(fg_router **out);
  * Returns: 0; FG_EINVAL for a bad spec (no name, no targets, a path that
  * does not fit its kind, a pattern with an empty ":" or a "*" not last, a
  * method that is not a token, a predicate without a name, all weights 0 in
- * a split, more than FG_SPLIT_SLOTS total weight...); FG_EEXIST for a
+ * a split, a NULL handler, more than FG_SPLIT_SLOTS total weight in a
+ * split...); FG_EEXIST for a
  * duplicate route name; FG_EPARSE (and the others of fg_expr_compile) for
  * a bad rule; FG_ETOOMANY / FG_ETOOLONG past the bounds above; FG_ESTATE
  * after fg_router_build; FG_ENOMEM. *err says which and where (err may be
@@ -248,7 +249,11 @@ typedef struct fg_route_match {
  * what the router stage does, minus the stages. Path parameters are written
  * to ctx (fg_ctx_param).
  *
- * Returns: 0 and *m; FG_ENOROUTE; FG_ESTATE when not built; FG_EINVAL.
+ * Returns: 0 and *m; FG_ENOROUTE (ctx's route, target and params are then
+ * cleared); FG_ETOOMANY when the tree walk would visit more than 64 nodes
+ * (a table where most segments could be both a static segment and a
+ * parameter at many levels; never a silently wrong answer); FG_ESTATE when
+ * not built; FG_EINVAL.
  * Thread-safety: MT-safe, lock-free, allocation-free, on a built router.
  */
 FG_API int fg_router_match(const fg_router *router, fg_ctx *ctx, fg_route_match *m);
@@ -256,7 +261,7 @@ FG_API int fg_router_match(const fg_router *router, fg_ctx *ctx, fg_route_match 
 /*
  * fg_router_explain - why the request matches the route it does: one line
  * per route tried, in order, saying which part did not match ("path",
- * "method", "header x-env: absent", "rule"), up to the route that matched
+ * "method", "header x-env does not match", "rule"), up to the route that matched
  * (and its target) or "no route matched". For debugging and for replay.
  *
  * Returns: 0 and the NUL-terminated text in buf (cut, ending in "...\n",
@@ -308,7 +313,8 @@ FG_API int fg_ctx_param(const fg_ctx *ctx, const char *name, fg_str *value);
 
 /*
  * fg_split_slot - the slot (0 .. FG_SPLIT_SLOTS-1) a sticky split puts key
- * in for a salt: FNV-1a 32-bit over salt then key, a murmur3 finaliser,
+ * in for a salt: FNV-1a 32-bit over the salt, one 0xff byte (so "ab"+"c"
+ * and "a"+"bc" differ) and the key, then murmur3's 32-bit finaliser,
  * then the high bits scaled to FG_SPLIT_SLOTS. Targets own consecutive
  * ranges of slots in order, by weight. Exposed so other services (or a
  * script) can compute the same assignment.
