@@ -19,6 +19,9 @@
  *     keyed_try_1e5 (both lines)       ns_per_op <= 100
  *     keyed_bytes_per_key              bytes <= 96 per key, 1e5 keys
  *     breaker_closed threads=1         ns_per_op <= 3 x floor_cas
+ *     route_match_1000 threads=1       ns_per_op <= 2 x route_match_10's
+ *                                      (ratio_route_match_10=, on every
+ *                                      route_match_<n> line after the 10's)
  * The single-bucket and closed-breaker targets are uncontended costs, so
  * they are judged on threads=1 only; the threads=2 lines are two threads on
  * one shared object and report what contention costs.
@@ -665,24 +668,476 @@ static uint64_t loop_trace_parse_child(void *arg, int index, uint64_t ops) {
     return failures;
 }
 
-static int bench_trace(const char *name) {
-    if (!selected(name))
-        return 0;
-    void *args[MAX_THREADS] = {NULL, NULL};
+/* A trace figure at threads=1 and 2 (thread i runs loop on args[i]);
+ * target_ns > 0 adds target=/met= to the threads=1 line. */
+static int trace_figure(const char *name, op_loop loop, void *const *args, double target_ns) {
     int rc = 0;
     for (int threads = 1; threads <= MAX_THREADS; threads++) {
         double ns, allocs;
-        rc = measure(name, loop_trace_parse_child, args, threads, &ns, &allocs);
+        rc = measure(name, loop, args, threads, &ns, &allocs);
         if (rc != 0)
             break;
         char extra[160];
-        if (threads == 1)
+        if (threads == 1 && target_ns > 0)
             (void)snprintf(extra, sizeof(extra), "allocs_per_op=%.4f target=%.0fns met=%s",
-                           allocs, TARGET_TRACE_PARSE_NS, yes_no(ns <= TARGET_TRACE_PARSE_NS));
+                           allocs, target_ns, yes_no(ns <= target_ns));
         else
             (void)snprintf(extra, sizeof(extra), "allocs_per_op=%.4f", allocs);
         report(name, threads, ns, extra);
     }
+    return rc;
+}
+
+static int bench_trace(const char *name) {
+    if (!selected(name))
+        return 0;
+    void *args[MAX_THREADS] = {NULL, NULL};
+    return trace_figure(name, loop_trace_parse_child, args, TARGET_TRACE_PARSE_NS);
+}
+
+/* A 32-member tracestate (the most a list may hold), 20 characters a
+ * member, "v00=00f067aa0ba90200,v01=...": built once by bench_tracestate. */
+static char bench_tracestate_32[32 * 21];
+
+static uint64_t loop_tracestate_parse_32(void *arg, int index, uint64_t ops) {
+    const fg_str *header = arg;
+    uint64_t failures = 0, acc = 0;
+    (void)index;
+    for (uint64_t i = 0; i < ops; i++) {
+        fg_tracestate ts;
+        failures += fg_tracestate_parse(&ts, header->ptr, header->len) != 0 ||
+                    ts.n != FG_TRACESTATE_MAX_MEMBERS;
+        acc += ts.n;
+    }
+    sink = acc;
+    return failures;
+}
+
+static int bench_tracestate(const char *name) {
+    if (!selected(name))
+        return 0;
+    size_t len = 0;
+    for (int i = 0; i < FG_TRACESTATE_MAX_MEMBERS; i++) {
+        int n = snprintf(bench_tracestate_32 + len, sizeof(bench_tracestate_32) - len,
+                         "%sv%02d=00f067aa0ba902%02x", i ? "," : "", i, (unsigned)i);
+        if (n < 0 || (size_t)n >= sizeof(bench_tracestate_32) - len)
+            abort();
+        len += (size_t)n;
+    }
+    fg_str header = {bench_tracestate_32, len};
+    void *args[MAX_THREADS] = {&header, &header};
+    return trace_figure(name, loop_tracestate_parse_32, args, 0);
+}
+
+/* A request as a downstream call sees it: a valid traceparent, a
+ * tracestate of four members among them our vendor key's, and three
+ * baggage entries. */
+#define BENCH_VENDOR_KEY "fg"
+static const char bench_in_tracestate[] =
+    "rojo=00f067aa0ba902b7,fg=b7ad6b7169203331,congo=t61rcWkgMzE,dd=s:1;o:rum";
+static const char bench_in_baggage[] = "userId=alice,serverNode=DF%2028,isProduction=false";
+
+/* fg_trace_outgoing on a ctx that is inside a chain whose trace stage has
+ * run: the headers for one downstream call, in a buffer on the stack. */
+static uint64_t loop_trace_outgoing(void *arg, int index, uint64_t ops) {
+    const fg_ctx *ctx = arg;
+    uint64_t failures = 0, acc = 0;
+    (void)index;
+    for (uint64_t i = 0; i < ops; i++) {
+        char buf[FG_TRACE_HEADERS_MAX];
+        fg_trace_headers h;
+        failures += fg_trace_outgoing(ctx, BENCH_VENDOR_KEY, buf, sizeof(buf), &h) != 0;
+        acc += h.traceparent.len + h.tracestate.len + h.baggage.len;
+    }
+    sink = acc;
+    return failures;
+}
+
+/* Returns 0, or -1 when the trace stage or fg_trace_outgoing failed. */
+static int bench_trace_outgoing(const char *name) {
+    if (!selected(name))
+        return 0;
+    fg_trace_options o = FG_TRACE_OPTIONS_INIT;
+    fg_chain *chain;
+    fg_stage *stage;
+    if (fg_chain_new(NULL, &chain) != 0 || fg_stage_trace(&o, &stage) != 0 ||
+        fg_chain_use(chain, stage) != 0)
+        abort();
+    /* One request (ctx) per thread, entered before timing. */
+    static fg_ctx ctx[MAX_THREADS];
+    void *args[MAX_THREADS];
+    int rc = 0;
+    for (int i = 0; i < MAX_THREADS; i++) {
+        args[i] = &ctx[i];
+        if (fg_ctx_init(&ctx[i], "GET", "/bench") != 0 ||
+            fg_ctx_add_header(&ctx[i], "traceparent", bench_traceparent) != 0 ||
+            fg_ctx_add_header(&ctx[i], "tracestate", bench_in_tracestate) != 0 ||
+            fg_ctx_add_header(&ctx[i], "baggage", bench_in_baggage) != 0 ||
+            fg_chain_enter(chain, &ctx[i]) != 0)
+            abort();
+        /* The figure is only worth having when every header comes out:
+         * the vendor entry first among four, the three baggage entries. */
+        char buf[FG_TRACE_HEADERS_MAX];
+        fg_trace_headers h;
+        if (fg_trace_outgoing(&ctx[i], BENCH_VENDOR_KEY, buf, sizeof(buf), &h) != 0 ||
+            h.traceparent.len != FG_TRACEPARENT_LEN ||
+            strncmp(h.tracestate.ptr, BENCH_VENDOR_KEY "=", 3) != 0 ||
+            h.tracestate.len != sizeof(bench_in_tracestate) - 1 ||
+            h.baggage.len != sizeof(bench_in_baggage) - 1) {
+            (void)fprintf(stderr, "bench: %s: fg_trace_outgoing did not give the headers\n",
+                          name);
+            rc = -1;
+        }
+    }
+    if (rc == 0)
+        rc = trace_figure(name, loop_trace_outgoing, args, 0);
+    for (int i = 0; i < MAX_THREADS; i++)
+        if (fg_chain_exit(chain, &ctx[i], 0) != 0)
+            abort();
+    fg_chain_free(chain);
+    return rc;
+}
+
+/* ---- the router ---------------------------------------------------------- */
+
+/* Budget: matching among 1000 routes costs at most 2x matching among 10
+ * (the tree makes the cost grow with the path's depth, not the routes). */
+#define TARGET_ROUTE_SCALE 2.0
+#define ROUTE_REQS         128 /* requests each thread cycles over, a power of 2 */
+#define ROUTE_PATH_MAX     80
+
+/*
+ * route_match_<n>: a router of n routes shaped like a service's API, the
+ * same shape at every size. Routes 0 and 1 are the exact paths /health and
+ * /ready; the others come in four kinds, in turn, by (i - 2) % 4:
+ *   0  pattern /api/v1/svc<i>/items/:id                    GET,POST
+ *   1  pattern /api/v1/svc<i>/users/:uid/orders/:oid       GET
+ *   2  prefix  /static/<i>/                                any method
+ *   3  exact   /svc<i>/status                              GET
+ * The requests (ROUTE_REQS, the same mix at every size) are, by j % 8:
+ * /health, two items, an items with a query string, a users/orders, a
+ * static file, a status, /ready; each names a route of its kind drawn
+ * across the whole table, so a bigger table is also a colder one.
+ */
+static void route_path(uint32_t i, char *buf, size_t cap, fg_path_kind *kind,
+                       const char **methods) {
+    int n;
+    if (i < 2) {
+        n = snprintf(buf, cap, "%s", i == 0 ? "/health" : "/ready");
+        *kind = FG_PATH_EXACT;
+        *methods = NULL;
+    } else {
+        switch ((i - 2) % 4) {
+        case 0:
+            n = snprintf(buf, cap, "/api/v1/svc%u/items/:id", (unsigned)i);
+            *kind = FG_PATH_PATTERN;
+            *methods = "GET,POST";
+            break;
+        case 1:
+            n = snprintf(buf, cap, "/api/v1/svc%u/users/:uid/orders/:oid", (unsigned)i);
+            *kind = FG_PATH_PATTERN;
+            *methods = "GET";
+            break;
+        case 2:
+            n = snprintf(buf, cap, "/static/%u/", (unsigned)i);
+            *kind = FG_PATH_PREFIX;
+            *methods = NULL;
+            break;
+        default:
+            n = snprintf(buf, cap, "/svc%u/status", (unsigned)i);
+            *kind = FG_PATH_EXACT;
+            *methods = "GET";
+            break;
+        }
+    }
+    if (n < 0 || (size_t)n >= cap)
+        abort();
+}
+
+static fg_router *make_route_table(uint32_t nroutes) {
+    fg_router *router;
+    if (fg_router_new(&router) != 0)
+        abort();
+    fg_route_target target = {NULL, 0, ok_handler, NULL, NULL, 0};
+    for (uint32_t i = 0; i < nroutes; i++) {
+        char name[32], path[ROUTE_PATH_MAX];
+        fg_route_spec spec = FG_ROUTE_SPEC_INIT;
+        (void)snprintf(name, sizeof(name), "r%u", (unsigned)i);
+        route_path(i, path, sizeof(path), &spec.path_kind, &spec.methods);
+        spec.name = name;
+        spec.path = path;
+        spec.targets = &target;
+        spec.ntargets = 1;
+        fg_parse_error err;
+        if (fg_router_add(router, &spec, &err) != 0) {
+            (void)fprintf(stderr, "bench: route %s: %s\n", path, err.message);
+            abort();
+        }
+    }
+    if (fg_router_build(router) != 0 || fg_router_warning(router, 0) != NULL)
+        abort();
+    return router;
+}
+
+/* The route request j names in an n-route table, and its path. */
+static uint32_t route_request(uint32_t j, uint32_t nroutes, char *buf, size_t cap) {
+    static const int kinds[8] = {-1, 0, 0, 0, 1, 2, 3, -2}; /* -1 /health, -2 /ready */
+    int k = kinds[j % 8];
+    if (k < 0) {
+        (void)snprintf(buf, cap, "%s", k == -1 ? "/health" : "/ready");
+        return k == -1 ? 0 : 1;
+    }
+    /* Routes of kind k are 2 + k + 4m for m < count; pick m spread out. */
+    uint32_t count = (nroutes - 2 - (uint32_t)k + 3) / 4;
+    if (nroutes < 6 || count == 0) /* every kind needs a route */
+        abort();
+    uint32_t m = (uint32_t)(((uint64_t)j * 2654435761u) % count);
+    uint32_t i = 2 + (uint32_t)k + 4 * m;
+    int n;
+    switch (j % 8) {
+    case 3:
+        n = snprintf(buf, cap, "/api/v1/svc%u/items/%u?fields=name,price", (unsigned)i,
+                     (unsigned)j * 7919);
+        break;
+    default:
+        if (k == 0)
+            n = snprintf(buf, cap, "/api/v1/svc%u/items/%u", (unsigned)i, (unsigned)j * 7919);
+        else if (k == 1)
+            n = snprintf(buf, cap, "/api/v1/svc%u/users/u%u/orders/%u", (unsigned)i,
+                         (unsigned)j, (unsigned)j * 31);
+        else if (k == 2)
+            n = snprintf(buf, cap, "/static/%u/js/app.%u.js", (unsigned)i, (unsigned)j);
+        else
+            n = snprintf(buf, cap, "/svc%u/status", (unsigned)i);
+        break;
+    }
+    if (n < 0 || (size_t)n >= cap)
+        abort();
+    return i;
+}
+
+struct route_job {
+    const fg_router *router;
+    fg_ctx *reqs; /* ROUTE_REQS, this thread's own: a match writes params */
+};
+
+static char route_paths[ROUTE_REQS][ROUTE_PATH_MAX];
+static fg_ctx route_ctx[MAX_THREADS][ROUTE_REQS];
+static double route_match_10_ns[MAX_THREADS + 1]; /* by threads; 0: not measured */
+
+static uint64_t loop_route_match(void *arg, int index, uint64_t ops) {
+    const struct route_job *job = arg;
+    uint64_t failures = 0, acc = 0;
+    (void)index;
+    for (uint64_t i = 0; i < ops; i++) {
+        fg_route_match m;
+        failures += fg_router_match(job->router, &job->reqs[i & (ROUTE_REQS - 1)], &m) != 0;
+        acc += (uint64_t)m.route;
+    }
+    sink = acc;
+    return failures;
+}
+
+/* Returns 0, or -1 when a request did not match its route. */
+static int bench_route_match(const char *name, uint32_t nroutes) {
+    if (!selected(name))
+        return 0;
+    fg_router *router = make_route_table(nroutes);
+    struct route_job jobs[MAX_THREADS];
+    void *args[MAX_THREADS];
+    int rc = 0;
+    for (uint32_t j = 0; j < ROUTE_REQS; j++) {
+        uint32_t want = route_request(j, nroutes, route_paths[j], ROUTE_PATH_MAX);
+        for (int t = 0; t < MAX_THREADS; t++) {
+            fg_ctx *ctx = &route_ctx[t][j];
+            fg_route_match m;
+            if (fg_ctx_init(ctx, j % 8 == 5 ? "HEAD" : "GET", route_paths[j]) != 0)
+                abort();
+            if (fg_router_match(router, ctx, &m) != 0 || (uint32_t)m.route != want) {
+                (void)fprintf(stderr, "bench: %s: %s did not match route %u\n", name,
+                              route_paths[j], (unsigned)want);
+                rc = -1;
+            }
+        }
+    }
+    for (int t = 0; t < MAX_THREADS; t++) {
+        jobs[t] = (struct route_job){router, route_ctx[t]};
+        args[t] = &jobs[t];
+    }
+    for (int threads = 1; threads <= MAX_THREADS && rc == 0; threads++) {
+        double ns, allocs;
+        rc = measure(name, loop_route_match, args, threads, &ns, &allocs);
+        if (rc != 0)
+            break;
+        if (nroutes == 10)
+            route_match_10_ns[threads] = ns;
+        char extra[200];
+        size_t len = 0;
+        int n = snprintf(extra, sizeof(extra), "ratio_cas=%.2f allocs_per_op=%.4f",
+                         ns / floor_cas_ns, allocs);
+        len += n > 0 ? (size_t)n : 0;
+        /* The scale: only when route_match_10 ran in this process. */
+        double base = route_match_10_ns[threads];
+        if (nroutes != 10 && base > 0 && len < sizeof(extra)) {
+            double scale = ns / base;
+            n = snprintf(extra + len, sizeof(extra) - len, " ratio_route_match_10=%.2f",
+                         scale);
+            len += n > 0 ? (size_t)n : 0;
+            if (nroutes == 1000 && threads == 1 && len < sizeof(extra))
+                (void)snprintf(extra + len, sizeof(extra) - len,
+                               " target=%.0fxroute_match_10 met=%s", TARGET_ROUTE_SCALE,
+                               yes_no(scale <= TARGET_ROUTE_SCALE));
+        }
+        report(name, threads, ns, extra);
+    }
+    fg_router_free(router);
+    return rc;
+}
+
+/* rule_eval_geo_age: a rule on two metadata entries, both read, both true. */
+#define BENCH_RULE_GEO_AGE "meta.geo == \"beijing\" && meta.age > 25"
+
+struct rule_job {
+    const fg_expr *expr;
+    const fg_ctx *ctx;
+};
+
+static uint64_t loop_rule_eval(void *arg, int index, uint64_t ops) {
+    const struct rule_job *job = arg;
+    uint64_t failures = 0;
+    (void)index;
+    for (uint64_t i = 0; i < ops; i++)
+        failures += fg_expr_eval(job->expr, job->ctx) != 1;
+    return failures;
+}
+
+/* Returns 0, or -1 when the rule was not true. */
+static int bench_rule_eval(const char *name) {
+    if (!selected(name))
+        return 0;
+    fg_expr *expr;
+    fg_parse_error err;
+    if (fg_expr_compile(BENCH_RULE_GEO_AGE, strlen(BENCH_RULE_GEO_AGE), &expr, &err) != 0) {
+        (void)fprintf(stderr, "bench: %s: column %zu: %s\n", name, err.column, err.message);
+        return -1;
+    }
+    static fg_ctx ctx[MAX_THREADS];
+    struct rule_job jobs[MAX_THREADS];
+    void *args[MAX_THREADS];
+    for (int t = 0; t < MAX_THREADS; t++) {
+        if (fg_ctx_init(&ctx[t], "GET", "/bench") != 0 ||
+            fg_ctx_add_header(&ctx[t], "geo", "beijing") != 0 ||
+            fg_ctx_add_header(&ctx[t], "age", "30") != 0)
+            abort();
+        jobs[t] = (struct rule_job){expr, &ctx[t]};
+        args[t] = &jobs[t];
+    }
+    int rc = 0;
+    for (int threads = 1; threads <= MAX_THREADS; threads++) {
+        double ns, allocs;
+        rc = measure(name, loop_rule_eval, args, threads, &ns, &allocs);
+        if (rc != 0)
+            break;
+        char extra[160];
+        (void)snprintf(extra, sizeof(extra), "ratio_cas=%.2f allocs_per_op=%.4f",
+                       ns / floor_cas_ns, allocs);
+        report(name, threads, ns, extra);
+    }
+    fg_expr_free(expr);
+    return rc;
+}
+
+/* split_sticky: one route, split 95/5 sticky on the x-user-id header;
+ * each request carries the next of SPLIT_USERS user ids. */
+#define SPLIT_USERS 1024 /* a power of 2 */
+
+static char split_user_ids[SPLIT_USERS][16];
+static fg_str split_user_str[SPLIT_USERS];
+
+struct split_job {
+    const fg_router *router;
+    fg_ctx *ctx; /* this thread's; headers[0] is x-user-id */
+};
+
+/* The request is the same but for its user id, set by pointing the header's
+ * value at the next one (ctx fields are public): one store, not a new ctx. */
+static uint64_t loop_split_sticky(void *arg, int index, uint64_t ops) {
+    const struct split_job *job = arg;
+    uint64_t failures = 0, acc = 0;
+    (void)index;
+    for (uint64_t i = 0; i < ops; i++) {
+        fg_route_match m;
+        job->ctx->headers[0].value = split_user_str[i & (SPLIT_USERS - 1)];
+        failures += fg_router_match(job->router, job->ctx, &m) != 0;
+        acc += (uint64_t)m.target;
+    }
+    sink = acc;
+    return failures;
+}
+
+/* Returns 0, or -1 when a request did not match or a user moved target. */
+static int bench_split_sticky(const char *name) {
+    if (!selected(name))
+        return 0;
+    fg_router *router;
+    fg_route_target targets[2] = {{"stable", 95, ok_handler, NULL, NULL, 0},
+                                  {"canary", 5, ok_handler, NULL, NULL, 0}};
+    fg_route_spec spec = FG_ROUTE_SPEC_INIT;
+    spec.name = "checkout";
+    spec.path_kind = FG_PATH_PREFIX;
+    spec.path = "/checkout";
+    spec.targets = targets;
+    spec.ntargets = 2;
+    spec.split_source = FG_SOURCE_HEADER;
+    spec.split_key = "x-user-id";
+    if (fg_router_new(&router) != 0 || fg_router_add(router, &spec, NULL) != 0 ||
+        fg_router_build(router) != 0)
+        abort();
+    for (uint32_t u = 0; u < SPLIT_USERS; u++) {
+        int n = snprintf(split_user_ids[u], sizeof(split_user_ids[u]), "u%07u",
+                         (unsigned)(u * 7919 + 100003));
+        if (n < 0 || (size_t)n >= sizeof(split_user_ids[u]))
+            abort();
+        split_user_str[u] = (fg_str){split_user_ids[u], (size_t)n};
+    }
+    static fg_ctx ctx[MAX_THREADS];
+    struct split_job jobs[MAX_THREADS];
+    void *args[MAX_THREADS];
+    for (int t = 0; t < MAX_THREADS; t++) {
+        if (fg_ctx_init(&ctx[t], "POST", "/checkout/cart") != 0 ||
+            fg_ctx_add_header(&ctx[t], "x-user-id", split_user_ids[0]) != 0)
+            abort();
+        jobs[t] = (struct split_job){router, &ctx[t]};
+        args[t] = &jobs[t];
+    }
+    /* Sticky: each user lands where fg_split_slot says, every time. */
+    int rc = 0;
+    uint32_t canary = 0;
+    for (uint32_t u = 0; u < SPLIT_USERS && rc == 0; u++) {
+        fg_route_match m;
+        ctx[0].headers[0].value = split_user_str[u];
+        uint32_t slot =
+            fg_split_slot("checkout", 8, split_user_str[u].ptr, split_user_str[u].len);
+        if (fg_router_match(router, &ctx[0], &m) != 0 || m.target != (slot < 9500 ? 0 : 1)) {
+            (void)fprintf(stderr, "bench: %s: user %s not on its target\n", name,
+                          split_user_ids[u]);
+            rc = -1;
+        }
+        canary += m.target == 1;
+    }
+    for (int threads = 1; threads <= MAX_THREADS && rc == 0; threads++) {
+        double ns, allocs;
+        rc = measure(name, loop_split_sticky, args, threads, &ns, &allocs);
+        if (rc != 0)
+            break;
+        char extra[160];
+        (void)snprintf(extra, sizeof(extra),
+                       "ratio_cas=%.2f allocs_per_op=%.4f users=%u canary_share=%.3f",
+                       ns / floor_cas_ns, allocs, (unsigned)SPLIT_USERS,
+                       (double)canary / SPLIT_USERS);
+        report(name, threads, ns, extra);
+    }
+    fg_router_free(router);
     return rc;
 }
 
@@ -732,5 +1187,13 @@ int main(int argc, char **argv) {
     rc |= bench_breaker("breaker_closed_time", BREAKER_CLOSED_TIME);
     rc |= bench_breaker("breaker_open_reject", BREAKER_OPEN);
     rc |= bench_trace("trace_parse_child");
+    rc |= bench_tracestate("tracestate_parse_32");
+    rc |= bench_trace_outgoing("trace_format_outgoing");
+    rc |= bench_route_match("route_match_10", 10); /* first: the others' scale */
+    rc |= bench_route_match("route_match_100", 100);
+    rc |= bench_route_match("route_match_1000", 1000);
+    rc |= bench_route_match("route_match_10000", 10000);
+    rc |= bench_rule_eval("rule_eval_geo_age");
+    rc |= bench_split_sticky("split_sticky");
     return rc ? 1 : 0;
 }

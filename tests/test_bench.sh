@@ -55,6 +55,20 @@ for threads in 1 2; do
 done
 expect trace_parse_child 1 "allocs_per_op=$num" 'target=40ns' "$met"
 expect trace_parse_child 2 "allocs_per_op=$num"
+for threads in 1 2; do
+    expect tracestate_parse_32 "$threads" "allocs_per_op=$num"
+    expect trace_format_outgoing "$threads" "allocs_per_op=$num"
+done
+for threads in 1 2; do
+    expect route_match_10 "$threads" "ratio_cas=$num" "allocs_per_op=$num"
+    for n in 100 1000 10000; do
+        expect "route_match_$n" "$threads" "ratio_cas=$num" "allocs_per_op=$num" \
+            "ratio_route_match_10=$num"
+    done
+    expect rule_eval_geo_age "$threads" "ratio_cas=$num" "allocs_per_op=$num"
+    expect split_sticky "$threads" "ratio_cas=$num" "allocs_per_op=$num" "canary_share=$num"
+done
+expect route_match_1000 1 'target=2xroute_match_10' "$met"
 if ! grep -Eq '^bench=keyed_bytes_per_key threads=1 ns_per_op=0\.00 ' "$out"; then
     echo "FAIL bench: keyed_bytes_per_key is not ns_per_op=0.00"; fail=1
 fi
