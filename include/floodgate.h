@@ -25,5 +25,6 @@
 #include "floodgate/breaker.h"
 #include "floodgate/trace.h"
 #include "floodgate/router.h"
+#include "floodgate/runtime.h"
 
 #endif /* FLOODGATE_H */

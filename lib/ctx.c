@@ -36,6 +36,7 @@ int fg_ctx_init_n(fg_ctx *ctx, const char *method, size_t method_len, const char
     ctx->priv.chain = NULL;
     ctx->priv.depth = 0;
     ctx->priv.route_target = NULL;
+    ctx->priv.snapshot = NULL;
     ctx->route = NULL;
     ctx->target = NULL;
     ctx->nparams = 0;

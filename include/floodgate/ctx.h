@@ -117,6 +117,7 @@ typedef struct fg_ctx {
         uint32_t state;
         uint32_t depth;
         const void *route_target; /* the router's chosen target */
+        void *snapshot;           /* the runtime snapshot a split request holds */
         fg_ctx_frame frames[FG_CTX_MAX_DEPTH];
     } priv;
 } fg_ctx;
