@@ -283,6 +283,62 @@ static int bench_chain(const char *name, int nstages, op_loop loop) {
     return rc;
 }
 
+/* ---- the runtime ------------------------------------------------------------ */
+
+static uint64_t loop_runtime_call(void *arg, int index, uint64_t ops) {
+    fg_runtime *rt = arg;
+    uint64_t failures = 0;
+    (void)index;
+    for (uint64_t i = 0; i < ops; i++) {
+        fg_ctx ctx;
+        fg_ctx_init(&ctx, "GET", "/bench");
+        failures += fg_runtime_call(rt, &ctx, ok_handler, NULL) != 0;
+    }
+    return failures;
+}
+
+/* What going through a runtime adds to a request: fg_runtime_call on an
+ * empty chain minus fg_chain_call on the same chain, measured back to back
+ * at each thread count. Budget: at most 10 ns. */
+#define TARGET_RUNTIME_INDIRECTION_NS 10.0
+
+static int bench_runtime(const char *name) {
+    if (!selected(name))
+        return 0;
+    fg_chain *chain = make_chain(0);
+    fg_runtime *rt = NULL;
+    if (fg_runtime_new(&rt) != 0 || fg_runtime_swap(rt, chain, "bench") != 0)
+        abort();
+    const fg_chain *direct = make_chain(0);
+    void *rargs[MAX_THREADS] = {rt, rt};
+    void *cargs[MAX_THREADS] = {(void *)direct, (void *)direct};
+    int rc = 0;
+    for (int threads = 1; threads <= MAX_THREADS && rc == 0; threads++) {
+        double rns, cns, rallocs, callocs;
+        rc = measure(name, loop_chain_call, cargs, threads, &cns, &callocs);
+        if (rc == 0)
+            rc = measure(name, loop_runtime_call, rargs, threads, &rns, &rallocs);
+        if (rc != 0)
+            break;
+        double d = rns > cns ? rns - cns : 0; /* noise can make it negative: report 0 */
+        char extra[200];
+        if (threads == 1)
+            (void)snprintf(
+                extra, sizeof(extra),
+                "runtime_ns=%.2f chain_ns=%.2f allocs_per_op=%.4f target=%.0fns met=%s", rns,
+                cns, rallocs, TARGET_RUNTIME_INDIRECTION_NS,
+                d <= TARGET_RUNTIME_INDIRECTION_NS ? "yes" : "no");
+        else
+            (void)snprintf(extra, sizeof(extra),
+                           "runtime_ns=%.2f chain_ns=%.2f allocs_per_op=%.4f", rns, cns,
+                           rallocs);
+        report(name, threads, d, extra);
+    }
+    fg_runtime_free(rt);
+    fg_chain_free((fg_chain *)direct);
+    return rc;
+}
+
 /* ---- one bucket ---------------------------------------------------------- */
 
 /* Budget: a try with the clock supplied by the ctx costs <= 2.5 CAS. */
@@ -1176,6 +1232,7 @@ int main(int argc, char **argv) {
     int rc = bench_chain("chain_empty", 0, loop_chain_call);
     rc |= bench_chain("chain_4noop", 4, loop_chain_call);
     rc |= bench_chain("chain_4noop_split", 4, loop_chain_split);
+    rc |= bench_runtime("runtime_indirection");
     rc |= bench_limiter("limiter_try_ctxclock", CTXCLOCK);
     rc |= bench_limiter("limiter_try_ownclock", OWNCLOCK);
     rc |= bench_limiter("limiter_try_monoclock", MONOCLOCK);

@@ -23,11 +23,14 @@ Suite *fg_suite_tracestate(void);
 Suite *fg_suite_baggage(void);
 Suite *fg_suite_trace_stage(void);
 Suite *fg_suite_errval(void);
+Suite *fg_suite_expr(void);
+Suite *fg_suite_router(void);
+Suite *fg_suite_runtime(void);
 
 #define FG_TEST_SUITES(X)                                                                     \
     X(error)                                                                                  \
     X(alloc)                                                                                  \
     X(clock) X(ctx) X(stage) X(chain) X(limiter) X(keyed) X(breaker) X(trace) X(tracestate)   \
-        X(baggage) X(trace_stage) X(errval)
+        X(baggage) X(trace_stage) X(errval) X(expr) X(router) X(runtime)
 
 #endif

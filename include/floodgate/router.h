@@ -22,7 +22,12 @@
  * The request path is ctx->path up to the first '?'; what follows is the
  * query string the `query` predicates read. Paths are compared as given:
  * no percent-decoding, no case folding, and a trailing '/' is significant
- * ("/a" and "/a/" are different paths). docs/routing.md is the guide.
+ * ("/a" and "/a/" are different paths). Paths that start with '/' and
+ * paths that do not (message topics such as "orders.created") never match
+ * each other: an empty PREFIX matches every path without a leading '/';
+ * FG_PATH_ANY matches all. A route's path has at most 64 segments
+ * (FG_ETOOMANY); a request path's segments past the 64th are matched only
+ * by prefixes and wildcards. docs/routing.md is the guide.
  */
 #ifndef FLOODGATE_ROUTER_H
 #define FLOODGATE_ROUTER_H
