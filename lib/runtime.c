@@ -23,6 +23,7 @@
 #include "alloc.h"
 #include "atomic.h"
 #include "internal.h"
+#include "runtime_internal.h"
 
 #ifdef FG_TSAN
 /* libck is not built with ThreadSanitizer, so the order ck_epoch creates
@@ -46,6 +47,8 @@ struct fg_snapshot {
     char *version;          /* owned */
     uint32_t refs;          /* atomic: current + split requests in flight */
     struct fg_runtime *rt;
+    void (*release)(void *); /* what else the snapshot owns (config components) */
+    void *release_arg;
 };
 
 struct fg_rt_record {
@@ -62,6 +65,9 @@ struct fg_runtime {
     struct fg_rt_record *writer;
     struct fg_rt_record *records; /* every record made, freed with the runtime */
     struct fg_runtime *next_live; /* in the live list below */
+    pthread_mutex_t load_lock;    /* config loads (lib/config.c) */
+    void *config_state;
+    void (*config_state_free)(void *);
 };
 
 /* ---- live runtimes, for threads giving records back ----------------------------- */
@@ -145,6 +151,8 @@ static ck_epoch_record_t *fg_rt_record(struct fg_runtime *rt) {
 
 static void fg_snapshot_free(struct fg_snapshot *s) {
     fg_chain_free(s->chain);
+    if (s->release != NULL)
+        s->release(s->release_arg);
     fg__free(s->version);
     fg__free(s);
 }
@@ -175,9 +183,15 @@ int fg_runtime_new(fg_runtime **out) {
         fg__free(rt);
         return FG_ENOMEM;
     }
+    if (pthread_mutex_init(&rt->load_lock, NULL) != 0) {
+        pthread_mutex_destroy(&rt->lock);
+        fg__free(rt);
+        return FG_ENOMEM;
+    }
     ck_epoch_init(&rt->epoch);
     rt->writer = fg__aligned_calloc(sizeof(*rt->writer), 64);
     if (rt->writer == NULL) {
+        pthread_mutex_destroy(&rt->load_lock);
         pthread_mutex_destroy(&rt->lock);
         fg__free(rt);
         return FG_ENOMEM;
@@ -193,24 +207,30 @@ int fg_runtime_new(fg_runtime **out) {
 }
 
 int fg_runtime_swap(fg_runtime *rt, fg_chain *chain, const char *version) {
-    if (rt == NULL || chain == NULL) {
-        fg_chain_free(chain);
-        return FG_EINVAL;
-    }
+    return fg__runtime_swap_with(rt, chain, version, NULL, NULL);
+}
+
+int fg__runtime_swap_with(fg_runtime *rt, fg_chain *chain, const char *version,
+                          void (*release)(void *), void *release_arg) {
+    int rc = rt == NULL || chain == NULL ? FG_EINVAL : 0;
     const char *v = version ? version : "";
     size_t vlen = strnlen(v, FG_VERSION_MAX + 1);
-    if (vlen > FG_VERSION_MAX) {
-        fg_chain_free(chain);
-        return FG_ETOOLONG;
-    }
-    struct fg_snapshot *s = fg__calloc(1, sizeof(*s));
-    char *copy = fg__strndup(v, vlen);
-    if (s == NULL || copy == NULL) {
+    if (rc == 0 && vlen > FG_VERSION_MAX)
+        rc = FG_ETOOLONG;
+    struct fg_snapshot *s = rc == 0 ? fg__calloc(1, sizeof(*s)) : NULL;
+    char *copy = rc == 0 ? fg__strndup(v, vlen) : NULL;
+    if (rc == 0 && (s == NULL || copy == NULL))
+        rc = FG_ENOMEM;
+    if (rc != 0) {
         fg__free(s);
         fg__free(copy);
         fg_chain_free(chain);
-        return FG_ENOMEM;
+        if (release != NULL)
+            release(release_arg);
+        return rc;
     }
+    s->release = release;
+    s->release_arg = release_arg;
     s->chain = chain;
     s->version = copy;
     s->refs = 1; /* current */
@@ -339,6 +359,18 @@ void fg_runtime_free(fg_runtime *rt) {
         rt->records = next;
     }
     fg__aligned_free(rt->writer);
+    if (rt->config_state_free != NULL)
+        rt->config_state_free(rt->config_state);
+    pthread_mutex_destroy(&rt->load_lock);
     pthread_mutex_destroy(&rt->lock);
     fg__free(rt);
+}
+
+pthread_mutex_t *fg__runtime_load_lock(fg_runtime *rt) { return &rt->load_lock; }
+
+void *fg__runtime_config_state(fg_runtime *rt) { return rt->config_state; }
+
+void fg__runtime_set_config_state(fg_runtime *rt, void *state, void (*free_fn)(void *)) {
+    rt->config_state = state;
+    rt->config_state_free = free_fn;
 }
