@@ -44,6 +44,10 @@ enum fg_node_kind {
 /* Static types. VAL is a request value: a string that may be absent. */
 enum fg_type { FG_T_BOOL, FG_T_NUM, FG_T_STR, FG_T_VAL, FG_T_LIST };
 
+/* Shapes evaluated without the general leaf: meta.x == "lit" (or !=),
+ * and meta.x <op> number. */
+enum { FG_FAST_NONE = 0, FG_FAST_META_STR = 1, FG_FAST_META_NUM = 2 };
+
 enum fg_cmp { FG_CMP_EQ, FG_CMP_NE, FG_CMP_LT, FG_CMP_LE, FG_CMP_GT, FG_CMP_GE };
 enum fg_call { FG_CALL_STARTS, FG_CALL_ENDS, FG_CALL_CONTAINS };
 
@@ -58,6 +62,8 @@ typedef struct fg_node {
     uint8_t kind;
     uint8_t type;
     uint8_t op;   /* comparison, method, or map source */
+    uint8_t big;  /* a leaf that reads baggage (needs decode buffers) */
+    uint8_t fast; /* FG_FAST_*: a meta entry compared with a literal */
     int16_t a, b; /* children (node indices), -1 when none */
     int16_t next; /* the next element of a list */
     int b_val;    /* FG_N_BOOL */
@@ -137,6 +143,17 @@ static int fg_num_cmp(const fg_num *x, const fg_num *y) {
     if (x->is_int && y->is_int)
         return (x->i > y->i) - (x->i < y->i);
     return (x->d > y->d) - (x->d < y->d);
+}
+
+/* Equality of n bytes; rule keys and values are short, so an inline loop
+ * beats a call into the library's memcmp. */
+static inline int fg_memeq(const char *a, const char *b, size_t n) {
+    if (n > 32)
+        return memcmp(a, b, n) == 0;
+    unsigned char diff = 0;
+    for (size_t i = 0; i < n; i++)
+        diff |= (unsigned char)(a[i] ^ b[i]);
+    return diff == 0;
 }
 
 /* ---- the compiler ------------------------------------------------------------------ */
@@ -816,6 +833,28 @@ int fg_expr_compile(const char *src, size_t len, fg_expr **out, fg_parse_error *
         fg_expr_free(e);
         return p.failed;
     }
+    /* Mark the leaves that read baggage: only they need decode buffers. */
+    for (int i = 0; i < e->nnodes; i++) {
+        fg_node *n = &e->nodes[i];
+        if (n->kind != FG_N_CMP && n->kind != FG_N_IN && n->kind != FG_N_CALL &&
+            n->kind != FG_N_HAS)
+            continue;
+        for (int c = 0; c < 2; c++) {
+            int k = c ? n->b : n->a;
+            if (k >= 0 && e->nodes[k].kind == FG_N_GET && e->nodes[k].op == FG_SOURCE_BAGGAGE)
+                n->big = 1;
+        }
+    }
+    for (int i = 0; i < e->nnodes; i++) {
+        fg_node *n = &e->nodes[i];
+        if (n->kind != FG_N_CMP || e->nodes[n->a].kind != FG_N_GET ||
+            e->nodes[n->a].op != FG_SOURCE_META)
+            continue;
+        if (e->nodes[n->b].kind == FG_N_STR && (n->op == FG_CMP_EQ || n->op == FG_CMP_NE))
+            n->fast = FG_FAST_META_STR;
+        else if (e->nodes[n->b].kind == FG_N_NUM)
+            n->fast = FG_FAST_META_NUM;
+    }
     e->root = root;
     *out = e;
     return 0;
@@ -844,6 +883,20 @@ typedef struct fg_val {
 #define FG_EXPR_VALUE_BUF (FG_BAGGAGE_MAX_BYTES + 1)
 #define FG_LEAF           __attribute__((noinline))
 
+/* A meta entry: exact names over the ctx's table, inline (the common
+ * case of rules). Returns 1 and *out, or 0. */
+static inline int fg_meta(const fg_ctx *ctx, const fg_str *key, fg_str *out) {
+    uint32_t nh = ctx->nheaders <= FG_CTX_MAX_HEADERS ? ctx->nheaders : FG_CTX_MAX_HEADERS;
+    for (uint32_t i = 0; i < nh; i++) {
+        const fg_str *name = &ctx->headers[i].name;
+        if (name->len == key->len && fg_memeq(name->ptr, key->ptr, key->len)) {
+            *out = ctx->headers[i].value;
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* Read the value of a FG_N_GET, FG_N_PATH, FG_N_METHOD, FG_N_STR or
  * FG_N_NUM node. buf holds a decoded baggage value. */
 static void fg_eval_value(const fg_expr *e, int n, const fg_ctx *ctx, fg_val *v, char *buf) {
@@ -865,8 +918,12 @@ static void fg_eval_value(const fg_expr *e, int n, const fg_ctx *ctx, fg_val *v,
         v->str = ctx->method;
         return;
     case FG_N_GET:
+        if (node->op == FG_SOURCE_META) {
+            v->present = fg_meta(ctx, &node->str, &v->str);
+            return;
+        }
         v->present = fg__request_value(ctx, node->op, node->str.ptr, node->str.len, &v->str,
-                                       buf, FG_EXPR_VALUE_BUF) == 0;
+                                       buf, buf ? FG_EXPR_VALUE_BUF : 0) == 0;
         return;
     default:
         v->present = 0;
@@ -905,6 +962,10 @@ static int fg_cmp_result(int op, int c) {
 static int fg_compare(int op, const fg_val *a, const fg_val *b) {
     if (!a->present || !b->present)
         return 0;
+    if ((op == FG_CMP_EQ || op == FG_CMP_NE) && !a->is_num && !b->is_num) {
+        int eq = a->str.len == b->str.len && fg_memeq(a->str.ptr, b->str.ptr, a->str.len);
+        return op == FG_CMP_EQ ? eq : !eq;
+    }
     if (a->is_num || b->is_num) {
         fg_num x, y;
         if (fg_val_num(a, &x) != 0 || fg_val_num(b, &y) != 0)
@@ -922,67 +983,71 @@ static int fg_compare(int op, const fg_val *a, const fg_val *b) {
 
 static int fg_eval(const fg_expr *e, int n, const fg_ctx *ctx);
 
-static FG_LEAF int fg_eval_cmp_values(const fg_expr *e, const fg_node *node,
-                                      const fg_ctx *ctx) {
-    char abuf[FG_EXPR_VALUE_BUF], bbuf[FG_EXPR_VALUE_BUF];
+/*
+ * The leaves: comparisons of values, `in`, method calls and has(). abuf
+ * and bbuf hold decoded baggage values; they are NULL unless the leaf reads
+ * baggage (node->big), so the common leaf needs no large stack frame (a
+ * frame over a page costs a stack probe per page on every call).
+ */
+static int fg_eval_leaf(const fg_expr *e, const fg_node *node, const fg_ctx *ctx, char *abuf,
+                        char *bbuf) {
     fg_val a, b;
-    fg_eval_value(e, node->a, ctx, &a, abuf);
-    fg_eval_value(e, node->b, ctx, &b, bbuf);
-    return fg_compare(node->op, &a, &b);
-}
-
-static int fg_eval_cmp(const fg_expr *e, const fg_node *node, const fg_ctx *ctx) {
-    if (e->nodes[node->a].type == FG_T_BOOL) /* bool == bool, bool != bool */
-        return (fg_eval(e, node->a, ctx) == fg_eval(e, node->b, ctx)) ==
-               (node->op == FG_CMP_EQ);
-    return fg_eval_cmp_values(e, node, ctx);
-}
-
-static FG_LEAF int fg_eval_in(const fg_expr *e, const fg_node *node, const fg_ctx *ctx) {
-    char abuf[FG_EXPR_VALUE_BUF];
-    fg_val a;
-    fg_eval_value(e, node->a, ctx, &a, abuf);
-    if (!a.present)
-        return 0;
-    for (int i = e->nodes[node->b].a; i >= 0; i = e->nodes[i].next) {
-        fg_val elem;
-        fg_eval_value(e, i, ctx, &elem, NULL);
-        if (fg_compare(FG_CMP_EQ, &a, &elem))
-            return 1;
+    switch (node->kind) {
+    case FG_N_HAS: {
+        const fg_node *get = &e->nodes[node->a];
+        fg_str v;
+        int rc = fg__request_value(ctx, get->op, get->str.ptr, get->str.len, &v, abuf,
+                                   abuf ? FG_EXPR_VALUE_BUF : 0);
+        return rc == 0 || rc == FG_ETOOLONG;
     }
-    return 0;
-}
-
-static FG_LEAF int fg_eval_call(const fg_expr *e, const fg_node *node, const fg_ctx *ctx) {
-    char abuf[FG_EXPR_VALUE_BUF], bbuf[FG_EXPR_VALUE_BUF];
-    fg_val a, b;
-    fg_eval_value(e, node->a, ctx, &a, abuf);
-    fg_eval_value(e, node->b, ctx, &b, bbuf);
-    if (!a.present || !b.present)
-        return 0;
-    const fg_str *s = &a.str, *x = &b.str;
-    if (x->len > s->len)
-        return 0;
-    if (x->len == 0)
-        return 1;
-    switch (node->op) {
-    case FG_CALL_STARTS:
-        return memcmp(s->ptr, x->ptr, x->len) == 0;
-    case FG_CALL_ENDS:
-        return memcmp(s->ptr + s->len - x->len, x->ptr, x->len) == 0;
-    default:
-        for (size_t i = 0; i + x->len <= s->len; i++)
-            if (s->ptr[i] == x->ptr[0] && memcmp(s->ptr + i, x->ptr, x->len) == 0)
+    case FG_N_IN:
+        fg_eval_value(e, node->a, ctx, &a, abuf);
+        if (!a.present)
+            return 0;
+        for (int i = e->nodes[node->b].a; i >= 0; i = e->nodes[i].next) {
+            fg_eval_value(e, i, ctx, &b, NULL);
+            if (fg_compare(FG_CMP_EQ, &a, &b))
                 return 1;
+        }
         return 0;
+    case FG_N_CALL: {
+        fg_eval_value(e, node->a, ctx, &a, abuf);
+        fg_eval_value(e, node->b, ctx, &b, bbuf);
+        if (!a.present || !b.present)
+            return 0;
+        const fg_str *str = &a.str, *x = &b.str;
+        if (x->len > str->len)
+            return 0;
+        if (x->len == 0)
+            return 1;
+        switch (node->op) {
+        case FG_CALL_STARTS:
+            return memcmp(str->ptr, x->ptr, x->len) == 0;
+        case FG_CALL_ENDS:
+            return memcmp(str->ptr + str->len - x->len, x->ptr, x->len) == 0;
+        default:
+            for (size_t i = 0; i + x->len <= str->len; i++)
+                if (str->ptr[i] == x->ptr[0] && memcmp(str->ptr + i, x->ptr, x->len) == 0)
+                    return 1;
+            return 0;
+        }
+    }
+    default: /* FG_N_CMP of values */
+        fg_eval_value(e, node->a, ctx, &a, abuf);
+        fg_eval_value(e, node->b, ctx, &b, bbuf);
+        return fg_compare(node->op, &a, &b);
     }
 }
 
-static FG_LEAF int fg_eval_has(const fg_node *get, const fg_ctx *ctx) {
-    char buf[FG_EXPR_VALUE_BUF];
-    fg_str v;
-    int rc = fg__request_value(ctx, get->op, get->str.ptr, get->str.len, &v, buf, sizeof(buf));
-    return rc == 0 || rc == FG_ETOOLONG;
+static FG_LEAF int fg_eval_leaf_baggage(const fg_expr *e, const fg_node *node,
+                                        const fg_ctx *ctx) {
+    char abuf[FG_EXPR_VALUE_BUF], bbuf[FG_EXPR_VALUE_BUF];
+    return fg_eval_leaf(e, node, ctx, abuf, bbuf);
+}
+
+static int fg_eval_leaf_any(const fg_expr *e, const fg_node *node, const fg_ctx *ctx) {
+    return node->big ? fg_eval_leaf_baggage(e, node, ctx)
+                     : fg_eval_leaf(e, node, ctx, NULL, NULL);
 }
 
 /* A bool node's value. Depth is bounded by the compiler's FG_EXPR_MAX_DEPTH. */
@@ -997,14 +1062,31 @@ static int fg_eval(const fg_expr *e, int n, const fg_ctx *ctx) {
         return fg_eval(e, node->a, ctx) && fg_eval(e, node->b, ctx);
     case FG_N_OR:
         return fg_eval(e, node->a, ctx) || fg_eval(e, node->b, ctx);
-    case FG_N_HAS:
-        return fg_eval_has(&e->nodes[node->a], ctx);
     case FG_N_CMP:
-        return fg_eval_cmp(e, node, ctx);
+        if (node->fast == FG_FAST_META_STR) {
+            fg_str v;
+            const fg_str *lit = &e->nodes[node->b].str;
+            if (!fg_meta(ctx, &e->nodes[node->a].str, &v))
+                return 0; /* absent: false, whatever the operator */
+            int eq = v.len == lit->len && fg_memeq(v.ptr, lit->ptr, v.len);
+            return node->op == FG_CMP_EQ ? eq : !eq;
+        }
+        if (node->fast == FG_FAST_META_NUM) {
+            fg_str v;
+            fg_num x;
+            if (!fg_meta(ctx, &e->nodes[node->a].str, &v) ||
+                fg_parse_num(v.ptr, v.len, &x) != 0)
+                return 0;
+            return fg_cmp_result(node->op, fg_num_cmp(&x, &e->nodes[node->b].num));
+        }
+        if (e->nodes[node->a].type == FG_T_BOOL) /* bool == bool, bool != bool */
+            return (fg_eval(e, node->a, ctx) == fg_eval(e, node->b, ctx)) ==
+                   (node->op == FG_CMP_EQ);
+        return fg_eval_leaf_any(e, node, ctx);
+    case FG_N_HAS:
     case FG_N_IN:
-        return fg_eval_in(e, node, ctx);
     case FG_N_CALL:
-        return fg_eval_call(e, node, ctx);
+        return fg_eval_leaf_any(e, node, ctx);
     default:
         return 0;
     }
