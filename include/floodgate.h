@@ -26,5 +26,6 @@
 #include "floodgate/trace.h"
 #include "floodgate/router.h"
 #include "floodgate/runtime.h"
+#include "floodgate/config.h"
 
 #endif /* FLOODGATE_H */

@@ -1,0 +1,143 @@
+/*
+ * floodgate/config.h - JSON configuration: a registry of the program's
+ * handlers and stage factories, validation with errors a user can act on,
+ * and loading a config into a runtime (floodgate/runtime.h) while traffic
+ * flows.
+ *
+ * A config names limiters and breakers, the chain's stages in order, and
+ * the routes with their matches, splits, per-route stages and handlers.
+ * Loading compiles the whole config aside, validates every part, and only
+ * then swaps it into the runtime; a config with any error changes nothing
+ * and the old one keeps serving. Limiters and keyed limiters are carried
+ * over by name: a limiter whose rate or burst changed keeps its tokens (see
+ * docs/config.md for the rules per component). docs/config.md is the
+ * schema reference.
+ */
+#ifndef FLOODGATE_CONFIG_H
+#define FLOODGATE_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "chain.h"
+#include "common.h"
+#include "runtime.h"
+#include "stage.h"
+
+FG_BEGIN_DECLS
+
+#define FG_CONFIG_MAX_ERRORS 32          /* errors reported per load; the rest are counted */
+#define FG_CONFIG_MAX_BYTES  (16u << 20) /* a config document's size */
+#define FG_CONFIG_NAME_MAX   128         /* a handler, stage factory or component name */
+
+/* One problem in a config: where (a JSON path such as
+ * "routes[3].match.when", and line and column for syntax errors, else 0)
+ * and what. */
+typedef struct fg_config_error {
+    char path[192];
+    int line;
+    int column;
+    char message[224];
+} fg_config_error;
+
+/* Every problem a load found, up to FG_CONFIG_MAX_ERRORS (in document
+ * order); `omitted` counts the ones past that. */
+typedef struct fg_config_errors {
+    size_t count;
+    size_t omitted;
+    fg_config_error items[FG_CONFIG_MAX_ERRORS];
+} fg_config_errors;
+
+/*
+ * fg_config_errors_format - the errors as text, one per line:
+ * "path: message" (just "message" when the path is empty, as for syntax
+ * errors, which end in " (line L, column C)"), then "... and N more" when
+ * some were omitted. NUL-terminated, cut to cap.
+ * Returns: the length written (without the NUL). Thread-safety: MT-safe.
+ */
+FG_API size_t fg_config_errors_format(const fg_config_errors *errors, char *buf, size_t cap);
+
+/* ---- the registry ---------------------------------------------------------------- */
+
+typedef struct fg_registry fg_registry;
+
+/*
+ * A custom stage factory: make a stage from the options a config gives it
+ * (the JSON text of the stage's "options" object, "{}" when none). On a bad
+ * option return a negative code and write a one-line reason into why (a
+ * buffer of why_cap bytes); it becomes a config error at the stage's path.
+ */
+typedef int (*fg_stage_factory)(const char *options_json, size_t len, void *arg,
+                                fg_stage **out, char *why, size_t why_cap);
+
+/*
+ * fg_registry_new / fg_registry_free - the names a config may use. Register
+ * everything before loading; a registry may serve several runtimes.
+ * Returns: 0 and *out; FG_EINVAL; FG_ENOMEM.
+ * Thread-safety: building is not thread-safe; loading only reads it.
+ */
+FG_API int fg_registry_new(fg_registry **out);
+FG_API void fg_registry_free(fg_registry *registry);
+
+/*
+ * fg_registry_add_handler - a handler a route (or "handler") may name.
+ * Returns: 0; FG_EEXIST for a name already registered; FG_EINVAL for NULL
+ * arguments or an empty name; FG_ETOOLONG past FG_CONFIG_NAME_MAX; FG_ENOMEM.
+ * Ownership: copies name; arg is the handler's, passed to every call.
+ */
+FG_API int fg_registry_add_handler(fg_registry *registry, const char *name, fg_handler_fn fn,
+                                   void *arg);
+
+/*
+ * fg_registry_add_stage - a custom stage kind, used in a config as
+ * {"custom": "name", "options": {...}} in any stage list.
+ * Returns, Ownership: as fg_registry_add_handler.
+ */
+FG_API int fg_registry_add_stage(fg_registry *registry, const char *name,
+                                 fg_stage_factory factory, void *arg);
+
+/* ---- validating and loading -------------------------------------------------------- */
+
+/*
+ * fg_config_check - validate a config without loading it: everything
+ * fg_runtime_load_json checks, nothing swapped. registry may be NULL, and
+ * then handler and custom stage names are not checked (what `floodgate
+ * check` does without the program's registry).
+ *
+ * Returns: 0 when valid; FG_ECONFIG with *errors filled when not (errors
+ * may be NULL); FG_ETOOLONG past FG_CONFIG_MAX_BYTES; FG_EINVAL; FG_ENOMEM.
+ * Thread-safety: MT-safe.
+ */
+FG_API int fg_config_check(const fg_registry *registry, const char *text, size_t len,
+                           fg_config_errors *errors);
+
+/*
+ * fg_runtime_load_json - compile a config and make it the runtime's
+ * current one. Limiters and keyed limiters of the same name and kind are
+ * kept, with new rate and burst applied in place (tokens kept); ones whose
+ * other settings changed are made fresh; ones the config no longer names go
+ * when no request uses them. All of this happens only once the whole
+ * config is valid.
+ *
+ * Returns: 0; FG_ECONFIG with *errors when the config is invalid (the
+ * runtime is unchanged); FG_EINVAL for a NULL rt or registry; others as
+ * fg_config_check.
+ * Ownership: reads text; the registry must outlive the runtime (handlers
+ * and factories are called through it).
+ * Thread-safety: MT-safe; loads on one runtime are serialised, requests
+ * never wait for them.
+ */
+FG_API int fg_runtime_load_json(fg_runtime *rt, const fg_registry *registry, const char *text,
+                                size_t len, fg_config_errors *errors);
+
+/*
+ * fg_runtime_load_file - fg_runtime_load_json on a file's contents.
+ * Returns: as fg_runtime_load_json; FG_ESYS when the file cannot be read
+ * (errors then holds one entry naming the file and the reason).
+ */
+FG_API int fg_runtime_load_file(fg_runtime *rt, const fg_registry *registry, const char *path,
+                                fg_config_errors *errors);
+
+FG_END_DECLS
+
+#endif /* FLOODGATE_CONFIG_H */

@@ -1,0 +1,1925 @@
+/*
+ * lib/config.c - the JSON config compiler (floodgate/config.h): the
+ * registry, validation with JSON paths, and loading into a runtime with
+ * components carried over by name (docs/config.md,
+ * docs/adr/0005-runtime-snapshots.md).
+ *
+ * A load parses the document with jansson, then walks it once, building
+ * everything aside: the components (limiters, keyed limiters, breakers),
+ * the stages on them, the router and the chain. Every problem becomes an
+ * error with its JSON path; the walk goes on wherever that makes sense, so
+ * a user sees every mistake at once. Only a load with no error touches the
+ * runtime: pending rate/burst changes on carried-over limiters are applied,
+ * the snapshot is swapped in, and the table of components by name (the
+ * config state kept in the runtime) is replaced.
+ *
+ * Components are reference-counted: one reference per table entry and one
+ * per snapshot naming them. The last reference may be dropped on any thread
+ * (a request thread that frees a retired snapshot), so the counts are
+ * atomic; the component's stages are gone by then (a snapshot frees its
+ * chain before releasing its components).
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "floodgate/breaker.h"
+#include "floodgate/config.h"
+#include "floodgate/error.h"
+#include "floodgate/limiter.h"
+#include "floodgate/router.h"
+#include "floodgate/trace.h"
+
+#include "alloc.h"
+#include "runtime_internal.h"
+
+#define FG_CFG_VERSION_MAX 256  /* what fg_runtime_swap accepts */
+#define FG_CFG_ERRS_KEPT   4096 /* errors held before sorting; the rest only counted */
+#define FG_CFG_WHY_MAX     160  /* a custom factory's reason */
+
+/* ---- the registry ---------------------------------------------------------------- */
+
+struct fg_reg_handler {
+    char *name;
+    fg_handler_fn fn;
+    void *arg;
+};
+
+struct fg_reg_stage {
+    char *name;
+    fg_stage_factory fn;
+    void *arg;
+};
+
+struct fg_registry {
+    struct fg_reg_handler *handlers;
+    size_t nhandlers, caphandlers;
+    struct fg_reg_stage *stages;
+    size_t nstages, capstages;
+};
+
+int fg_registry_new(fg_registry **out) {
+    if (out == NULL)
+        return FG_EINVAL;
+    *out = fg__calloc(1, sizeof(**out));
+    return *out ? 0 : FG_ENOMEM;
+}
+
+void fg_registry_free(fg_registry *registry) {
+    if (registry == NULL)
+        return;
+    for (size_t i = 0; i < registry->nhandlers; i++)
+        fg__free(registry->handlers[i].name);
+    for (size_t i = 0; i < registry->nstages; i++)
+        fg__free(registry->stages[i].name);
+    fg__free(registry->handlers);
+    fg__free(registry->stages);
+    fg__free(registry);
+}
+
+static const struct fg_reg_handler *fg_reg_find_handler(const fg_registry *r,
+                                                        const char *name) {
+    for (size_t i = 0; r != NULL && i < r->nhandlers; i++)
+        if (strcmp(r->handlers[i].name, name) == 0)
+            return &r->handlers[i];
+    return NULL;
+}
+
+static const struct fg_reg_stage *fg_reg_find_stage(const fg_registry *r, const char *name) {
+    for (size_t i = 0; r != NULL && i < r->nstages; i++)
+        if (strcmp(r->stages[i].name, name) == 0)
+            return &r->stages[i];
+    return NULL;
+}
+
+/* Checks a name and grows an array of elem-sized entries by one. */
+static int fg_reg_prepare(const char *name, void **arr, size_t n, size_t *cap, size_t elem,
+                          char **copy) {
+    if (name == NULL || name[0] == '\0')
+        return FG_EINVAL;
+    size_t len = strnlen(name, FG_CONFIG_NAME_MAX + 1);
+    if (len > FG_CONFIG_NAME_MAX)
+        return FG_ETOOLONG;
+    if (n == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 8;
+        void *grown = fg__malloc(ncap * elem);
+        if (grown == NULL)
+            return FG_ENOMEM;
+        if (n > 0)
+            memcpy(grown, *arr, n * elem);
+        fg__free(*arr);
+        *arr = grown;
+        *cap = ncap;
+    }
+    *copy = fg__strndup(name, len);
+    return *copy ? 0 : FG_ENOMEM;
+}
+
+int fg_registry_add_handler(fg_registry *registry, const char *name, fg_handler_fn fn,
+                            void *arg) {
+    if (registry == NULL || fn == NULL)
+        return FG_EINVAL;
+    if (name != NULL && fg_reg_find_handler(registry, name) != NULL)
+        return FG_EEXIST;
+    char *copy = NULL;
+    void *arr = registry->handlers;
+    int rc = fg_reg_prepare(name, &arr, registry->nhandlers, &registry->caphandlers,
+                            sizeof(struct fg_reg_handler), &copy);
+    registry->handlers = arr;
+    if (rc != 0)
+        return rc;
+    registry->handlers[registry->nhandlers++] = (struct fg_reg_handler){copy, fn, arg};
+    return 0;
+}
+
+int fg_registry_add_stage(fg_registry *registry, const char *name, fg_stage_factory factory,
+                          void *arg) {
+    if (registry == NULL || factory == NULL)
+        return FG_EINVAL;
+    if (name != NULL && fg_reg_find_stage(registry, name) != NULL)
+        return FG_EEXIST;
+    char *copy = NULL;
+    void *arr = registry->stages;
+    int rc = fg_reg_prepare(name, &arr, registry->nstages, &registry->capstages,
+                            sizeof(struct fg_reg_stage), &copy);
+    registry->stages = arr;
+    if (rc != 0)
+        return rc;
+    registry->stages[registry->nstages++] = (struct fg_reg_stage){copy, factory, arg};
+    return 0;
+}
+
+/* ---- formatting errors ----------------------------------------------------------- */
+
+size_t fg_config_errors_format(const fg_config_errors *errors, char *buf, size_t cap) {
+    if (buf == NULL || cap == 0)
+        return 0;
+    buf[0] = '\0';
+    if (errors == NULL)
+        return 0;
+    size_t len = 0;
+    char line[512];
+    size_t n = errors->count < FG_CONFIG_MAX_ERRORS ? errors->count : FG_CONFIG_MAX_ERRORS;
+    for (size_t i = 0; i <= n && len < cap - 1; i++) {
+        int w;
+        if (i == n) {
+            if (errors->omitted == 0)
+                break;
+            w = snprintf(line, sizeof(line), "... and %zu more\n", errors->omitted);
+        } else {
+            const fg_config_error *e = &errors->items[i];
+            char where[64] = "";
+            if (e->line > 0)
+                (void)snprintf(where, sizeof(where), " (line %d, column %d)", e->line,
+                               e->column);
+            w = snprintf(line, sizeof(line), "%.*s%s%.*s%s\n", (int)sizeof(e->path), e->path,
+                         e->path[0] ? ": " : "", (int)sizeof(e->message), e->message, where);
+        }
+        if (w < 0)
+            break;
+        size_t wl = (size_t)w < sizeof(line) ? (size_t)w : sizeof(line) - 1;
+        if (wl > cap - 1 - len)
+            wl = cap - 1 - len;
+        memcpy(buf + len, line, wl);
+        len += wl;
+    }
+    buf[len] = '\0';
+    return len;
+}
+
+/* ---- components ------------------------------------------------------------------- */
+
+enum fg_comp_kind { FG_COMP_LIMITER, FG_COMP_KEYED, FG_COMP_BREAKER };
+
+/* What identifies a keyed limiter's table besides its options: where keys
+ * come from (another source makes a fresh table). */
+struct fg_keysrc {
+    fg_key_source source;
+    char name[FG_CONFIG_NAME_MAX + 1];
+};
+
+struct fg_comp {
+    uint32_t refs; /* atomic */
+    enum fg_comp_kind kind;
+    char *name;
+    fg_limiter *limiter;
+    fg_keyed_limiter *keyed;
+    fg_breaker *breaker;
+    fg_limiter_options lopts;       /* LIMITER; KEYED: the bucket */
+    fg_keyed_limiter_options kopts; /* KEYED */
+    struct fg_keysrc keysrc;        /* KEYED */
+    fg_breaker_options bopts;       /* BREAKER */
+};
+
+/* Components alive in the process: a test hook for "a removed limiter is
+ * freed". Atomic. */
+static uint64_t fg_comps_live;
+
+uint64_t fg__config_live_components(void);
+uint64_t fg__config_live_components(void) {
+    return __atomic_load_n(&fg_comps_live, __ATOMIC_RELAXED);
+}
+
+static void fg_comp_ref(struct fg_comp *c) {
+    __atomic_fetch_add(&c->refs, 1, __ATOMIC_RELAXED);
+}
+
+/* The last reference frees it. acq_rel: every use through an earlier
+ * reference (on any thread) happens before the free. */
+static void fg_comp_unref(struct fg_comp *c) {
+    if (c == NULL || __atomic_fetch_sub(&c->refs, 1, __ATOMIC_ACQ_REL) != 1)
+        return;
+    fg_limiter_free(c->limiter);
+    fg_keyed_limiter_free(c->keyed);
+    fg_breaker_free(c->breaker);
+    fg__free(c->name);
+    fg__free(c);
+    __atomic_fetch_sub(&fg_comps_live, 1, __ATOMIC_RELAXED);
+}
+
+/* A list of component references: the runtime's table (config state) and
+ * each snapshot's. */
+struct fg_comp_list {
+    size_t n;
+    struct fg_comp **v;
+};
+
+static void fg_comp_list_free(void *arg) {
+    struct fg_comp_list *l = arg;
+    if (l == NULL)
+        return;
+    for (size_t i = 0; i < l->n; i++)
+        fg_comp_unref(l->v[i]);
+    fg__free(l->v);
+    fg__free(l);
+}
+
+static struct fg_comp *fg_table_find(const struct fg_comp_list *t, const char *name,
+                                     int breaker) {
+    for (size_t i = 0; t != NULL && i < t->n; i++)
+        if ((t->v[i]->kind == FG_COMP_BREAKER) == (breaker != 0) &&
+            strcmp(t->v[i]->name, name) == 0)
+            return t->v[i];
+    return NULL;
+}
+
+/* ---- the build ---------------------------------------------------------------------- */
+
+static size_t fg_append(char *buf, size_t cap, size_t at, const char *s);
+
+struct fg_err_item {
+    int section;
+    size_t seq; /* document order within a section */
+    fg_config_error e;
+};
+
+/* One limiter or breaker of the config being compiled. */
+struct fg_def {
+    char *name; /* borrowed from the JSON */
+    int breaker;
+    int ok;               /* parsed and built without error */
+    struct fg_comp *comp; /* the build's reference */
+    /* limiter stages */
+    fg_limit_stage_options sopts;
+    /* pending in-place changes on a carried-over limiter */
+    int set_rate, set_burst, burst_first;
+    uint64_t rate, period_ns, burst;
+};
+
+struct fg_build {
+    const fg_registry *registry;
+    const struct fg_comp_list *old; /* the runtime's table, or NULL */
+    int check_only;                 /* registry NULL: names not checked */
+    int section;                    /* ordinal of the top-level key being compiled */
+    struct fg_err_item *errs;
+    size_t nerrs, caperrs, dropped;
+    int oom;
+    struct fg_def *defs;
+    size_t ndefs;
+    fg_trace_options trace;
+    char *span_name;                      /* borrowed */
+    char version[FG_CFG_VERSION_MAX + 1]; /* copied: the JSON is gone at commit */
+    fg_chain *chain;
+    fg_router *router;
+    size_t nroutes;
+    int chain_len; /* stages before the router */
+};
+
+FG_PRINTF_(3, 4)
+static void fg_err(struct fg_build *b, const char *path, const char *fmt, ...) {
+    if (b->nerrs == FG_CFG_ERRS_KEPT) {
+        b->dropped++;
+        return;
+    }
+    if (b->nerrs == b->caperrs) {
+        size_t ncap = b->caperrs ? b->caperrs * 2 : 16;
+        struct fg_err_item *g = fg__malloc(ncap * sizeof(*g));
+        if (g == NULL) {
+            b->oom = 1;
+            b->dropped++;
+            return;
+        }
+        if (b->nerrs)
+            memcpy(g, b->errs, b->nerrs * sizeof(*g));
+        fg__free(b->errs);
+        b->errs = g;
+        b->caperrs = ncap;
+    }
+    struct fg_err_item *it = &b->errs[b->nerrs++];
+    memset(it, 0, sizeof(*it));
+    it->section = b->section;
+    it->seq = b->nerrs;
+    (void)fg_append(it->e.path, sizeof(it->e.path), 0, path);
+    va_list ap;
+    va_start(ap, fmt);
+    (void)vsnprintf(it->e.message, sizeof(it->e.message), fmt, ap);
+    va_end(ap);
+}
+
+static size_t fg_nerrs(const struct fg_build *b) { return b->nerrs + b->dropped; }
+
+/* Child paths: "a.b" and "a[3]", cut to the buffer (paths are for people;
+ * a cut one still says where). */
+static size_t fg_append(char *buf, size_t cap, size_t at, const char *s) {
+    size_t n = strlen(s);
+    if (at >= cap - 1)
+        return at;
+    if (n > cap - 1 - at)
+        n = cap - 1 - at;
+    memcpy(buf + at, s, n);
+    buf[at + n] = '\0';
+    return at + n;
+}
+
+static const char *fg_key_path(char *buf, size_t cap, const char *parent, const char *key) {
+    buf[0] = '\0';
+    size_t at = fg_append(buf, cap, 0, parent);
+    if (parent[0] && key[0])
+        at = fg_append(buf, cap, at, ".");
+    (void)fg_append(buf, cap, at, key);
+    return buf;
+}
+
+static const char *fg_idx_path(char *buf, size_t cap, const char *parent, size_t i) {
+    char idx[32];
+    buf[0] = '\0';
+    size_t at = fg_append(buf, cap, 0, parent);
+    (void)snprintf(idx, sizeof(idx), "[%zu]", i);
+    (void)fg_append(buf, cap, at, idx);
+    return buf;
+}
+
+#define PATH_CAP              192
+#define KEY(buf, parent, key) fg_key_path(buf, sizeof(buf), parent, key)
+#define IDX(buf, parent, i)   fg_idx_path(buf, sizeof(buf), parent, i)
+
+static void fg_unknown_key(struct fg_build *b, const char *parent, const char *key,
+                           const char *expected) {
+    char p[PATH_CAP];
+    fg_err(b, KEY(p, parent, key), "unknown key (expected one of: %s)", expected);
+}
+
+/* ---- scalar parsers: each reports its own error and returns 0 or -1 ----------------- */
+
+static int fg_get_string(struct fg_build *b, const char *path, const json_t *v,
+                         const char **out) {
+    if (!json_is_string(v)) {
+        fg_err(b, path, "must be a string");
+        return -1;
+    }
+    *out = json_string_value(v);
+    if (strlen(*out) != json_string_length(v)) {
+        fg_err(b, path, "must not contain a NUL character");
+        return -1;
+    }
+    return 0;
+}
+
+/* A non-empty name of at most FG_CONFIG_NAME_MAX bytes. */
+static int fg_get_name(struct fg_build *b, const char *path, const json_t *v,
+                       const char **out) {
+    if (fg_get_string(b, path, v, out) != 0)
+        return -1;
+    if ((*out)[0] == '\0') {
+        fg_err(b, path, "must not be empty");
+        return -1;
+    }
+    if (strlen(*out) > FG_CONFIG_NAME_MAX) {
+        fg_err(b, path, "must be at most %d bytes", FG_CONFIG_NAME_MAX);
+        return -1;
+    }
+    return 0;
+}
+
+static int fg_get_uint(struct fg_build *b, const char *path, const json_t *v, uint64_t min,
+                       uint64_t max, uint64_t *out) {
+    if (!json_is_integer(v)) {
+        fg_err(b, path, "must be an integer");
+        return -1;
+    }
+    json_int_t i = json_integer_value(v);
+    if (i < 0 || (uint64_t)i < min) {
+        fg_err(b, path, "must be >= %llu", (unsigned long long)min);
+        return -1;
+    }
+    if ((uint64_t)i > max) {
+        fg_err(b, path, "must be <= %llu", (unsigned long long)max);
+        return -1;
+    }
+    *out = (uint64_t)i;
+    return 0;
+}
+
+static int fg_get_number(struct fg_build *b, const char *path, const json_t *v, double min,
+                         double max, double *out) {
+    if (!json_is_number(v)) {
+        fg_err(b, path, "must be a number");
+        return -1;
+    }
+    double d = json_number_value(v);
+    if (!(d >= min && d <= max)) {
+        fg_err(b, path, "must be between %g and %g", min, max);
+        return -1;
+    }
+    *out = d;
+    return 0;
+}
+
+static int fg_get_bool(struct fg_build *b, const char *path, const json_t *v, int *out) {
+    if (!json_is_boolean(v)) {
+        fg_err(b, path, "must be true or false");
+        return -1;
+    }
+    *out = json_is_true(v);
+    return 0;
+}
+
+/* "250ms", "1.5s", "5m": digits, an optional fraction, a unit. 0 and *ns,
+ * or -1 (malformed or past UINT64_MAX ns). */
+static int fg_parse_duration_text(const char *s, uint64_t *ns) {
+    static const struct {
+        const char *unit;
+        uint64_t ns;
+    } units[] = {{"ns", 1},
+                 {"us", 1000},
+                 {"ms", 1000000},
+                 {"s", 1000000000},
+                 {"m", UINT64_C(60000000000)},
+                 {"h", UINT64_C(3600000000000)}};
+    const char *p = s;
+    uint64_t whole = 0, frac = 0, fscale = 1;
+    if (*p < '0' || *p > '9')
+        return -1;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        if (whole > (UINT64_MAX - 9) / 10)
+            return -1;
+        whole = whole * 10 + (uint64_t)(*p - '0');
+    }
+    if (*p == '.') {
+        p++;
+        if (*p < '0' || *p > '9')
+            return -1;
+        for (; *p >= '0' && *p <= '9'; p++) {
+            if (fscale >= UINT64_C(1000000000000)) /* finer digits are ignored */
+                continue;
+            frac = frac * 10 + (uint64_t)(*p - '0');
+            fscale *= 10;
+        }
+    }
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+        if (strcmp(p, units[i].unit) != 0)
+            continue;
+        uint64_t u = units[i].ns;
+        if (whole != 0 && u > UINT64_MAX / whole)
+            return -1;
+        uint64_t total = whole * u;
+        /* frac < fscale <= 1e12 and u <= 3.6e12: split to stay in 64 bits */
+        uint64_t part = (u / fscale) * frac + ((u % fscale) * frac) / fscale;
+        if (total > UINT64_MAX - part)
+            return -1;
+        *ns = total + part;
+        return 0;
+    }
+    return -1;
+}
+
+static int fg_get_duration(struct fg_build *b, const char *path, const json_t *v,
+                           uint64_t *out) {
+    if (!json_is_string(v) || fg_parse_duration_text(json_string_value(v), out) != 0) {
+        fg_err(b, path, "must be a duration such as \"250ms\" (units ns, us, ms, s, m, h)");
+        return -1;
+    }
+    return 0;
+}
+
+/* "1000/s", "50/100ms", or {"rate": 1000, "per": "1s"}. */
+static int fg_get_rate(struct fg_build *b, const char *path, const json_t *v, uint64_t *rate,
+                       uint64_t *period) {
+    char p[PATH_CAP];
+    if (json_is_string(v)) {
+        const char *s = json_string_value(v);
+        const char *slash = strchr(s, '/');
+        uint64_t n = 0;
+        const char *q = s;
+        int ok = slash != NULL && slash > s;
+        for (; ok && q < slash; q++) {
+            if (*q < '0' || *q > '9' || n > (UINT64_MAX - 9) / 10)
+                ok = 0;
+            else
+                n = n * 10 + (uint64_t)(*q - '0');
+        }
+        if (ok) {
+            const char *unit = slash + 1;
+            if (*unit >= '0' && *unit <= '9')
+                ok = fg_parse_duration_text(unit, period) == 0;
+            else {
+                char one[8];
+                ok = strlen(unit) < 4 && snprintf(one, sizeof(one), "1%s", unit) > 0 &&
+                     fg_parse_duration_text(one, period) == 0;
+            }
+        }
+        if (!ok) {
+            fg_err(b, path,
+                   "must be a rate such as \"1000/s\" or \"50/100ms\", or "
+                   "{\"rate\": 1000, \"per\": \"1s\"}");
+            return -1;
+        }
+        if (n == 0 || *period == 0) {
+            fg_err(b, path, "must be at least 1 token per period, and the period more than 0");
+            return -1;
+        }
+        *rate = n;
+        return 0;
+    }
+    if (!json_is_object(v)) {
+        fg_err(b, path,
+               "must be a rate such as \"1000/s\" or \"50/100ms\", or "
+               "{\"rate\": 1000, \"per\": \"1s\"}");
+        return -1;
+    }
+    int bad = 0, have = 0;
+    *period = 1000000000;
+    const char *k;
+    json_t *x;
+    json_object_foreach((json_t *)v, k, x) {
+        if (strcmp(k, "rate") == 0) {
+            have = 1;
+            bad |= fg_get_uint(b, KEY(p, path, k), x, 1, UINT64_MAX >> 1, rate);
+        } else if (strcmp(k, "per") == 0) {
+            bad |= fg_get_duration(b, KEY(p, path, k), x, period);
+            if (!bad && *period == 0) {
+                fg_err(b, p, "must be more than 0");
+                bad = -1;
+            }
+        } else {
+            fg_unknown_key(b, path, k, "rate, per");
+            bad = -1;
+        }
+    }
+    if (!have) {
+        fg_err(b, KEY(p, path, "rate"), "required");
+        bad = -1;
+    }
+    return bad ? -1 : 0;
+}
+
+static int fg_expect_object(struct fg_build *b, const char *path, const json_t *v) {
+    if (!json_is_object(v)) {
+        fg_err(b, path, "must be an object");
+        return -1;
+    }
+    return 0;
+}
+
+static int fg_expect_array(struct fg_build *b, const char *path, const json_t *v) {
+    if (!json_is_array(v)) {
+        fg_err(b, path, "must be an array");
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- limiters ------------------------------------------------------------------------ */
+
+static struct fg_comp *fg_comp_new(const char *name, enum fg_comp_kind kind) {
+    struct fg_comp *c = fg__calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->name = fg__strndup(name, strlen(name));
+    if (c->name == NULL) {
+        fg__free(c);
+        return NULL;
+    }
+    c->kind = kind;
+    c->refs = 1;
+    __atomic_fetch_add(&fg_comps_live, 1, __ATOMIC_RELAXED);
+    return c;
+}
+
+static int fg_limiter_same_except_rate(const fg_limiter_options *a,
+                                       const fg_limiter_options *b) {
+    return a->max_wait_ns == b->max_wait_ns && a->warmup_ns == b->warmup_ns &&
+           a->cold_factor == b->cold_factor;
+}
+
+/* The refill interval, as the limiter rounds it (see limiter.h). */
+static uint64_t fg_interval(uint64_t rate, uint64_t period) {
+    if (period == 0)
+        period = 1000000000;
+    return period / rate + (period % rate != 0);
+}
+
+static const char *fg_range_hint =
+    "rate and burst out of range (burst and rate at most 2^40 tokens, at least 1 ns "
+    "between tokens, burst x interval + max_wait below 2^62 ns)";
+
+/* Makes (or carries over) the limiter of def from lopts/kopts. */
+static void fg_limiter_build(struct fg_build *b, const char *path, struct fg_def *d, int keyed,
+                             const fg_limiter_options *lo, const fg_keyed_limiter_options *ko,
+                             const struct fg_keysrc *ks) {
+    /* Validate rate, burst and the rest with a throwaway bucket: a carried
+     * limiter gets its new rate and burst only at commit, when nothing may
+     * fail any more. */
+    fg_limiter *probe = NULL;
+    int rc = fg_limiter_new(lo, &probe);
+    fg_limiter_free(probe);
+    if (rc == FG_ENOMEM) {
+        b->oom = 1;
+        return;
+    }
+    if (rc != 0) {
+        fg_err(b, path, "%s", fg_range_hint);
+        return;
+    }
+    struct fg_comp *old = fg_table_find(b->old, d->name, 0);
+    enum fg_comp_kind kind = keyed ? FG_COMP_KEYED : FG_COMP_LIMITER;
+    if (old != NULL && old->kind == kind && fg_limiter_same_except_rate(&old->lopts, lo) &&
+        (!keyed ||
+         (old->kopts.max_keys == ko->max_keys && old->kopts.key_max == ko->key_max &&
+          old->kopts.when_full == ko->when_full && old->keysrc.source == ks->source &&
+          strcmp(old->keysrc.name, ks->name) == 0))) {
+        fg_comp_ref(old);
+        d->comp = old;
+        d->rate = lo->rate;
+        d->period_ns = lo->period_ns;
+        d->burst = lo->burst;
+        d->set_rate = old->lopts.rate != lo->rate || old->lopts.period_ns != lo->period_ns;
+        d->set_burst = old->lopts.burst != lo->burst;
+        /* When the interval grows, shrink or grow the burst first: each step
+         * then stays within the bounds the final settings satisfy. */
+        d->burst_first = fg_interval(lo->rate, lo->period_ns) >
+                         fg_interval(old->lopts.rate, old->lopts.period_ns);
+        d->ok = 1;
+        return;
+    }
+    struct fg_comp *c = fg_comp_new(d->name, kind);
+    if (c == NULL) {
+        b->oom = 1;
+        return;
+    }
+    c->lopts = *lo;
+    if (keyed) {
+        c->kopts = *ko;
+        c->keysrc = *ks;
+        rc = fg_keyed_limiter_new(ko, &c->keyed);
+    } else {
+        rc = fg_limiter_new(lo, &c->limiter);
+    }
+    if (rc != 0) {
+        if (rc == FG_ENOMEM)
+            b->oom = 1;
+        else if (rc == FG_ERANGE)
+            fg_err(b, path, "%s (max_keys at most %lu)", fg_range_hint,
+                   (unsigned long)FG_KEYED_MAX_KEYS);
+        else
+            fg_err(b, path, "cannot make the limiter: %s", fg_strerror(rc));
+        fg_comp_unref(c);
+        return;
+    }
+    d->comp = c;
+    d->ok = 1;
+}
+
+#define LIMITER_KEYS                                                                          \
+    "rate, burst, max_wait, warmup, cold_factor, tokens, shadow, key, max_keys, key_max, "    \
+    "when_full, missing"
+
+static void fg_parse_limiter(struct fg_build *b, const char *path, const json_t *v,
+                             struct fg_def *d) {
+    char p[PATH_CAP];
+    if (fg_expect_object(b, path, v) != 0)
+        return;
+    size_t before = fg_nerrs(b);
+    fg_limiter_options lo = FG_LIMITER_OPTIONS_INIT;
+    fg_keyed_limiter_options ko = FG_KEYED_LIMITER_OPTIONS_INIT;
+    struct fg_keysrc ks;
+    memset(&ks, 0, sizeof(ks));
+    fg_limit_stage_options so = FG_LIMIT_STAGE_OPTIONS_INIT;
+    int have_rate = 0, have_burst = 0, keyed = 0, have_max_keys = 0;
+    const char *keyed_only = NULL;
+    uint64_t u;
+    const char *k;
+    json_t *x;
+    json_object_foreach((json_t *)v, k, x) {
+        KEY(p, path, k);
+        if (strcmp(k, "rate") == 0) {
+            have_rate = 1;
+            (void)fg_get_rate(b, p, x, &lo.rate, &lo.period_ns);
+        } else if (strcmp(k, "burst") == 0) {
+            have_burst = 1;
+            (void)fg_get_uint(b, p, x, 1, UINT64_MAX >> 1, &lo.burst);
+        } else if (strcmp(k, "max_wait") == 0) {
+            (void)fg_get_duration(b, p, x, &lo.max_wait_ns);
+        } else if (strcmp(k, "warmup") == 0) {
+            (void)fg_get_duration(b, p, x, &lo.warmup_ns);
+        } else if (strcmp(k, "cold_factor") == 0) {
+            if (fg_get_uint(b, p, x, 1, 1000, &u) == 0)
+                lo.cold_factor = (uint32_t)u;
+        } else if (strcmp(k, "tokens") == 0) {
+            (void)fg_get_uint(b, p, x, 1, UINT64_MAX >> 1, &so.tokens);
+        } else if (strcmp(k, "shadow") == 0) {
+            (void)fg_get_bool(b, p, x, &so.shadow);
+        } else if (strcmp(k, "key") == 0) {
+            keyed = 1;
+            if (json_is_string(x) && strcmp(json_string_value(x), "path") == 0) {
+                ks.source = FG_KEY_PATH;
+            } else if (json_is_object(x) && json_object_size(x) == 1 &&
+                       (json_object_get(x, "header") || json_object_get(x, "baggage"))) {
+                int header = json_object_get(x, "header") != NULL;
+                const char *name = NULL;
+                char q[PATH_CAP];
+                if (fg_get_name(b, KEY(q, p, header ? "header" : "baggage"),
+                                json_object_get(x, header ? "header" : "baggage"),
+                                &name) == 0) {
+                    ks.source = header ? FG_KEY_HEADER : FG_KEY_BAGGAGE;
+                    (void)snprintf(ks.name, sizeof(ks.name), "%s", name);
+                }
+            } else {
+                fg_err(b, p,
+                       "must be \"path\", {\"header\": \"name\"} or {\"baggage\": \"name\"}");
+            }
+        } else if (strcmp(k, "max_keys") == 0) {
+            have_max_keys = 1;
+            keyed_only = keyed_only ? keyed_only : "max_keys";
+            if (fg_get_uint(b, p, x, 1, FG_KEYED_MAX_KEYS, &u) == 0)
+                ko.max_keys = (uint32_t)u;
+        } else if (strcmp(k, "key_max") == 0) {
+            keyed_only = keyed_only ? keyed_only : "key_max";
+            if (fg_get_uint(b, p, x, 1, FG_KEYED_KEY_MAX_LIMIT, &u) == 0)
+                ko.key_max = (uint32_t)u;
+        } else if (strcmp(k, "when_full") == 0) {
+            keyed_only = keyed_only ? keyed_only : "when_full";
+            const char *s = json_string_value(x);
+            if (s && strcmp(s, "reject") == 0)
+                ko.when_full = FG_KEYED_REJECT_NEW;
+            else if (s && strcmp(s, "admit") == 0)
+                ko.when_full = FG_KEYED_ADMIT_NEW;
+            else
+                fg_err(b, p, "must be \"reject\" or \"admit\"");
+        } else if (strcmp(k, "missing") == 0) {
+            keyed_only = keyed_only ? keyed_only : "missing";
+            const char *s = json_string_value(x);
+            if (s && strcmp(s, "admit") == 0)
+                so.missing = FG_KEY_MISSING_ADMIT;
+            else if (s && strcmp(s, "reject") == 0)
+                so.missing = FG_KEY_MISSING_REJECT;
+            else if (s && strcmp(s, "shared") == 0)
+                so.missing = FG_KEY_MISSING_SHARED;
+            else
+                fg_err(b, p, "must be \"admit\", \"reject\" or \"shared\"");
+        } else {
+            fg_unknown_key(b, path, k, LIMITER_KEYS);
+        }
+    }
+    if (!have_rate)
+        fg_err(b, KEY(p, path, "rate"), "required");
+    if (!have_burst)
+        fg_err(b, KEY(p, path, "burst"), "required");
+    if (keyed && !have_max_keys)
+        fg_err(b, KEY(p, path, "max_keys"), "required for a keyed limiter");
+    if (!keyed && keyed_only != NULL)
+        fg_err(b, KEY(p, path, keyed_only), "only for a keyed limiter (one with \"key\")");
+    if (keyed && lo.warmup_ns != 0)
+        fg_err(b, KEY(p, path, "warmup"), "not offered for a keyed limiter");
+    if (fg_nerrs(b) != before)
+        return;
+    ko.bucket = lo;
+    d->sopts = so;
+    d->sopts.key_source = ks.source;
+    fg_limiter_build(b, path, d, keyed, &lo, &ko, &ks);
+    if (d->ok && so.tokens > lo.burst) {
+        fg_err(b, KEY(p, path, "tokens"), "must be <= burst (%llu)",
+               (unsigned long long)lo.burst);
+        d->ok = 0;
+    }
+    if (d->ok && keyed) {
+        /* the stage's key name must outlive this function: keep it in the comp */
+        d->sopts.key_name = ks.source == FG_KEY_PATH ? NULL : d->comp->keysrc.name;
+    }
+}
+
+/* ---- breakers ------------------------------------------------------------------------- */
+
+static int fg_breaker_same(const fg_breaker_options *a, const fg_breaker_options *b) {
+    return a->failure_ratio == b->failure_ratio && a->slow_ratio == b->slow_ratio &&
+           a->slow_call_ns == b->slow_call_ns && a->min_requests == b->min_requests &&
+           a->consecutive_failures == b->consecutive_failures && a->window == b->window &&
+           a->window_size == b->window_size && a->window_ns == b->window_ns &&
+           a->window_buckets == b->window_buckets && a->open_for_ns == b->open_for_ns &&
+           a->open_backoff == b->open_backoff && a->max_open_ns == b->max_open_ns &&
+           a->half_open_probes == b->half_open_probes &&
+           a->half_open_timeout_ns == b->half_open_timeout_ns;
+}
+
+#define BREAKER_KEYS                                                                          \
+    "failure_ratio, slow_ratio, slow_call, min_requests, consecutive_failures, window, "      \
+    "open_for, max_open, open_backoff, half_open_probes, half_open_timeout"
+
+static void fg_parse_window(struct fg_build *b, const char *path, const json_t *v,
+                            fg_breaker_options *o) {
+    char p[PATH_CAP];
+    if (fg_expect_object(b, path, v) != 0)
+        return;
+    uint64_t u;
+    int count = json_object_get(v, "count") != NULL;
+    int time = json_object_get(v, "time") != NULL;
+    if (count == time) {
+        fg_err(b, path, "must be {\"count\": N} or {\"time\": \"10s\", \"buckets\": 10}");
+        return;
+    }
+    o->window = count ? FG_BREAKER_WINDOW_COUNT : FG_BREAKER_WINDOW_TIME;
+    const char *k;
+    json_t *x;
+    json_object_foreach((json_t *)v, k, x) {
+        KEY(p, path, k);
+        if (count && strcmp(k, "count") == 0) {
+            if (fg_get_uint(b, p, x, 1, FG_BREAKER_MAX_WINDOW_SIZE, &u) == 0)
+                o->window_size = (uint32_t)u;
+        } else if (time && strcmp(k, "time") == 0) {
+            (void)fg_get_duration(b, p, x, &o->window_ns);
+        } else if (time && strcmp(k, "buckets") == 0) {
+            if (fg_get_uint(b, p, x, 1, FG_BREAKER_MAX_BUCKETS, &u) == 0)
+                o->window_buckets = (uint32_t)u;
+        } else {
+            fg_unknown_key(b, path, k, count ? "count" : "time, buckets");
+        }
+    }
+}
+
+static void fg_parse_breaker(struct fg_build *b, const char *path, const json_t *v,
+                             struct fg_def *d) {
+    char p[PATH_CAP];
+    if (fg_expect_object(b, path, v) != 0)
+        return;
+    size_t before = fg_nerrs(b);
+    fg_breaker_options o = FG_BREAKER_OPTIONS_INIT;
+    uint64_t u;
+    const char *k;
+    json_t *x;
+    json_object_foreach((json_t *)v, k, x) {
+        KEY(p, path, k);
+        if (strcmp(k, "failure_ratio") == 0)
+            (void)fg_get_number(b, p, x, 0, 1e9, &o.failure_ratio);
+        else if (strcmp(k, "slow_ratio") == 0)
+            (void)fg_get_number(b, p, x, 0, 1e9, &o.slow_ratio);
+        else if (strcmp(k, "slow_call") == 0)
+            (void)fg_get_duration(b, p, x, &o.slow_call_ns);
+        else if (strcmp(k, "min_requests") == 0) {
+            if (fg_get_uint(b, p, x, 0, UINT32_MAX, &u) == 0)
+                o.min_requests = (uint32_t)u;
+        } else if (strcmp(k, "consecutive_failures") == 0) {
+            if (fg_get_uint(b, p, x, 0, UINT32_MAX, &u) == 0)
+                o.consecutive_failures = (uint32_t)u;
+        } else if (strcmp(k, "window") == 0)
+            fg_parse_window(b, p, x, &o);
+        else if (strcmp(k, "open_for") == 0)
+            (void)fg_get_duration(b, p, x, &o.open_for_ns);
+        else if (strcmp(k, "max_open") == 0)
+            (void)fg_get_duration(b, p, x, &o.max_open_ns);
+        else if (strcmp(k, "open_backoff") == 0)
+            (void)fg_get_number(b, p, x, 1, 1000, &o.open_backoff);
+        else if (strcmp(k, "half_open_probes") == 0) {
+            if (fg_get_uint(b, p, x, 1, FG_BREAKER_MAX_PROBES, &u) == 0)
+                o.half_open_probes = (uint32_t)u;
+        } else if (strcmp(k, "half_open_timeout") == 0)
+            (void)fg_get_duration(b, p, x, &o.half_open_timeout_ns);
+        else
+            fg_unknown_key(b, path, k, BREAKER_KEYS);
+    }
+    if (fg_nerrs(b) != before)
+        return;
+    struct fg_comp *old = fg_table_find(b->old, d->name, 1);
+    if (old != NULL && fg_breaker_same(&old->bopts, &o)) {
+        fg_comp_ref(old);
+        d->comp = old;
+        d->ok = 1;
+        return;
+    }
+    struct fg_comp *c = fg_comp_new(d->name, FG_COMP_BREAKER);
+    if (c == NULL) {
+        b->oom = 1;
+        return;
+    }
+    c->bopts = o;
+    int rc = fg_breaker_new(&o, &c->breaker);
+    if (rc != 0) {
+        if (rc == FG_ENOMEM)
+            b->oom = 1;
+        else
+            fg_err(b, path,
+                   "options out of range (min_requests must fit the window, max_open must "
+                   "be >= open_for, durations below 2^62 ns)");
+        fg_comp_unref(c);
+        return;
+    }
+    d->comp = c;
+    d->ok = 1;
+}
+
+static void fg_parse_defs(struct fg_build *b, const char *section, const json_t *v,
+                          int breaker) {
+    char p[PATH_CAP];
+    if (fg_expect_object(b, section, v) != 0)
+        return;
+    const char *k;
+    json_t *x;
+    json_object_foreach((json_t *)v, k, x) {
+        struct fg_def *d = &b->defs[b->ndefs++];
+        memset(d, 0, sizeof(*d));
+        d->name = (char *)k;
+        d->breaker = breaker;
+        KEY(p, section, k);
+        if (k[0] == '\0' || strlen(k) > FG_CONFIG_NAME_MAX) {
+            fg_err(b, p, "a name must have 1 to %d bytes", FG_CONFIG_NAME_MAX);
+            continue;
+        }
+        if (breaker)
+            fg_parse_breaker(b, p, x, d);
+        else
+            fg_parse_limiter(b, p, x, d);
+    }
+}
+
+/* ---- trace ------------------------------------------------------------------------------ */
+
+static int fg_parse_sampler(struct fg_build *b, const char *path, const json_t *v,
+                            fg_sampler *s, int allow_parent) {
+    char p[PATH_CAP];
+    const char *str = json_string_value(v);
+    if (str != NULL && strcmp(str, "always") == 0) {
+        *s = (fg_sampler){FG_SAMPLER_ALWAYS_ON, 1.0, FG_SAMPLER_ALWAYS_ON};
+        return 0;
+    }
+    if (str != NULL && strcmp(str, "never") == 0) {
+        *s = (fg_sampler){FG_SAMPLER_ALWAYS_OFF, 0.0, FG_SAMPLER_ALWAYS_ON};
+        return 0;
+    }
+    if (allow_parent && str != NULL && strcmp(str, "parent") == 0) {
+        *s = (fg_sampler){FG_SAMPLER_PARENT_BASED, 1.0, FG_SAMPLER_ALWAYS_ON};
+        return 0;
+    }
+    if (json_is_object(v) && json_object_size(v) == 1 && json_object_get(v, "ratio")) {
+        double r;
+        if (fg_get_number(b, KEY(p, path, "ratio"), json_object_get(v, "ratio"), 0, 1, &r) !=
+            0)
+            return -1;
+        *s = (fg_sampler){FG_SAMPLER_RATIO, r, FG_SAMPLER_ALWAYS_ON};
+        return 0;
+    }
+    if (allow_parent && json_is_object(v) && json_object_size(v) == 1 &&
+        json_object_get(v, "parent")) {
+        fg_sampler root;
+        if (fg_parse_sampler(b, KEY(p, path, "parent"), json_object_get(v, "parent"), &root,
+                             0) != 0)
+            return -1;
+        *s = (fg_sampler){FG_SAMPLER_PARENT_BASED, root.ratio, root.kind};
+        return 0;
+    }
+    fg_err(b, path,
+           allow_parent ? "must be \"always\", \"never\", \"parent\", {\"ratio\": 0.1} or "
+                          "{\"parent\": {\"ratio\": 0.1}}"
+                        : "must be \"always\", \"never\" or {\"ratio\": 0.1}");
+    return -1;
+}
+
+static void fg_parse_trace(struct fg_build *b, const json_t *v) {
+    char p[PATH_CAP];
+    if (fg_expect_object(b, "trace", v) != 0)
+        return;
+    const char *k;
+    json_t *x;
+    json_object_foreach((json_t *)v, k, x) {
+        KEY(p, "trace", k);
+        if (strcmp(k, "sampler") == 0) {
+            (void)fg_parse_sampler(b, p, x, &b->trace.sampler, 1);
+        } else if (strcmp(k, "span_name") == 0) {
+            const char *s;
+            if (fg_get_string(b, p, x, &s) == 0) {
+                if (strlen(s) > FG_PATH_MAX)
+                    fg_err(b, p, "must be at most %d bytes", FG_PATH_MAX);
+                else
+                    b->trace.span_name = s;
+            }
+        } else {
+            fg_unknown_key(b, "trace", k, "sampler, span_name");
+        }
+    }
+}
+
+/* ---- stages ----------------------------------------------------------------------------- */
+
+static struct fg_def *fg_find_def(struct fg_build *b, const char *name, int breaker) {
+    for (size_t i = 0; i < b->ndefs; i++)
+        if (b->defs[i].breaker == breaker && strcmp(b->defs[i].name, name) == 0)
+            return &b->defs[i];
+    return NULL;
+}
+
+/* One STAGE: *out gets a stage, or NULL when there was an error (reported)
+ * or nothing to make (a custom stage while checking without a registry). */
+static void fg_make_stage(struct fg_build *b, const char *path, const json_t *v,
+                          fg_stage **out) {
+    char p[PATH_CAP];
+    *out = NULL;
+    if (json_is_string(v) && strcmp(json_string_value(v), "trace") == 0) {
+        int rc = fg_stage_trace(&b->trace, out);
+        if (rc == FG_ENOMEM)
+            b->oom = 1;
+        else if (rc != 0)
+            fg_err(b, path, "cannot make the trace stage: %s", fg_strerror(rc));
+        return;
+    }
+    const json_t *lim = json_object_get(v, "limiter");
+    const json_t *brk = json_object_get(v, "breaker");
+    const json_t *cus = json_object_get(v, "custom");
+    if (!json_is_object(v) || (lim != NULL) + (brk != NULL) + (cus != NULL) != 1) {
+        fg_err(b, path,
+               "must be \"trace\", {\"limiter\": name}, {\"breaker\": name} or "
+               "{\"custom\": name, \"options\": {...}}");
+        return;
+    }
+    int bad = 0;
+    const char *k;
+    json_t *x;
+    json_object_foreach((json_t *)v, k, x) {
+        if (strcmp(k, "limiter") == 0 || strcmp(k, "breaker") == 0 || strcmp(k, "custom") == 0)
+            continue;
+        if (cus != NULL && strcmp(k, "options") == 0) {
+            bad |= fg_expect_object(b, KEY(p, path, k), x);
+            continue;
+        }
+        fg_unknown_key(b, path, k, cus ? "custom, options" : lim ? "limiter" : "breaker");
+        bad = -1;
+    }
+    const char *name;
+    const char *kind = lim ? "limiter" : brk ? "breaker" : "custom";
+    if (fg_get_name(b, KEY(p, path, kind), lim ? lim : brk ? brk : cus, &name) != 0 || bad)
+        return;
+    int rc = 0;
+    if (cus != NULL) {
+        const struct fg_reg_stage *f = fg_reg_find_stage(b->registry, name);
+        if (b->check_only)
+            return;
+        if (f == NULL) {
+            fg_err(b, p, "unknown stage kind \"%s\" (not registered)", name);
+            return;
+        }
+        const json_t *opts = json_object_get(v, "options");
+        char *text = opts ? json_dumps(opts, JSON_COMPACT) : NULL;
+        if (opts != NULL && text == NULL) {
+            b->oom = 1;
+            return;
+        }
+        char why[FG_CFG_WHY_MAX] = "";
+        rc = f->fn(text ? text : "{}", text ? strlen(text) : 2, f->arg, out, why, sizeof(why));
+        free(text);
+        if (rc == 0 && *out == NULL)
+            rc = FG_EINVAL;
+        if (rc != 0) {
+            if (*out != NULL)
+                fg_stage_unref(*out);
+            *out = NULL;
+            if (rc == FG_ENOMEM)
+                b->oom = 1;
+            else
+                fg_err(b, path, "%s", why[0] ? why : fg_strerror(rc));
+        }
+        return;
+    }
+    struct fg_def *d = fg_find_def(b, name, brk != NULL);
+    if (d == NULL) {
+        fg_err(b, p, "unknown %s \"%s\"", kind, name);
+        return;
+    }
+    if (!d->ok)
+        return; /* its definition's errors are reported there */
+    if (brk != NULL) {
+        rc = fg_stage_breaker(d->comp->breaker, NULL, NULL, name, out);
+    } else {
+        fg_limit_stage_options so = d->sopts;
+        so.name = name;
+        rc = d->comp->kind == FG_COMP_KEYED ? fg_stage_limit_keyed(d->comp->keyed, &so, out)
+                                            : fg_stage_limit(d->comp->limiter, &so, out);
+    }
+    if (rc == FG_ENOMEM)
+        b->oom = 1;
+    else if (rc != 0)
+        fg_err(b, path, "cannot make the stage: %s", fg_strerror(rc));
+}
+
+/* A stage list: *stages gets every stage made (references the caller owns). */
+static void fg_make_stages(struct fg_build *b, const char *path, const json_t *v,
+                           fg_stage **stages, size_t *n) {
+    char p[PATH_CAP];
+    *n = 0;
+    if (fg_expect_array(b, path, v) != 0)
+        return;
+    size_t i;
+    json_t *x;
+    json_array_foreach(v, i, x) {
+        if (*n == FG_CHAIN_MAX_STAGES) {
+            fg_err(b, path, "more than %d stages", FG_CHAIN_MAX_STAGES);
+            return;
+        }
+        fg_stage *s = NULL;
+        fg_make_stage(b, IDX(p, path, i), x, &s);
+        if (s != NULL)
+            stages[(*n)++] = s;
+    }
+}
+
+static void fg_unref_stages(fg_stage **stages, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        fg_stage_unref(stages[i]);
+}
+
+/* ---- routes -------------------------------------------------------------------------------
+ */
+
+static int fg_placeholder_handler(fg_ctx *ctx, void *arg) {
+    (void)ctx;
+    (void)arg;
+    return 0;
+}
+
+/* A handler by name; check-only builds use a placeholder. */
+static int fg_handler(struct fg_build *b, const char *path, const json_t *v, fg_handler_fn *fn,
+                      void **arg) {
+    const char *name;
+    if (fg_get_name(b, path, v, &name) != 0)
+        return -1;
+    if (b->check_only) {
+        *fn = fg_placeholder_handler;
+        *arg = NULL;
+        return 0;
+    }
+    const struct fg_reg_handler *h = fg_reg_find_handler(b->registry, name);
+    if (h == NULL) {
+        fg_err(b, path, "unknown handler \"%s\" (not registered)", name);
+        return -1;
+    }
+    *fn = h->fn;
+    *arg = h->arg;
+    return 0;
+}
+
+struct fg_route_work {
+    fg_route_spec spec;
+    fg_value_match matches[FG_ROUTE_MAX_MATCHES];
+    fg_route_target targets[FG_ROUTE_MAX_TARGETS];
+    fg_stage *stages[FG_ROUTE_MAX_TARGETS][FG_CHAIN_MAX_STAGES];
+    char methods[FG_ROUTE_MAX_METHODS * (FG_METHOD_MAX + 1) + 1];
+};
+
+static const struct {
+    const char *key;
+    fg_value_source source;
+} fg_sources[] = {{"headers", FG_SOURCE_HEADER},
+                  {"meta", FG_SOURCE_META},
+                  {"query", FG_SOURCE_QUERY},
+                  {"baggage", FG_SOURCE_BAGGAGE},
+                  {"cookies", FG_SOURCE_COOKIE}};
+
+static void fg_parse_predicates(struct fg_build *b, const char *path, const json_t *v,
+                                fg_value_source source, struct fg_route_work *w) {
+    char p[PATH_CAP], q[PATH_CAP];
+    static const struct {
+        const char *key;
+        fg_match_op op;
+    } ops[] = {{"present", FG_MATCH_PRESENT}, {"exact", FG_MATCH_EXACT},
+               {"prefix", FG_MATCH_PREFIX},   {"lt", FG_MATCH_LT},
+               {"le", FG_MATCH_LE},           {"gt", FG_MATCH_GT},
+               {"ge", FG_MATCH_GE},           {"eq", FG_MATCH_EQ}};
+    if (fg_expect_object(b, path, v) != 0)
+        return;
+    const char *name;
+    json_t *pred;
+    json_object_foreach((json_t *)v, name, pred) {
+        KEY(p, path, name);
+        if (fg_expect_object(b, p, pred) != 0)
+            continue;
+        if (w->spec.nmatches == FG_ROUTE_MAX_MATCHES) {
+            fg_err(b, p, "more than %d predicates in one route", FG_ROUTE_MAX_MATCHES);
+            return;
+        }
+        fg_value_match m = {source, name, FG_MATCH_PRESENT, NULL, 0, 0};
+        int nops = 0, bad = 0, present = 1;
+        const char *k;
+        json_t *x;
+        json_object_foreach(pred, k, x) {
+            KEY(q, p, k);
+            size_t o;
+            for (o = 0; o < sizeof(ops) / sizeof(ops[0]); o++)
+                if (strcmp(k, ops[o].key) == 0)
+                    break;
+            if (strcmp(k, "not") == 0) {
+                bad |= fg_get_bool(b, q, x, &m.invert);
+            } else if (o == sizeof(ops) / sizeof(ops[0])) {
+                fg_unknown_key(b, p, k, "present, exact, prefix, lt, le, gt, ge, eq, not");
+                bad = -1;
+            } else {
+                nops++;
+                m.op = ops[o].op;
+                if (m.op == FG_MATCH_PRESENT)
+                    bad |= fg_get_bool(b, q, x, &present);
+                else if (m.op == FG_MATCH_EXACT || m.op == FG_MATCH_PREFIX)
+                    bad |= fg_get_string(b, q, x, &m.value);
+                else
+                    bad |= fg_get_number(b, q, x, -1e308, 1e308, &m.number);
+            }
+        }
+        if (nops != 1) {
+            fg_err(b, p,
+                   "must have exactly one of: present, exact, prefix, lt, le, gt, ge, eq");
+            bad = -1;
+        }
+        if (bad)
+            continue;
+        if (m.op == FG_MATCH_PRESENT && !present)
+            m.invert = !m.invert;
+        w->matches[w->spec.nmatches++] = m;
+    }
+}
+
+static void fg_parse_match(struct fg_build *b, const char *path, const json_t *v,
+                           struct fg_route_work *w) {
+    char p[PATH_CAP], q[PATH_CAP];
+    if (fg_expect_object(b, path, v) != 0)
+        return;
+    const char *k;
+    json_t *x;
+    json_object_foreach((json_t *)v, k, x) {
+        KEY(p, path, k);
+        size_t s;
+        for (s = 0; s < sizeof(fg_sources) / sizeof(fg_sources[0]); s++)
+            if (strcmp(k, fg_sources[s].key) == 0)
+                break;
+        if (s < sizeof(fg_sources) / sizeof(fg_sources[0])) {
+            fg_parse_predicates(b, p, x, fg_sources[s].source, w);
+        } else if (strcmp(k, "path") == 0) {
+            const char *kinds[] = {"exact", "prefix", "pattern"};
+            const fg_path_kind pk[] = {FG_PATH_EXACT, FG_PATH_PREFIX, FG_PATH_PATTERN};
+            const char *pk_key = json_is_object(x) && json_object_size(x) == 1
+                                     ? json_object_iter_key(json_object_iter(x))
+                                     : NULL;
+            size_t i = 0;
+            while (pk_key != NULL && i < 3 && strcmp(pk_key, kinds[i]) != 0)
+                i++;
+            if (pk_key == NULL || i == 3) {
+                fg_err(b, p,
+                       "must be {\"exact\": path}, {\"prefix\": path} or {\"pattern\": path}");
+                continue;
+            }
+            if (fg_get_string(b, KEY(q, p, pk_key), json_object_get(x, pk_key),
+                              &w->spec.path) == 0)
+                w->spec.path_kind = pk[i];
+        } else if (strcmp(k, "methods") == 0) {
+            if (fg_expect_array(b, p, x) != 0)
+                continue;
+            if (json_array_size(x) > FG_ROUTE_MAX_METHODS) {
+                fg_err(b, p, "more than %d methods", FG_ROUTE_MAX_METHODS);
+                continue;
+            }
+            size_t i, len = 0;
+            json_t *m;
+            w->methods[0] = '\0';
+            json_array_foreach(x, i, m) {
+                const char *s;
+                if (fg_get_string(b, IDX(q, p, i), m, &s) != 0)
+                    continue;
+                if (s[0] == '\0' || strlen(s) > FG_METHOD_MAX || strchr(s, ',') != NULL) {
+                    fg_err(b, q, "must be an HTTP method such as \"GET\"");
+                    continue;
+                }
+                len += (size_t)snprintf(w->methods + len, sizeof(w->methods) - len, "%s%s",
+                                        len ? "," : "", s);
+            }
+            w->spec.methods = w->methods;
+        } else if (strcmp(k, "when") == 0) {
+            const char *s;
+            if (fg_get_string(b, p, x, &s) != 0)
+                continue;
+            fg_expr *e = NULL;
+            fg_parse_error pe;
+            memset(&pe, 0, sizeof(pe));
+            int rc = fg_expr_compile(s, strlen(s), &e, &pe);
+            fg_expr_free(e);
+            if (rc == FG_ENOMEM)
+                b->oom = 1;
+            else if (rc != 0 && pe.column > 0)
+                fg_err(b, p, "at %zu: %s", pe.column, pe.message);
+            else if (rc != 0)
+                fg_err(b, p, "%s", pe.message[0] ? pe.message : fg_strerror(rc));
+            else
+                w->spec.when = s;
+        } else {
+            fg_unknown_key(b, path, k,
+                           "path, methods, headers, meta, query, baggage, cookies, when");
+        }
+    }
+}
+
+static void fg_parse_split(struct fg_build *b, const char *path, const json_t *v,
+                           struct fg_route_work *w) {
+    char p[PATH_CAP], q[PATH_CAP], r[PATH_CAP];
+    if (fg_expect_object(b, path, v) != 0)
+        return;
+    int have_targets = 0;
+    const char *k;
+    json_t *x;
+    json_object_foreach((json_t *)v, k, x) {
+        KEY(p, path, k);
+        if (strcmp(k, "key") == 0) {
+            static const struct {
+                const char *key;
+                fg_value_source source;
+            } keys[] = {{"header", FG_SOURCE_HEADER},
+                        {"meta", FG_SOURCE_META},
+                        {"query", FG_SOURCE_QUERY},
+                        {"baggage", FG_SOURCE_BAGGAGE},
+                        {"cookie", FG_SOURCE_COOKIE}};
+            const char *kk = json_is_object(x) && json_object_size(x) == 1
+                                 ? json_object_iter_key(json_object_iter(x))
+                                 : NULL;
+            size_t i = 0;
+            while (kk != NULL && i < 5 && strcmp(kk, keys[i].key) != 0)
+                i++;
+            if (kk == NULL || i == 5) {
+                fg_err(b, p,
+                       "must be one of {\"header\": n}, {\"meta\": n}, {\"query\": n}, "
+                       "{\"baggage\": n}, {\"cookie\": n}");
+                continue;
+            }
+            if (fg_get_name(b, KEY(q, p, kk), json_object_get(x, kk), &w->spec.split_key) == 0)
+                w->spec.split_source = keys[i].source;
+        } else if (strcmp(k, "salt") == 0) {
+            (void)fg_get_string(b, p, x, &w->spec.split_salt);
+        } else if (strcmp(k, "targets") == 0) {
+            have_targets = 1;
+            if (fg_expect_array(b, p, x) != 0)
+                continue;
+            if (json_array_size(x) == 0 || json_array_size(x) > FG_ROUTE_MAX_TARGETS) {
+                fg_err(b, p, "must have 1 to %d targets", FG_ROUTE_MAX_TARGETS);
+                continue;
+            }
+            uint64_t sum = 0;
+            int weights_ok = 1;
+            size_t i;
+            json_t *t;
+            json_array_foreach(x, i, t) {
+                IDX(q, p, i);
+                if (fg_expect_object(b, q, t) != 0) {
+                    weights_ok = 0;
+                    continue;
+                }
+                fg_route_target *tg = &w->targets[w->spec.ntargets];
+                memset(tg, 0, sizeof(*tg));
+                int bad = 0, have_name = 0, have_handler = 0, have_weight = 0;
+                const char *tk;
+                json_t *tv;
+                json_object_foreach(t, tk, tv) {
+                    KEY(r, q, tk);
+                    if (strcmp(tk, "name") == 0) {
+                        have_name = 1;
+                        bad |= fg_get_name(b, r, tv, &tg->name);
+                    } else if (strcmp(tk, "weight") == 0) {
+                        uint64_t wt;
+                        have_weight = 1;
+                        if (fg_get_uint(b, r, tv, 0, FG_SPLIT_SLOTS, &wt) == 0) {
+                            tg->weight = (uint32_t)wt;
+                            sum += wt;
+                        } else {
+                            bad = -1;
+                            weights_ok = 0;
+                        }
+                    } else if (strcmp(tk, "handler") == 0) {
+                        have_handler = 1;
+                        bad |= fg_handler(b, r, tv, &tg->handler, &tg->arg);
+                    } else if (strcmp(tk, "stages") == 0) {
+                        fg_unref_stages(tg->stages, tg->nstages);
+                        fg_make_stages(b, r, tv, w->stages[w->spec.ntargets], &tg->nstages);
+                        tg->stages = w->stages[w->spec.ntargets];
+                    } else {
+                        fg_unknown_key(b, q, tk, "name, weight, handler, stages");
+                        bad = -1;
+                    }
+                }
+                if (!have_name) {
+                    fg_err(b, KEY(r, q, "name"), "required");
+                    bad = -1;
+                }
+                if (!have_weight) {
+                    fg_err(b, KEY(r, q, "weight"), "required");
+                    bad = -1;
+                    weights_ok = 0;
+                }
+                if (!have_handler) {
+                    fg_err(b, KEY(r, q, "handler"), "required");
+                    bad = -1;
+                }
+                /* kept even when bad, so its stages are released with the route */
+                w->spec.ntargets++;
+            }
+            if (weights_ok && sum > FG_SPLIT_SLOTS)
+                fg_err(b, p, "weights add up to %llu, more than %d", (unsigned long long)sum,
+                       FG_SPLIT_SLOTS);
+            else if (weights_ok && sum == 0)
+                fg_err(b, p, "weights are all 0");
+        } else {
+            fg_unknown_key(b, path, k, "key, salt, targets");
+        }
+    }
+    if (!have_targets)
+        fg_err(b, KEY(p, path, "targets"), "required");
+}
+
+/* Where a router error belongs in the route, from what fg_router_add says. */
+static const char *fg_router_err_path(char *buf, size_t cap, const char *route,
+                                      const char *msg) {
+    if (strstr(msg, "path") != NULL)
+        return fg_key_path(buf, cap, route, "match.path");
+    if (strstr(msg, "method") != NULL)
+        return fg_key_path(buf, cap, route, "match.methods");
+    if (strstr(msg, "split") != NULL || strstr(msg, "target") != NULL)
+        return fg_key_path(buf, cap, route, "split");
+    return fg_key_path(buf, cap, route, "");
+}
+
+static void fg_parse_route(struct fg_build *b, const char *path, const json_t *v,
+                           struct fg_route_work *w, const json_t *routes, size_t index) {
+    char p[PATH_CAP];
+    memset(&w->spec, 0, sizeof(w->spec));
+    fg_route_spec init = FG_ROUTE_SPEC_INIT;
+    w->spec = init;
+    w->spec.matches = w->matches;
+    w->spec.targets = w->targets;
+    if (fg_expect_object(b, path, v) != 0)
+        return;
+    size_t before = fg_nerrs(b);
+    int have_name = 0, have_handler = 0, have_split = 0, have_stages = 0;
+    fg_route_target *single = &w->targets[0];
+    memset(single, 0, sizeof(*single));
+    const char *k;
+    json_t *x;
+    json_object_foreach((json_t *)v, k, x) {
+        KEY(p, path, k);
+        if (strcmp(k, "name") == 0) {
+            have_name = 1;
+            if (fg_get_name(b, p, x, &w->spec.name) != 0)
+                continue;
+            for (size_t j = 0; j < index; j++) {
+                const char *other =
+                    json_string_value(json_object_get(json_array_get(routes, j), "name"));
+                if (other != NULL && strcmp(other, w->spec.name) == 0) {
+                    fg_err(b, p, "duplicate route name \"%s\" (also routes[%zu].name)",
+                           w->spec.name, j);
+                    break;
+                }
+            }
+        } else if (strcmp(k, "match") == 0) {
+            fg_parse_match(b, p, x, w);
+        } else if (strcmp(k, "stages") == 0) {
+            have_stages = 1;
+            if (!have_split) {
+                fg_unref_stages(w->stages[0], single->nstages);
+                fg_make_stages(b, p, x, w->stages[0], &single->nstages);
+                single->stages = w->stages[0];
+            } else {
+                fg_err(b, p, "not with \"split\" (give each target its stages)");
+            }
+        } else if (strcmp(k, "handler") == 0) {
+            have_handler = 1;
+            (void)fg_handler(b, p, x, &single->handler, &single->arg);
+        } else if (strcmp(k, "split") == 0) {
+            have_split = 1;
+            if (have_stages) {
+                fg_err(b, p, "not with \"stages\" (give each target its stages)");
+                continue;
+            }
+            fg_parse_split(b, p, x, w);
+        } else {
+            fg_unknown_key(b, path, k, "name, match, stages, handler, split");
+        }
+    }
+    if (!have_name)
+        fg_err(b, KEY(p, path, "name"), "required");
+    if (have_handler && have_split)
+        fg_err(b, path, "has both \"handler\" and \"split\": give one");
+    else if (!have_handler && !have_split)
+        fg_err(b, path, "needs \"handler\" or \"split\"");
+    else if (have_handler)
+        w->spec.ntargets = 1;
+    if (have_handler && have_split && w->spec.ntargets == 0)
+        w->spec.ntargets = 1; /* so single's stages are released */
+    if (fg_nerrs(b) != before || b->oom || b->router == NULL) {
+        for (size_t t = 0; t < w->spec.ntargets || (t == 0 && single->nstages); t++)
+            fg_unref_stages(w->targets[t].stages, w->targets[t].nstages);
+        return;
+    }
+    fg_parse_error pe;
+    memset(&pe, 0, sizeof(pe));
+    int rc = fg_router_add(b->router, &w->spec, &pe); /* takes the stages */
+    if (rc == FG_ENOMEM)
+        b->oom = 1;
+    else if (rc != 0 && pe.column > 0)
+        fg_err(b, KEY(p, path, "match.when"), "at %zu: %s", pe.column, pe.message);
+    else if (rc != 0)
+        fg_err(b, fg_router_err_path(p, sizeof(p), path, pe.message), "%s", pe.message);
+    else
+        b->nroutes++;
+}
+
+/* ---- the document
+ * ---------------------------------------------------------------------------- */
+
+static void fg_make_router(struct fg_build *b, const json_t *routes, const json_t *handler) {
+    char p[PATH_CAP];
+    if (routes == NULL && handler == NULL)
+        return;
+    int rc = fg_router_new(&b->router);
+    if (rc != 0) {
+        b->oom = 1;
+        return;
+    }
+    if (routes != NULL) {
+        if (fg_expect_array(b, "routes", routes) != 0)
+            return;
+        if (json_array_size(routes) > FG_ROUTER_MAX_ROUTES) {
+            fg_err(b, "routes", "more than %d routes", FG_ROUTER_MAX_ROUTES);
+            return;
+        }
+        struct fg_route_work *w = fg__malloc(sizeof(*w));
+        if (w == NULL) {
+            b->oom = 1;
+            return;
+        }
+        size_t i;
+        json_t *r;
+        json_array_foreach(routes, i, r) {
+            if (b->oom)
+                break;
+            fg_parse_route(b, IDX(p, "routes", i), r, w, routes, i);
+        }
+        fg__free(w);
+        return;
+    }
+    /* "handler": one route that takes every request */
+    fg_route_target t = {NULL, 0, NULL, NULL, NULL, 0};
+    if (fg_handler(b, "handler", handler, &t.handler, &t.arg) != 0)
+        return;
+    fg_route_spec spec = FG_ROUTE_SPEC_INIT;
+    spec.name = "default";
+    spec.targets = &t;
+    spec.ntargets = 1;
+    rc = fg_router_add(b->router, &spec, NULL);
+    if (rc != 0)
+        b->oom = 1;
+}
+
+/* The chain stages and the router. */
+static void fg_make_chain(struct fg_build *b, const json_t *chain, int chain_section,
+                          const json_t *routes, int routes_section, const json_t *handler,
+                          int handler_section) {
+    fg_stage *stages[FG_CHAIN_MAX_STAGES];
+    size_t n = 0;
+    b->section = chain_section;
+    if (chain != NULL)
+        fg_make_stages(b, "chain", chain, stages, &n);
+    b->section = routes ? routes_section : handler_section;
+    fg_make_router(b, routes, handler);
+    fg_chain_options co = FG_CHAIN_OPTIONS_INIT;
+    co.name = "config";
+    if (fg_nerrs(b) != 0 || b->oom || fg_chain_new(&co, &b->chain) != 0) {
+        fg_unref_stages(stages, n);
+        if (fg_nerrs(b) == 0)
+            b->oom = 1;
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        int rc = fg_chain_use(b->chain, stages[i]); /* takes the stage */
+        if (rc != 0) {
+            b->oom = 1;
+            fg_unref_stages(stages + i + 1, n - i - 1);
+            return;
+        }
+    }
+    int rc = fg_router_build(b->router);
+    fg_stage *rs = NULL;
+    if (rc == 0) {
+        rc = fg_stage_router(b->router, "router", &rs); /* takes the router */
+        b->router = NULL;
+    }
+    if (rc == 0)
+        rc = fg_chain_use(b->chain, rs);
+    if (rc == FG_ETOOMANY) {
+        b->section = chain_section;
+        fg_err(b, "chain",
+               "too many stages: the chain's stages, the router and a route's stages must "
+               "total at most %d",
+               FG_CTX_MAX_DEPTH);
+    } else if (rc != 0) {
+        b->oom = 1;
+    }
+}
+
+static int fg_err_cmp(const void *a, const void *b) {
+    const struct fg_err_item *x = a, *y = b;
+    if (x->section != y->section)
+        return x->section < y->section ? -1 : 1;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+#define TOP_KEYS "version, limiters, breakers, trace, chain, routes, handler"
+
+/* Compile text into b: components, chain, version. Returns 0, FG_ECONFIG
+ * or FG_ENOMEM; errors are in b. */
+static int fg_compile(struct fg_build *b, const char *text, size_t len) {
+    json_error_t jerr;
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (root == NULL) {
+        fg_err(b, "", "%s", jerr.text);
+        if (b->nerrs > 0) {
+            b->errs[b->nerrs - 1].e.line = jerr.line;
+            b->errs[b->nerrs - 1].e.column = jerr.column;
+        }
+        return b->oom ? FG_ENOMEM : FG_ECONFIG;
+    }
+    int rc = FG_ECONFIG;
+    if (!json_is_object(root)) {
+        fg_err(b, "", "the document must be an object");
+        goto out;
+    }
+    size_t nkeys = 0;
+    const char *k;
+    json_t *x;
+    json_t *chain = NULL, *routes = NULL, *handler = NULL;
+    int sec_chain = 0, sec_routes = 0, sec_handler = 0, have_version = 0;
+    size_t ndefs = 0;
+    json_object_foreach(root, k, x) {
+        if ((strcmp(k, "limiters") == 0 || strcmp(k, "breakers") == 0) && json_is_object(x))
+            ndefs += json_object_size(x);
+    }
+    b->defs = fg__calloc(ndefs + 1, sizeof(*b->defs));
+    if (b->defs == NULL) {
+        b->oom = 1;
+        goto out;
+    }
+    /* First pass: the definitions, version and trace (stage references need
+     * the definitions); errors are sorted back into document order by
+     * their top-level key. */
+    json_object_foreach(root, k, x) {
+        b->section = (int)nkeys++;
+        if (strcmp(k, "version") == 0) {
+            const char *v;
+            have_version = 1;
+            if (fg_get_string(b, "version", x, &v) != 0)
+                continue;
+            if (strlen(v) > FG_CFG_VERSION_MAX)
+                fg_err(b, "version", "must be at most %d bytes", FG_CFG_VERSION_MAX);
+            else
+                memcpy(b->version, v, strlen(v) + 1);
+        } else if (strcmp(k, "limiters") == 0) {
+            fg_parse_defs(b, "limiters", x, 0);
+        } else if (strcmp(k, "breakers") == 0) {
+            fg_parse_defs(b, "breakers", x, 1);
+        } else if (strcmp(k, "trace") == 0) {
+            fg_parse_trace(b, x);
+        } else if (strcmp(k, "chain") == 0) {
+            chain = x;
+            sec_chain = b->section;
+        } else if (strcmp(k, "routes") == 0) {
+            routes = x;
+            sec_routes = b->section;
+        } else if (strcmp(k, "handler") == 0) {
+            handler = x;
+            sec_handler = b->section;
+        } else {
+            fg_unknown_key(b, "", k, TOP_KEYS);
+        }
+    }
+    b->section = (int)nkeys;
+    if (!have_version)
+        fg_err(b, "version", "required");
+    if (chain == NULL)
+        fg_err(b, "chain", "required (it may be empty: [])");
+    if (routes != NULL && handler != NULL) {
+        b->section = sec_handler;
+        fg_err(b, "handler", "not with \"routes\" (each route names its handler)");
+    } else if (routes == NULL && handler == NULL) {
+        fg_err(b, "handler", "required when there are no routes");
+    }
+    /* Even with the errors above, report what is wrong inside the chain
+     * and the routes. */
+    fg_make_chain(b, chain, sec_chain, routes, sec_routes, routes ? NULL : handler,
+                  sec_handler);
+    rc = b->oom ? FG_ENOMEM : fg_nerrs(b) ? FG_ECONFIG : 0;
+out:
+    json_decref(root);
+    return rc;
+}
+
+static void fg_build_free(struct fg_build *b, int keep_chain) {
+    if (!keep_chain)
+        fg_chain_free(b->chain);
+    fg_router_free(b->router);
+    for (size_t i = 0; b->defs != NULL && i < b->ndefs; i++)
+        if (b->defs[i].comp != NULL && !keep_chain)
+            fg_comp_unref(b->defs[i].comp);
+    fg__free(b->defs);
+    fg__free(b->errs);
+}
+
+static void fg_errors_out(struct fg_build *b, fg_config_errors *errors) {
+    if (errors == NULL)
+        return;
+    memset(errors, 0, sizeof(*errors));
+    if (b->nerrs > 0)
+        qsort(b->errs, b->nerrs, sizeof(*b->errs), fg_err_cmp);
+    size_t n = b->nerrs < FG_CONFIG_MAX_ERRORS ? b->nerrs : FG_CONFIG_MAX_ERRORS;
+    for (size_t i = 0; i < n; i++)
+        errors->items[i] = b->errs[i].e;
+    errors->count = n;
+    errors->omitted = fg_nerrs(b) - n;
+}
+
+static void fg_build_init(struct fg_build *b, const fg_registry *registry) {
+    memset(b, 0, sizeof(*b));
+    b->registry = registry;
+    b->check_only = registry == NULL;
+    fg_trace_options to = FG_TRACE_OPTIONS_INIT;
+    b->trace = to;
+}
+
+int fg_config_check(const fg_registry *registry, const char *text, size_t len,
+                    fg_config_errors *errors) {
+    if (errors != NULL)
+        memset(errors, 0, sizeof(*errors));
+    if (text == NULL && len > 0)
+        return FG_EINVAL;
+    if (len > FG_CONFIG_MAX_BYTES)
+        return FG_ETOOLONG;
+    struct fg_build b;
+    fg_build_init(&b, registry);
+    int rc = fg_compile(&b, text ? text : "", len);
+    fg_errors_out(&b, errors);
+    fg_build_free(&b, 0);
+    return rc;
+}
+
+int fg_runtime_load_json(fg_runtime *rt, const fg_registry *registry, const char *text,
+                         size_t len, fg_config_errors *errors) {
+    if (errors != NULL)
+        memset(errors, 0, sizeof(*errors));
+    if (rt == NULL || registry == NULL || (text == NULL && len > 0))
+        return FG_EINVAL;
+    if (len > FG_CONFIG_MAX_BYTES)
+        return FG_ETOOLONG;
+    pthread_mutex_t *lock = fg__runtime_load_lock(rt);
+    pthread_mutex_lock(lock);
+    struct fg_build b;
+    fg_build_init(&b, registry);
+    b.old = fg__runtime_config_state(rt);
+    int rc = fg_compile(&b, text ? text : "", len);
+    struct fg_comp_list *table = NULL, *snap = NULL;
+    if (rc == 0) {
+        table = fg__calloc(1, sizeof(*table));
+        snap = fg__calloc(1, sizeof(*snap));
+        if (table != NULL)
+            table->v = fg__calloc(b.ndefs + 1, sizeof(*table->v));
+        if (snap != NULL)
+            snap->v = fg__calloc(b.ndefs + 1, sizeof(*snap->v));
+        if (table == NULL || snap == NULL || table->v == NULL || snap->v == NULL) {
+            rc = FG_ENOMEM;
+            fg_comp_list_free(table);
+            fg_comp_list_free(snap);
+        }
+    }
+    if (rc != 0) {
+        fg_errors_out(&b, errors);
+        fg_build_free(&b, 0);
+        pthread_mutex_unlock(lock);
+        return rc;
+    }
+    /* Commit: nothing below can fail for a reason of the config. The
+     * build's references become the snapshot's; the table takes its own. */
+    for (size_t i = 0; i < b.ndefs; i++) {
+        struct fg_def *d = &b.defs[i];
+        struct fg_comp *c = d->comp;
+        snap->v[snap->n++] = c;
+        fg_comp_ref(c);
+        table->v[table->n++] = c;
+        if (c->kind == FG_COMP_BREAKER || !(d->set_rate || d->set_burst))
+            continue;
+        for (int step = 0; step < 2; step++) {
+            int burst = (step == 0) == (d->burst_first != 0);
+            if (burst && d->set_burst)
+                (void)(c->kind == FG_COMP_KEYED
+                           ? fg_keyed_limiter_set_burst(c->keyed, d->burst)
+                           : fg_limiter_set_burst(c->limiter, d->burst));
+            if (!burst && d->set_rate)
+                (void)(c->kind == FG_COMP_KEYED
+                           ? fg_keyed_limiter_set_rate(c->keyed, d->rate, d->period_ns)
+                           : fg_limiter_set_rate(c->limiter, d->rate, d->period_ns));
+        }
+        c->lopts.rate = d->rate;
+        c->lopts.period_ns = d->period_ns;
+        c->lopts.burst = d->burst;
+    }
+    rc = fg__runtime_swap_with(rt, b.chain, b.version, fg_comp_list_free, snap);
+    if (rc == 0) {
+        struct fg_comp_list *old = fg__runtime_config_state(rt);
+        fg__runtime_set_config_state(rt, table, fg_comp_list_free);
+        fg_comp_list_free(old);
+    } else {
+        fg_comp_list_free(table); /* the swap released the snapshot's references */
+    }
+    fg_build_free(&b, 1);
+    pthread_mutex_unlock(lock);
+    return rc;
+}
+
+int fg_runtime_load_file(fg_runtime *rt, const fg_registry *registry, const char *path,
+                         fg_config_errors *errors) {
+    if (errors != NULL)
+        memset(errors, 0, sizeof(*errors));
+    if (rt == NULL || registry == NULL || path == NULL)
+        return FG_EINVAL;
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t len = 0;
+    int err = 0;
+    if (f == NULL) {
+        err = errno;
+    } else {
+        size_t cap = 0;
+        for (;;) {
+            if (len == cap) {
+                if (cap > FG_CONFIG_MAX_BYTES)
+                    break;
+                size_t ncap = cap ? cap * 2 : 65536;
+                if (ncap > FG_CONFIG_MAX_BYTES + 1)
+                    ncap = FG_CONFIG_MAX_BYTES + 1;
+                char *g = fg__malloc(ncap);
+                if (g == NULL) {
+                    fg__free(buf);
+                    fclose(f);
+                    return FG_ENOMEM;
+                }
+                if (len)
+                    memcpy(g, buf, len);
+                fg__free(buf);
+                buf = g;
+                cap = ncap;
+            }
+            size_t got = fread(buf + len, 1, cap - len, f);
+            len += got;
+            if (got == 0) {
+                if (ferror(f))
+                    err = errno ? errno : EIO;
+                break;
+            }
+        }
+        fclose(f);
+    }
+    if (err != 0) {
+        fg__free(buf);
+        if (errors != NULL) {
+            errors->count = 1;
+            (void)snprintf(errors->items[0].path, sizeof(errors->items[0].path), "%s", path);
+            (void)snprintf(errors->items[0].message, sizeof(errors->items[0].message),
+                           "cannot read: %s", strerror(err));
+        }
+        return FG_ESYS;
+    }
+    if (len > FG_CONFIG_MAX_BYTES) {
+        fg__free(buf);
+        return FG_ETOOLONG;
+    }
+    int rc = fg_runtime_load_json(rt, registry, buf ? buf : "", len, errors);
+    fg__free(buf);
+    return rc;
+}

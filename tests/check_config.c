@@ -1,0 +1,613 @@
+/*
+ * tests/check_config.c - the config compiler (floodgate/config.h): the
+ * registry, a full config round trip through a runtime, the corpus of
+ * broken configs with their exact messages (tests/config/bad/), a failed
+ * load leaving the runtime as it was, limiter state carried over by name,
+ * removed components freed, and a reload stress against request threads
+ * (run it under TSAN=1 and SANITIZE=1 with CK_FORK=no).
+ */
+#include <dirent.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <check.h>
+#include <floodgate.h>
+
+#include "suites.h"
+
+uint64_t fg__config_live_components(void); /* lib/config.c test hook */
+
+static int h_count[3];
+
+static int h_a(fg_ctx *ctx, void *arg) {
+    (void)ctx;
+    (void)arg;
+    __atomic_fetch_add(&h_count[0], 1, __ATOMIC_RELAXED);
+    return 0;
+}
+static int h_b(fg_ctx *ctx, void *arg) {
+    (void)ctx;
+    (void)arg;
+    __atomic_fetch_add(&h_count[1], 1, __ATOMIC_RELAXED);
+    return 0;
+}
+static int h_c(fg_ctx *ctx, void *arg) {
+    (void)ctx;
+    (void)arg;
+    __atomic_fetch_add(&h_count[2], 1, __ATOMIC_RELAXED);
+    return 0;
+}
+
+/* A custom stage factory: "tag" wants {"id": integer}. */
+static int tag_enter(void *state, fg_ctx *ctx, uint64_t *slot) {
+    (void)state;
+    (void)ctx;
+    *slot = 0;
+    return 0;
+}
+static int tag_exit(void *state, fg_ctx *ctx, const fg_outcome *outcome, uint64_t slot) {
+    (void)state;
+    (void)ctx;
+    (void)outcome;
+    (void)slot;
+    return 0;
+}
+static const fg_stage_ops tag_ops = {"tag", tag_enter, tag_exit, NULL};
+
+static int tag_factory(const char *json, size_t len, void *arg, fg_stage **out, char *why,
+                       size_t cap) {
+    (void)arg;
+    if (len < 4 || strstr(json, "\"id\"") == NULL) {
+        snprintf(why, cap, "tag: \"id\" is required");
+        return FG_EINVAL;
+    }
+    return fg_stage_new(&tag_ops, NULL, "tag", out);
+}
+
+static fg_registry *make_registry(void) {
+    fg_registry *r = NULL;
+    ck_assert_int_eq(fg_registry_new(&r), 0);
+    ck_assert_int_eq(fg_registry_add_handler(r, "a", h_a, NULL), 0);
+    ck_assert_int_eq(fg_registry_add_handler(r, "b", h_b, NULL), 0);
+    ck_assert_int_eq(fg_registry_add_handler(r, "c", h_c, NULL), 0);
+    ck_assert_int_eq(fg_registry_add_stage(r, "tag", tag_factory, NULL), 0);
+    return r;
+}
+
+static int load(fg_runtime *rt, const fg_registry *r, const char *text,
+                fg_config_errors *errs) {
+    return fg_runtime_load_json(rt, r, text, strlen(text), errs);
+}
+
+static int call(fg_runtime *rt, const char *method, const char *path, const char *hname,
+                const char *hvalue, const char **route, const char **target) {
+    fg_ctx ctx;
+    ck_assert_int_eq(fg_ctx_init(&ctx, method, path), 0);
+    if (hname != NULL)
+        ck_assert_int_eq(fg_ctx_add_header(&ctx, hname, hvalue), 0);
+    int rc = fg_runtime_call(rt, &ctx, NULL, NULL);
+    if (route)
+        *route = ctx.route;
+    if (target)
+        *target = ctx.target;
+    return rc;
+}
+
+static char *errs_text(const fg_config_errors *e) {
+    static char buf[32768];
+    fg_config_errors_format(e, buf, sizeof(buf));
+    return buf;
+}
+
+/* ---- registry ---------------------------------------------------------------------- */
+
+START_TEST(test_registry) {
+    fg_registry *r = NULL;
+    ck_assert_int_eq(fg_registry_new(NULL), FG_EINVAL);
+    ck_assert_int_eq(fg_registry_new(&r), 0);
+    ck_assert_int_eq(fg_registry_add_handler(r, "x", h_a, NULL), 0);
+    ck_assert_int_eq(fg_registry_add_handler(r, "x", h_b, NULL), FG_EEXIST);
+    ck_assert_int_eq(fg_registry_add_handler(r, NULL, h_b, NULL), FG_EINVAL);
+    ck_assert_int_eq(fg_registry_add_handler(r, "", h_b, NULL), FG_EINVAL);
+    ck_assert_int_eq(fg_registry_add_handler(r, "y", NULL, NULL), FG_EINVAL);
+    ck_assert_int_eq(fg_registry_add_handler(NULL, "y", h_a, NULL), FG_EINVAL);
+    char longname[FG_CONFIG_NAME_MAX + 2];
+    memset(longname, 'n', sizeof(longname) - 1);
+    longname[sizeof(longname) - 1] = '\0';
+    ck_assert_int_eq(fg_registry_add_handler(r, longname, h_a, NULL), FG_ETOOLONG);
+    longname[FG_CONFIG_NAME_MAX] = '\0';
+    ck_assert_int_eq(fg_registry_add_handler(r, longname, h_a, NULL), 0);
+    /* many, to grow the arrays */
+    for (int i = 0; i < 40; i++) {
+        char n[16];
+        snprintf(n, sizeof(n), "h%d", i);
+        ck_assert_int_eq(fg_registry_add_handler(r, n, h_a, NULL), 0);
+        ck_assert_int_eq(fg_registry_add_stage(r, n, tag_factory, NULL), 0);
+    }
+    ck_assert_int_eq(fg_registry_add_stage(r, "h3", tag_factory, NULL), FG_EEXIST);
+    ck_assert_int_eq(fg_registry_add_stage(r, "z", NULL, NULL), FG_EINVAL);
+    ck_assert_int_eq(fg_registry_add_stage(r, NULL, tag_factory, NULL), FG_EINVAL);
+    /* a handler and a stage kind may share a name */
+    ck_assert_int_eq(fg_registry_add_stage(r, "x", tag_factory, NULL), 0);
+    fg_registry_free(r);
+    fg_registry_free(NULL);
+}
+END_TEST
+
+START_TEST(test_format) {
+    fg_config_errors e;
+    memset(&e, 0, sizeof(e));
+    char buf[256];
+    ck_assert_uint_eq(fg_config_errors_format(&e, buf, sizeof(buf)), 0);
+    ck_assert_str_eq(buf, "");
+    e.count = 2;
+    strcpy(e.items[0].path, "");
+    strcpy(e.items[0].message, "syntax");
+    e.items[0].line = 3;
+    e.items[0].column = 7;
+    strcpy(e.items[1].path, "a.b");
+    strcpy(e.items[1].message, "bad");
+    e.omitted = 5;
+    size_t n = fg_config_errors_format(&e, buf, sizeof(buf));
+    ck_assert_str_eq(buf, "syntax (line 3, column 7)\na.b: bad\n... and 5 more\n");
+    ck_assert_uint_eq(n, strlen(buf));
+    ck_assert_uint_eq(fg_config_errors_format(&e, buf, 5), 4);
+    ck_assert_str_eq(buf, "synt");
+    ck_assert_uint_eq(fg_config_errors_format(&e, NULL, 5), 0);
+    ck_assert_uint_eq(fg_config_errors_format(NULL, buf, 5), 0);
+    ck_assert_str_eq(buf, "");
+}
+END_TEST
+
+/* ---- the round trip ------------------------------------------------------------------ */
+
+static const char *full_config =
+    "{\n"
+    "  \"version\": \"full-1\",\n"
+    "  \"limiters\": {\n"
+    "    \"api\": {\"rate\": \"1/h\", \"burst\": 3},\n"
+    "    \"obj\": {\"rate\": {\"rate\": 1000, \"per\": \"1s\"}, \"burst\": 100,\n"
+    "             \"max_wait\": \"0ms\", \"tokens\": 1, \"shadow\": false},\n"
+    "    \"warm\": {\"rate\": \"50/100ms\", \"burst\": 10, \"warmup\": \"1.5s\", "
+    "\"cold_factor\": 3},\n"
+    "    \"per_user\": {\"rate\": \"1/h\", \"burst\": 1, \"key\": {\"header\": \"x-user\"},\n"
+    "                 \"max_keys\": 100, \"key_max\": 32, \"when_full\": \"reject\",\n"
+    "                 \"missing\": \"admit\"}\n"
+    "  },\n"
+    "  \"breakers\": {\n"
+    "    \"db\": {\"failure_ratio\": 0.5, \"slow_ratio\": 0.9, \"slow_call\": \"2s\",\n"
+    "           \"min_requests\": 10, \"consecutive_failures\": 5,\n"
+    "           \"window\": {\"time\": \"10s\", \"buckets\": 10}, \"open_for\": \"5s\",\n"
+    "           \"max_open\": \"1m\", \"open_backoff\": 2, \"half_open_probes\": 3,\n"
+    "           \"half_open_timeout\": \"2s\"},\n"
+    "    \"count\": {\"window\": {\"count\": 50}, \"min_requests\": 10}\n"
+    "  },\n"
+    "  \"trace\": {\"sampler\": {\"parent\": {\"ratio\": 0.5}}, \"span_name\": \"svc\"},\n"
+    "  \"chain\": [\"trace\", {\"breaker\": \"db\"}, {\"custom\": \"tag\", \"options\": "
+    "{\"id\": 1}}],\n"
+    "  \"routes\": [\n"
+    "    {\"name\": \"limited\", \"match\": {\"path\": {\"exact\": \"/limited\"}},\n"
+    "     \"stages\": [{\"limiter\": \"api\"}], \"handler\": \"a\"},\n"
+    "    {\"name\": \"users\", \"match\": {\"path\": {\"pattern\": \"/users/:id\"}, "
+    "\"methods\": [\"GET\", \"POST\"]},\n"
+    "     \"stages\": [{\"limiter\": \"per_user\"}, {\"limiter\": \"obj\"}], \"handler\": "
+    "\"b\"},\n"
+    "    {\"name\": \"gray\", \"match\": {\"path\": {\"prefix\": \"/api\"},\n"
+    "       \"headers\": {\"x-env\": {\"exact\": \"gray\"}, \"x-age\": {\"ge\": 18}, "
+    "\"x-bot\": {\"present\": false}},\n"
+    "       \"when\": \"method == 'GET' || method == 'PUT'\"},\n"
+    "     \"handler\": \"c\"},\n"
+    "    {\"name\": \"split\", \"match\": {\"path\": {\"prefix\": \"/api\"}},\n"
+    "     \"split\": {\"key\": {\"header\": \"x-user\"}, \"salt\": \"s1\", \"targets\": [\n"
+    "        {\"name\": \"old\", \"weight\": 10000, \"handler\": \"a\", \"stages\": "
+    "[{\"breaker\": \"count\"}]},\n"
+    "        {\"name\": \"new\", \"weight\": 0, \"handler\": \"b\", \"stages\": "
+    "[{\"limiter\": \"warm\"}]}]}}\n"
+    "  ]\n"
+    "}\n";
+
+START_TEST(test_round_trip) {
+    fg_registry *r = make_registry();
+    fg_runtime *rt = NULL;
+    ck_assert_int_eq(fg_runtime_new(&rt), 0);
+    fg_config_errors errs;
+    int rc = load(rt, r, full_config, &errs);
+    ck_assert_msg(rc == 0, "%s", errs_text(&errs));
+    ck_assert_uint_eq(errs.count, 0);
+    ck_assert_int_eq(fg_config_check(r, full_config, strlen(full_config), &errs), 0);
+    ck_assert_int_eq(fg_config_check(NULL, full_config, strlen(full_config), NULL), 0);
+    char v[32];
+    ck_assert_int_eq(fg_runtime_version(rt, v, sizeof(v)), 0);
+    ck_assert_str_eq(v, "full-1");
+
+    memset(h_count, 0, sizeof(h_count));
+    const char *route, *target;
+    /* the limiter: exactly burst (3) admitted, then limited */
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(call(rt, "GET", "/limited", NULL, NULL, &route, &target), 0);
+        ck_assert_str_eq(route, "limited");
+    }
+    ck_assert_int_eq(call(rt, "GET", "/limited", NULL, NULL, NULL, NULL), FG_ELIMITED);
+    ck_assert_int_eq(h_count[0], 3);
+    /* a keyed limiter: one token per user */
+    ck_assert_int_eq(call(rt, "GET", "/users/1", "x-user", "u1", &route, NULL), 0);
+    ck_assert_str_eq(route, "users");
+    ck_assert_int_eq(call(rt, "POST", "/users/1", "x-user", "u1", NULL, NULL), FG_ELIMITED);
+    ck_assert_int_eq(call(rt, "GET", "/users/1", "x-user", "u2", NULL, NULL), 0);
+    ck_assert_int_eq(call(rt, "GET", "/users/1", NULL, NULL, NULL, NULL), 0); /* missing */
+    ck_assert_int_eq(call(rt, "DELETE", "/users/1", NULL, NULL, NULL, NULL), FG_ENOROUTE);
+    ck_assert_int_eq(h_count[1], 3);
+    /* predicates and the rule */
+    fg_ctx ctx;
+    ck_assert_int_eq(fg_ctx_init(&ctx, "GET", "/api/x"), 0);
+    ck_assert_int_eq(fg_ctx_add_header(&ctx, "x-env", "gray"), 0);
+    ck_assert_int_eq(fg_ctx_add_header(&ctx, "x-age", "20"), 0);
+    ck_assert_int_eq(fg_runtime_call(rt, &ctx, NULL, NULL), 0);
+    ck_assert_str_eq(ctx.route, "gray");
+    ck_assert_int_eq(h_count[2], 1);
+    ck_assert_int_eq(fg_ctx_init(&ctx, "GET", "/api/x"), 0);
+    ck_assert_int_eq(fg_ctx_add_header(&ctx, "x-env", "gray"), 0);
+    ck_assert_int_eq(fg_ctx_add_header(&ctx, "x-age", "20"), 0);
+    ck_assert_int_eq(fg_ctx_add_header(&ctx, "x-bot", "1"), 0);
+    ck_assert_int_eq(fg_runtime_call(rt, &ctx, NULL, NULL), 0);
+    ck_assert_str_eq(ctx.route, "split"); /* x-bot present: not gray */
+    /* the split: all weight on "old" */
+    for (int i = 0; i < 5; i++) {
+        char u[16];
+        snprintf(u, sizeof(u), "u%d", i);
+        ck_assert_int_eq(call(rt, "PUT", "/api/y", "x-user", u, &route, &target), 0);
+        ck_assert_str_eq(route, "split");
+        ck_assert_str_eq(target, "old");
+    }
+    ck_assert_int_eq(call(rt, "GET", "/other", NULL, NULL, NULL, NULL), FG_ENOROUTE);
+    fg_runtime_free(rt);
+    fg_registry_free(r);
+}
+END_TEST
+
+/* "handler" without routes: every request goes to it. */
+START_TEST(test_handler_only) {
+    fg_registry *r = make_registry();
+    fg_runtime *rt = NULL;
+    ck_assert_int_eq(fg_runtime_new(&rt), 0);
+    fg_config_errors errs;
+    const char *cfg = "{\"version\": \"h\", \"chain\": [], \"handler\": \"b\"}";
+    ck_assert_int_eq(load(rt, r, cfg, &errs), 0);
+    memset(h_count, 0, sizeof(h_count));
+    ck_assert_int_eq(call(rt, NULL, "anything", NULL, NULL, NULL, NULL), 0);
+    ck_assert_int_eq(call(rt, "GET", "/x/y", NULL, NULL, NULL, NULL), 0);
+    ck_assert_int_eq(h_count[1], 2);
+    ck_assert_int_eq(fg_runtime_load_json(NULL, r, cfg, strlen(cfg), &errs), FG_EINVAL);
+    ck_assert_int_eq(fg_runtime_load_json(rt, NULL, cfg, strlen(cfg), &errs), FG_EINVAL);
+    fg_runtime_free(rt);
+    fg_registry_free(r);
+}
+END_TEST
+
+/* ---- the corpus of broken configs ------------------------------------------------------ */
+
+static char *read_all(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return NULL;
+    char *buf = malloc(1 << 20);
+    ck_assert_ptr_nonnull(buf);
+    *len = fread(buf, 1, (1 << 20) - 1, f);
+    buf[*len] = '\0';
+    fclose(f);
+    return buf;
+}
+
+static int name_cmp(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+START_TEST(test_bad_corpus) {
+    const char *dir = getenv("FG_CONFIG_CORPUS");
+    if (dir == NULL)
+        dir = "tests/config/bad";
+    DIR *d = opendir(dir);
+    ck_assert_msg(d != NULL, "cannot open %s", dir);
+    char *names[256];
+    size_t n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL && n < 256) {
+        size_t l = strlen(e->d_name);
+        if (l > 5 && strcmp(e->d_name + l - 5, ".json") == 0)
+            names[n++] = strdup(e->d_name);
+    }
+    closedir(d);
+    qsort(names, n, sizeof(names[0]), name_cmp);
+    ck_assert_uint_ge(n, 25);
+    fg_registry *r = make_registry();
+    fg_runtime *rt = NULL;
+    ck_assert_int_eq(fg_runtime_new(&rt), 0);
+    int failures = 0;
+    for (size_t i = 0; i < n; i++) {
+        char path[512], exp_path[512];
+        snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+        snprintf(exp_path, sizeof(exp_path), "%s/%.*s.expected", dir,
+                 (int)(strlen(names[i]) - 5), names[i]);
+        size_t len = 0, elen = 0;
+        char *text = read_all(path, &len);
+        char *expected = read_all(exp_path, &elen);
+        ck_assert_msg(text && expected, "missing %s or its .expected", path);
+        fg_config_errors errs;
+        /* checked without a registry unless the name says "reg" */
+        int with_reg = strstr(names[i], "reg") != NULL;
+        int rc = with_reg ? fg_runtime_load_json(rt, r, text, len, &errs)
+                          : fg_config_check(NULL, text, len, &errs);
+        const char *got = errs_text(&errs);
+        if (rc != FG_ECONFIG || strcmp(got, expected) != 0) {
+            fprintf(stderr, "%s: rc %d\n--- expected\n%s--- got\n%s", names[i], rc, expected,
+                    got);
+            failures++;
+        }
+        /* with the registry the same errors are found (plus any name errors) */
+        ck_assert_int_eq(fg_config_check(r, text, len, NULL), FG_ECONFIG);
+        free(text);
+        free(expected);
+        free(names[i]);
+    }
+    ck_assert_uint_eq(fg_runtime_generation(rt), 0);
+    fg_runtime_free(rt);
+    fg_registry_free(r);
+    ck_assert_int_eq(failures, 0);
+}
+END_TEST
+
+START_TEST(test_limits_and_files) {
+    fg_registry *r = make_registry();
+    fg_runtime *rt = NULL;
+    ck_assert_int_eq(fg_runtime_new(&rt), 0);
+    fg_config_errors errs;
+    ck_assert_int_eq(fg_config_check(NULL, "{}", (size_t)FG_CONFIG_MAX_BYTES + 1, &errs),
+                     FG_ETOOLONG);
+    ck_assert_int_eq(fg_config_check(NULL, NULL, 3, &errs), FG_EINVAL);
+    ck_assert_int_eq(fg_runtime_load_file(rt, r, "/nonexistent/cfg.json", &errs), FG_ESYS);
+    ck_assert_str_eq(errs_text(&errs),
+                     "/nonexistent/cfg.json: cannot read: No such file or directory\n");
+    char tmpl[] = "/tmp/fgcfgXXXXXX";
+    int fd = mkstemp(tmpl);
+    ck_assert_int_ge(fd, 0);
+    FILE *f = fdopen(fd, "w");
+    fputs("{\"version\": \"file\", \"chain\": [], \"handler\": \"a\"}", f);
+    fclose(f);
+    ck_assert_int_eq(fg_runtime_load_file(rt, r, tmpl, &errs), 0);
+    char v[16];
+    ck_assert_int_eq(fg_runtime_version(rt, v, sizeof(v)), 0);
+    ck_assert_str_eq(v, "file");
+    remove(tmpl);
+    fg_runtime_free(rt);
+    fg_registry_free(r);
+}
+END_TEST
+
+/* ---- failed loads and carried state ----------------------------------------------------- */
+
+START_TEST(test_failed_load_keeps_old) {
+    fg_registry *r = make_registry();
+    fg_runtime *rt = NULL;
+    ck_assert_int_eq(fg_runtime_new(&rt), 0);
+    fg_config_errors errs;
+    ck_assert_int_eq(
+        load(rt, r, "{\"version\": \"good\", \"chain\": [], \"handler\": \"a\"}", &errs), 0);
+    uint64_t gen = fg_runtime_generation(rt);
+    ck_assert_int_eq(load(rt, r,
+                          "{\"version\": \"bad\", \"chain\": [{\"limiter\": \"nope\"}], "
+                          "\"handler\": \"zz\"}",
+                          &errs),
+                     FG_ECONFIG);
+    ck_assert_str_eq(errs_text(&errs), "chain[0].limiter: unknown limiter \"nope\"\n"
+                                       "handler: unknown handler \"zz\" (not registered)\n");
+    ck_assert_uint_eq(fg_runtime_generation(rt), gen);
+    char v[16];
+    ck_assert_int_eq(fg_runtime_version(rt, v, sizeof(v)), 0);
+    ck_assert_str_eq(v, "good");
+    memset(h_count, 0, sizeof(h_count));
+    ck_assert_int_eq(call(rt, "GET", "/", NULL, NULL, NULL, NULL), 0);
+    ck_assert_int_eq(h_count[0], 1);
+    fg_runtime_free(rt);
+    fg_registry_free(r);
+}
+END_TEST
+
+static int take(fg_runtime *rt, int n) {
+    int ok = 0;
+    for (int i = 0; i < n; i++)
+        ok += call(rt, "GET", "/", NULL, NULL, NULL, NULL) == 0;
+    return ok;
+}
+
+static const char *carry_fmt = "{\"version\": \"%s\", \"limiters\": {\"api\": {\"rate\": "
+                               "\"%s\", \"burst\": %d%s}}, \"chain\": [{\"limiter\": "
+                               "\"api\"}], \"handler\": \"a\"}";
+
+static int load_carry(fg_runtime *rt, fg_registry *r, const char *rate, int burst,
+                      const char *extra) {
+    char buf[512];
+    snprintf(buf, sizeof(buf), carry_fmt, rate, rate, burst, extra);
+    fg_config_errors errs;
+    int rc = load(rt, r, buf, &errs);
+    ck_assert_msg(rc == 0, "%s", errs_text(&errs));
+    return rc;
+}
+
+/* What is observable: a limiter keeps its tokens across a rate change and
+ * across a burst change (cut to a smaller burst); a change of any other
+ * setting gives a fresh, full bucket; a removed limiter is freed. */
+START_TEST(test_carry_over) {
+    fg_registry *r = make_registry();
+    fg_runtime *rt = NULL;
+    ck_assert_int_eq(fg_runtime_new(&rt), 0);
+    uint64_t live0 = fg__config_live_components();
+    load_carry(rt, r, "1/h", 5, "");
+    ck_assert_uint_eq(fg__config_live_components(), live0 + 1);
+    ck_assert_int_eq(take(rt, 3), 3); /* 2 left */
+    load_carry(rt, r, "2/h", 5, "");  /* rate changed: tokens kept */
+    ck_assert_uint_eq(fg__config_live_components(), live0 + 1);
+    ck_assert_int_eq(take(rt, 5), 2);
+    load_carry(rt, r, "2/h", 8, ""); /* burst grown: still empty */
+    ck_assert_int_eq(take(rt, 5), 0);
+    load_carry(rt, r, "2/h", 8, ", \"max_wait\": \"1ms\""); /* another setting: fresh */
+    ck_assert_int_eq(take(rt, 10), 8);
+    load_carry(rt, r, "2/h", 8, ", \"max_wait\": \"1ms\", \"tokens\": 2"); /* stage only */
+    ck_assert_int_eq(take(rt, 1), 0);
+    load_carry(rt, r, "2/h", 4, ", \"max_wait\": \"1ms\", \"shadow\": true"); /* shadow */
+    ck_assert_int_eq(take(rt, 3), 3);
+    /* an identical reload keeps everything */
+    load_carry(rt, r, "1/h", 5, "");
+    ck_assert_int_eq(take(rt, 10), 5);
+    load_carry(rt, r, "1/h", 5, "");
+    ck_assert_int_eq(take(rt, 1), 0);
+    /* removed: freed once the snapshot that used it is gone */
+    fg_config_errors errs;
+    ck_assert_int_eq(
+        load(rt, r, "{\"version\": \"x\", \"chain\": [], \"handler\": \"a\"}", &errs), 0);
+    ck_assert_int_eq(
+        load(rt, r, "{\"version\": \"y\", \"chain\": [], \"handler\": \"a\"}", &errs), 0);
+    ck_assert_int_eq(
+        load(rt, r, "{\"version\": \"z\", \"chain\": [], \"handler\": \"a\"}", &errs), 0);
+    ck_assert_uint_eq(fg__config_live_components(), live0);
+    /* a keyed limiter and a breaker carried; a breaker with new thresholds is fresh */
+    const char *k1 = "{\"version\": \"k\", \"limiters\": {\"u\": {\"rate\": \"1/h\", "
+                     "\"burst\": 2, \"key\": \"path\", \"max_keys\": 10}}, \"breakers\": "
+                     "{\"b\": {\"min_requests\": 5}}, \"chain\": [{\"limiter\": \"u\"}, "
+                     "{\"breaker\": \"b\"}], \"handler\": \"a\"}";
+    const char *k2 = "{\"version\": \"k\", \"limiters\": {\"u\": {\"rate\": \"2/h\", "
+                     "\"burst\": 2, \"key\": \"path\", \"max_keys\": 10}}, \"breakers\": "
+                     "{\"b\": {\"min_requests\": 6}}, \"chain\": [{\"limiter\": \"u\"}, "
+                     "{\"breaker\": \"b\"}], \"handler\": \"a\"}";
+    ck_assert_int_eq(load(rt, r, k1, &errs), 0);
+    ck_assert_int_eq(take(rt, 3), 2);
+    ck_assert_int_eq(load(rt, r, k2, &errs), 0);
+    ck_assert_int_eq(take(rt, 1), 0);
+    fg_runtime_free(rt);
+    ck_assert_uint_eq(fg__config_live_components(), live0);
+    fg_registry_free(r);
+}
+END_TEST
+
+/* A failed load applies no pending change. */
+START_TEST(test_failed_load_no_pending) {
+    fg_registry *r = make_registry();
+    fg_runtime *rt = NULL;
+    ck_assert_int_eq(fg_runtime_new(&rt), 0);
+    load_carry(rt, r, "1/h", 2, "");
+    ck_assert_int_eq(take(rt, 2), 2);
+    char buf[512];
+    snprintf(buf, sizeof(buf), carry_fmt, "v", "1/ms", 2, ", \"bogus\": 1");
+    fg_config_errors errs;
+    ck_assert_int_eq(load(rt, r, buf, &errs), FG_ECONFIG);
+    ck_assert_int_eq(take(rt, 1), 0); /* still 1/h */
+    fg_runtime_free(rt);
+    fg_registry_free(r);
+}
+END_TEST
+
+/* ---- the reload stress ---------------------------------------------------------------- */
+
+struct stress {
+    fg_runtime *rt;
+    int stop; /* atomic */
+    long calls, bad;
+};
+
+static void *requester(void *arg) {
+    struct stress *s = arg;
+    while (!__atomic_load_n(&s->stop, __ATOMIC_ACQUIRE)) {
+        fg_ctx ctx;
+        fg_ctx_init(&ctx, "GET", (s->calls & 1) ? "/one" : "/two");
+        int rc = fg_runtime_call(s->rt, &ctx, NULL, NULL);
+        if (rc != 0 && rc != FG_ELIMITED && rc != FG_ENOROUTE)
+            s->bad++;
+        s->calls++;
+    }
+    return NULL;
+}
+
+static const char *stress_a =
+    "{\"version\": \"A\", \"limiters\": {\"l\": {\"rate\": \"1000/s\", \"burst\": 50}},"
+    " \"breakers\": {\"b\": {\"min_requests\": 5}},"
+    " \"chain\": [\"trace\", {\"limiter\": \"l\"}], \"routes\": ["
+    " {\"name\": \"one\", \"match\": {\"path\": {\"exact\": \"/one\"}}, \"stages\": "
+    "[{\"breaker\": \"b\"}], \"handler\": \"a\"},"
+    " {\"name\": \"two\", \"split\": {\"targets\": [{\"name\": \"x\", \"weight\": 1, "
+    "\"handler\": \"b\"}, {\"name\": \"y\", \"weight\": 1, \"handler\": \"c\"}]}}]}";
+static const char *stress_b =
+    "{\"version\": \"B\", \"limiters\": {\"l\": {\"rate\": \"2000/s\", \"burst\": 20},"
+    " \"m\": {\"rate\": \"10/ms\", \"burst\": 5, \"max_wait\": \"1ms\"}},"
+    " \"chain\": [{\"limiter\": \"l\"}], \"routes\": ["
+    " {\"name\": \"one\", \"match\": {\"path\": {\"prefix\": \"/one\"}}, \"stages\": "
+    "[{\"limiter\": \"m\"}], \"handler\": \"b\"}]}";
+static const char *stress_bad =
+    "{\"version\": \"BAD\", \"limiters\": {\"l\": {\"rate\": \"fast\", \"burst\": 0}},"
+    " \"chain\": [], \"handler\": \"a\"}";
+
+START_TEST(test_reload_stress) {
+    fg_registry *r = make_registry();
+    struct stress s[2];
+    fg_runtime *rt = NULL;
+    ck_assert_int_eq(fg_runtime_new(&rt), 0);
+    fg_config_errors errs;
+    ck_assert_int_eq(load(rt, r, stress_a, &errs), 0);
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++) {
+        s[i] = (struct stress){rt, 0, 0, 0};
+        ck_assert_int_eq(pthread_create(&th[i], NULL, requester, &s[i]), 0);
+    }
+    const char *last = "A";
+    for (int i = 1; i <= 300; i++) {
+        char v[8];
+        if (i % 10 == 0) {
+            ck_assert_int_eq(load(rt, r, stress_bad, &errs), FG_ECONFIG);
+            ck_assert_uint_eq(errs.count, 2);
+        } else {
+            int b = i % 2;
+            ck_assert_int_eq(load(rt, r, b ? stress_b : stress_a, &errs), 0);
+            last = b ? "B" : "A";
+        }
+        ck_assert_int_eq(fg_runtime_version(rt, v, sizeof(v)), 0);
+        ck_assert_str_eq(v, last);
+    }
+    for (int i = 0; i < 2; i++)
+        __atomic_store_n(&s[i].stop, 1, __ATOMIC_RELEASE);
+    for (int i = 0; i < 2; i++) {
+        pthread_join(th[i], NULL);
+        ck_assert_int_eq(s[i].bad, 0);
+        ck_assert_int_gt(s[i].calls, 0);
+    }
+    fg_runtime_free(rt);
+    fg_registry_free(r);
+}
+END_TEST
+
+Suite *fg_suite_config(void) {
+    Suite *s = suite_create("config");
+    TCase *tc = tcase_create("registry");
+    tcase_add_test(tc, test_registry);
+    tcase_add_test(tc, test_format);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("load");
+    tcase_add_test(tc, test_round_trip);
+    tcase_add_test(tc, test_handler_only);
+    tcase_add_test(tc, test_limits_and_files);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("errors");
+    tcase_add_test(tc, test_bad_corpus);
+    tcase_set_timeout(tc, 60);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("reload");
+    tcase_add_test(tc, test_failed_load_keeps_old);
+    tcase_add_test(tc, test_carry_over);
+    tcase_add_test(tc, test_failed_load_no_pending);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("stress");
+    tcase_add_test(tc, test_reload_stress);
+    tcase_set_timeout(tc, 300);
+    suite_add_tcase(s, tc);
+    return s;
+}
