@@ -25,6 +25,7 @@ VERSION := $(MAJOR).$(MINOR).$(PATCH)
 PREFIX ?= /usr/local
 EXEC_PREFIX ?= $(PREFIX)
 LIBDIR ?= $(EXEC_PREFIX)/lib
+BINDIR ?= $(EXEC_PREFIX)/bin
 INCLUDEDIR ?= $(PREFIX)/include
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
 DESTDIR ?=
@@ -88,10 +89,12 @@ DEPS_STEP := deps
 endif
 
 .PHONY: fuzz fuzz-build
-.PHONY: all lib deps deps-lint check test-unit test-shell bench bench-run examples demo \
+TOOL := $(B)/tools/floodgate
+
+.PHONY: all lib tools deps deps-lint check test-unit test-shell bench bench-run examples demo \
         install uninstall lint format format-check tidy cppcheck clean
 
-all: lib
+all: lib tools
 
 lib: $(STATIC) $(SHARED) $(B)/libfloodgate.so
 
@@ -120,6 +123,14 @@ $(B)/libfloodgate.so: $(SHARED)
 	ln -sf libfloodgate.so.$(VERSION) $(B)/$(SONAME)
 	ln -sf $(SONAME) $@
 
+# ---- the command line -----------------------------------------------------------
+
+tools: $(TOOL)
+
+$(TOOL): tools/floodgate.c $(STATIC) $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(APP_CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(DEP_LIBS)
+
 # ---- tests -------------------------------------------------------------------
 
 $(B)/tests/%.o: tests/%.c $(HEADERS) tests/suites.h | $(DEPS_STEP)
@@ -138,8 +149,9 @@ test-unit: $(B)/tests/check_floodgate
 # and (release only: sanitizer builds cannot be linked by a plain cc) the
 # install + out-of-tree build of examples/hello and a quick benchmark run
 # that checks every figure is printed in the stable format.
-test-shell: lib
+test-shell: lib $(TOOL)
 	sh tests/test_exports.sh $(B)/libfloodgate.so $(VARIANT)
+	sh tests/test_cli.sh $(TOOL)
 	sh tests/test_headers.sh
 ifeq ($(VARIANT),release)
 	sh tests/test_install.sh
@@ -216,8 +228,10 @@ fuzz: fuzz-build
 
 # ---- install -----------------------------------------------------------------
 
-install: lib
-	install -d $(DESTDIR)$(INCLUDEDIR)/floodgate $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PKGCONFIGDIR)
+install: lib $(TOOL)
+	install -d $(DESTDIR)$(INCLUDEDIR)/floodgate $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PKGCONFIGDIR) \
+	    $(DESTDIR)$(BINDIR)
+	install -m 755 $(TOOL) $(DESTDIR)$(BINDIR)/floodgate
 	install -m 644 include/floodgate.h $(DESTDIR)$(INCLUDEDIR)/
 	install -m 644 $(wildcard include/floodgate/*.h) $(DESTDIR)$(INCLUDEDIR)/floodgate/
 	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/
@@ -230,6 +244,7 @@ install: lib
 	chmod 644 $(DESTDIR)$(PKGCONFIGDIR)/floodgate.pc
 
 uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/floodgate
 	rm -f $(DESTDIR)$(INCLUDEDIR)/floodgate.h
 	rm -f $(addprefix $(DESTDIR)$(INCLUDEDIR)/floodgate/,$(notdir $(wildcard include/floodgate/*.h)))
 	-rmdir $(DESTDIR)$(INCLUDEDIR)/floodgate 2>/dev/null

@@ -43,6 +43,10 @@ if ldd "$tmp/app/hello_static" 2>/dev/null | grep -q libfloodgate; then
     echo "FAIL install: static hello links libfloodgate dynamically"; exit 1
 fi
 
+# The command line is installed and runs.
+"$prefix/bin/floodgate" version | grep -q '^floodgate ' ||
+    { echo "FAIL install: bin/floodgate missing or broken"; exit 1; }
+
 # DESTDIR stages under another root without changing the recorded prefix.
 $MAKE --no-print-directory -s install DESTDIR="$tmp/stage" PREFIX=/opt/fg >/dev/null
 test -f "$tmp/stage/opt/fg/include/floodgate.h"
