@@ -32,7 +32,8 @@ Suite *fg_suite_config(void);
     X(error)                                                                                  \
     X(alloc)                                                                                  \
     X(clock)                                                                                  \
-    X(ctx) X(stage) X(chain) X(limiter) X(keyed) X(breaker) X(trace) X(tracestate) X(baggage) \
+    X(ctx)                                                                                    \
+    X(stage) X(chain) X(limiter) X(keyed) X(breaker) X(trace) X(tracestate) X(baggage)        \
         X(trace_stage) X(errval) X(expr) X(router) X(runtime) X(config)
 
 #endif
