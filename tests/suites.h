@@ -28,12 +28,12 @@ Suite *fg_suite_router(void);
 Suite *fg_suite_runtime(void);
 Suite *fg_suite_config(void);
 
-#define FG_TEST_SUITES(X)                                                                     \
-    X(error)                                                                                  \
-    X(alloc)                                                                                  \
-    X(clock)                                                                                  \
-    X(ctx)                                                                                    \
-    X(stage) X(chain) X(limiter) X(keyed) X(breaker) X(trace) X(tracestate) X(baggage)        \
-        X(trace_stage) X(errval) X(expr) X(router) X(runtime) X(config)
+/* One suite per X. */
+/* clang-format off */
+#define FG_TEST_SUITES(X) \
+    X(error) X(alloc) X(clock) X(ctx) X(stage) X(chain) X(limiter) X(keyed) \
+    X(breaker) X(trace) X(tracestate) X(baggage) X(trace_stage) X(errval) \
+    X(expr) X(router) X(runtime) X(config)
+/* clang-format on */
 
 #endif
