@@ -207,7 +207,10 @@ int fg_chain_call(const fg_chain *chain, fg_ctx *ctx, fg_handler_fn handler, voi
                 fg_clock_sleep(&chain->clock, ctx->delay_ns);
             /* A routed request is served by its target's handler. */
             const struct fg__route_target *t = ctx->priv.route_target;
-            ctx->status = fg_failure_code(t ? t->handler(ctx, t->arg) : handler(ctx, arg));
+            fg_handler_fn fn = t ? t->handler : handler;
+            void *fn_arg = t ? t->arg : arg;
+            /* fn is set: a routed chain's router admitted only with a target. */
+            ctx->status = fn ? fg_failure_code(fn(ctx, fn_arg)) : FG_ESTATE;
             outcome.kind = ctx->status ? FG_OUTCOME_FAILED : FG_OUTCOME_OK;
             outcome.code = ctx->status;
         }

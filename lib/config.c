@@ -252,7 +252,7 @@ static void fg_comp_list_free(void *arg) {
     struct fg_comp_list *l = arg;
     if (l == NULL)
         return;
-    for (size_t i = 0; i < l->n; i++)
+    for (size_t i = 0; l->v != NULL && i < l->n; i++)
         fg_comp_unref(l->v[i]);
     fg__free(l->v);
     fg__free(l);
@@ -628,6 +628,8 @@ static int fg_limiter_same_except_rate(const fg_limiter_options *a,
 
 /* The refill interval, as the limiter rounds it (see limiter.h). */
 static uint64_t fg_interval(uint64_t rate, uint64_t period) {
+    if (rate == 0)
+        return 0; /* refused earlier: rate must be >= 1 */
     if (period == 0)
         period = 1000000000;
     return period / rate + (period % rate != 0);
@@ -1398,14 +1400,14 @@ static void fg_parse_split(struct fg_build *b, const char *path, const json_t *v
                 }
                 fg_route_target *tg = &w->targets[w->spec.ntargets];
                 memset(tg, 0, sizeof(*tg));
-                int bad = 0, have_name = 0, have_handler = 0, have_weight = 0;
+                int have_name = 0, have_handler = 0, have_weight = 0;
                 const char *tk;
                 json_t *tv;
                 json_object_foreach(t, tk, tv) {
                     KEY(r, q, tk);
                     if (strcmp(tk, "name") == 0) {
                         have_name = 1;
-                        bad |= fg_get_name(b, r, tv, &tg->name);
+                        (void)fg_get_name(b, r, tv, &tg->name);
                     } else if (strcmp(tk, "weight") == 0) {
                         uint64_t wt;
                         have_weight = 1;
@@ -1413,33 +1415,28 @@ static void fg_parse_split(struct fg_build *b, const char *path, const json_t *v
                             tg->weight = (uint32_t)wt;
                             sum += wt;
                         } else {
-                            bad = -1;
                             weights_ok = 0;
                         }
                     } else if (strcmp(tk, "handler") == 0) {
                         have_handler = 1;
-                        bad |= fg_handler(b, r, tv, &tg->handler, &tg->arg);
+                        (void)fg_handler(b, r, tv, &tg->handler, &tg->arg);
                     } else if (strcmp(tk, "stages") == 0) {
                         fg_unref_stages(tg->stages, tg->nstages);
                         fg_make_stages(b, r, tv, w->stages[w->spec.ntargets], &tg->nstages);
                         tg->stages = w->stages[w->spec.ntargets];
                     } else {
                         fg_unknown_key(b, q, tk, "name, weight, handler, stages");
-                        bad = -1;
                     }
                 }
                 if (!have_name) {
                     fg_err(b, KEY(r, q, "name"), "required");
-                    bad = -1;
                 }
                 if (!have_weight) {
                     fg_err(b, KEY(r, q, "weight"), "required");
-                    bad = -1;
                     weights_ok = 0;
                 }
                 if (!have_handler) {
                     fg_err(b, KEY(r, q, "handler"), "required");
-                    bad = -1;
                 }
                 /* kept even when bad, so its stages are released with the route */
                 w->spec.ntargets++;
@@ -1809,8 +1806,10 @@ int fg_runtime_load_json(fg_runtime *rt, const fg_registry *registry, const char
         table = fg__calloc(1, sizeof(*table));
         snap = fg__calloc(1, sizeof(*snap));
         if (table != NULL)
+            /* NOLINTNEXTLINE(bugprone-sizeof-expression): an array of pointers */
             table->v = fg__calloc(b.ndefs + 1, sizeof(*table->v));
         if (snap != NULL)
+            /* NOLINTNEXTLINE(bugprone-sizeof-expression): an array of pointers */
             snap->v = fg__calloc(b.ndefs + 1, sizeof(*snap->v));
         if (table == NULL || snap == NULL || table->v == NULL || snap->v == NULL) {
             rc = FG_ENOMEM;
@@ -1886,7 +1885,7 @@ int fg_runtime_load_file(fg_runtime *rt, const fg_registry *registry, const char
                 char *g = fg__malloc(ncap);
                 if (g == NULL) {
                     fg__free(buf);
-                    fclose(f);
+                    (void)fclose(f);
                     return FG_ENOMEM;
                 }
                 if (len)
@@ -1903,15 +1902,18 @@ int fg_runtime_load_file(fg_runtime *rt, const fg_registry *registry, const char
                 break;
             }
         }
-        fclose(f);
+        (void)fclose(f);
     }
     if (err != 0) {
         fg__free(buf);
         if (errors != NULL) {
             errors->count = 1;
             (void)snprintf(errors->items[0].path, sizeof(errors->items[0].path), "%s", path);
+            char why[128];
+            if (strerror_r(err, why, sizeof(why)) != 0) /* XSI: MT-safe, unlike strerror */
+                (void)snprintf(why, sizeof(why), "error %d", err);
             (void)snprintf(errors->items[0].message, sizeof(errors->items[0].message),
-                           "cannot read: %s", strerror(err));
+                           "cannot read: %s", why);
         }
         return FG_ESYS;
     }

@@ -194,8 +194,11 @@ static json_t *fg_json_text(const char *s) {
     char *copy = fg__malloc(n + 1);
     if (copy == NULL)
         return NULL;
-    for (size_t i = 0; i <= n; i++)
-        copy[i] = (unsigned char)s[i] < 0x80 ? s[i] : '?';
+    for (size_t i = 0; i <= n; i++) {
+        copy[i] = s[i];
+        if ((unsigned char)s[i] >= 0x80)
+            copy[i] = '?';
+    }
     j = json_string(copy);
     fg__free(copy);
     return j;

@@ -307,7 +307,9 @@ static void fg_next(struct fg_parser *p) {
         p->tok_len = p->pos - p->tok_start;
         return;
     }
-    char d = left > 1 ? s[1] : '\0';
+    char d = '\0';
+    if (left > 1)
+        d = s[1];
     p->pos++;
     switch (c) {
     case '(':
@@ -900,6 +902,7 @@ static inline int fg_meta(const fg_ctx *ctx, const fg_str *key, fg_str *out) {
 /* Read the value of a FG_N_GET, FG_N_PATH, FG_N_METHOD, FG_N_STR or
  * FG_N_NUM node. buf holds a decoded baggage value. */
 static void fg_eval_value(const fg_expr *e, int n, const fg_ctx *ctx, fg_val *v, char *buf) {
+    v->str = (fg_str){NULL, 0};
     const fg_node *node = &e->nodes[n];
     v->present = 1;
     v->is_num = 0;

@@ -825,6 +825,7 @@ static int fg_route_parse_targets(fg_router *router, struct fg_route *r,
          * slots at the boundaries it shifts. */
         t->slot_end = (uint32_t)(cum * FG_SPLIT_SLOTS / (spec->ntargets == 1 ? 1 : total));
         if (in->nstages > 0) {
+            /* NOLINTNEXTLINE(bugprone-sizeof-expression): an array of pointers */
             t->stages = fg__calloc(in->nstages, sizeof(*t->stages));
             if (t->stages == NULL)
                 return FG_ENOMEM;

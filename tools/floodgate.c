@@ -16,16 +16,16 @@
 #include <floodgate.h>
 
 static void usage(FILE *out) {
-    fputs("usage: floodgate check CONFIG...\n"
-          "       floodgate version\n"
-          "\n"
-          "  check    validate each JSON config: syntax (with line and column), every\n"
-          "           key, type, value, rule and route; prints each error as\n"
-          "           CONFIG: path: message and exits 1 if any config is invalid.\n"
-          "           Handler and custom stage names are not checked: they belong\n"
-          "           to the program that loads the config.\n"
-          "  version  print the floodgate library version\n",
-          out);
+    (void)fputs("usage: floodgate check CONFIG...\n"
+                "       floodgate version\n"
+                "\n"
+                "  check    validate each JSON config: syntax (with line and column), every\n"
+                "           key, type, value, rule and route; prints each error as\n"
+                "           CONFIG: path: message and exits 1 if any config is invalid.\n"
+                "           Handler and custom stage names are not checked: they belong\n"
+                "           to the program that loads the config.\n"
+                "  version  print the floodgate library version\n",
+                out);
 }
 
 /* Read a whole file (bounded); NULL with errno on failure. */
@@ -59,7 +59,7 @@ static char *read_file(const char *path, size_t *len) {
     }
     int failed = buf != NULL && ferror(f);
     int saved = errno;
-    fclose(f);
+    (void)fclose(f);
     if (failed) {
         free(buf);
         errno = saved ? saved : EIO;
@@ -73,7 +73,9 @@ static int check_one(const char *path) {
     size_t len = 0;
     char *text = read_file(path, &len);
     if (text == NULL) {
-        fprintf(stderr, "%s: cannot read: %s\n", path, strerror(errno));
+        /* One thread: strerror is fine here. */
+        (void)fprintf(stderr, "%s: cannot read: %s\n", path,
+                      strerror(errno)); // NOLINT(concurrency-mt-unsafe)
         return 2;
     }
     fg_config_errors errors;
@@ -84,7 +86,7 @@ static int check_one(const char *path) {
         return 0;
     }
     if (rc != FG_ECONFIG) {
-        fprintf(stderr, "%s: %s\n", path, fg_strerror(rc));
+        (void)fprintf(stderr, "%s: %s\n", path, fg_strerror(rc));
         return rc == FG_ETOOLONG ? 1 : 2;
     }
     for (size_t i = 0; i < errors.count; i++) {
