@@ -339,6 +339,65 @@ static int bench_runtime(const char *name) {
     return rc;
 }
 
+/* ---- compiling a config -------------------------------------------------- */
+
+/* config_compile_1000routes: fg_config_check (parse, validate, build every
+ * limiter, stage and the router, then free it) of a config with 1,000
+ * routes of mixed path kinds. Not a per-request cost, so it reports
+ * milliseconds per compile (median of 5) rather than allocations.
+ * Budget: at most 10 ms. */
+#define CONFIG_ROUTES 1000
+
+static int bench_config_compile(const char *name) {
+    if (!selected(name))
+        return 0;
+    size_t cap = 256 + (size_t)CONFIG_ROUTES * 200, len = 0;
+    char *text = malloc(cap);
+    if (text == NULL)
+        abort();
+    len +=
+        (size_t)snprintf(text + len, cap - len,
+                         "{\"version\": \"bench\", \"limiters\": {\"api\": {\"rate\": "
+                         "\"1000/s\", \"burst\": 100}}, \"chain\": [{\"limiter\": \"api\"}], "
+                         "\"routes\": [");
+    for (int i = 0; i < CONFIG_ROUTES; i++) {
+        static const char *const kinds[] = {"exact", "prefix", "pattern"};
+        char path[64];
+        if (i % 3 == 2)
+            (void)snprintf(path, sizeof(path), "/api/v1/svc%d/items/:id", i);
+        else
+            (void)snprintf(path, sizeof(path), "/api/v1/svc%d/items", i);
+        len +=
+            (size_t)snprintf(text + len, cap - len,
+                             "%s{\"name\": \"r%d\", \"match\": {\"path\": {\"%s\": \"%s\"}, "
+                             "\"methods\": [\"GET\"]}, \"handler\": \"h%d\"}",
+                             i ? ", " : "", i, kinds[i % 3], path, i % 8);
+    }
+    len += (size_t)snprintf(text + len, cap - len, "]}");
+    if (len >= cap)
+        abort();
+    double v[5];
+    for (int r = 0; r < 5; r++) {
+        uint64_t t0 = now_ns();
+        fg_config_errors errors;
+        if (fg_config_check(NULL, text, len, &errors) != 0) {
+            char msg[512];
+            (void)fg_config_errors_format(&errors, msg, sizeof(msg));
+            (void)fprintf(stderr, "bench: %s: %s", name, msg);
+            free(text);
+            return -1;
+        }
+        v[r] = (double)(now_ns() - t0);
+    }
+    free(text);
+    double ns = median(v, 5);
+    char extra[96];
+    (void)snprintf(extra, sizeof(extra), "ms=%.3f routes=%d target=10ms met=%s", ns / 1e6,
+                   CONFIG_ROUTES, ns <= 10e6 ? "yes" : "no");
+    report(name, 1, ns, extra);
+    return 0;
+}
+
 /* ---- one bucket ---------------------------------------------------------- */
 
 /* Budget: a try with the clock supplied by the ctx costs <= 2.5 CAS. */
@@ -1256,6 +1315,7 @@ int main(int argc, char **argv) {
     rc |= bench_route_match("route_match_1000", 1000);
     rc |= bench_route_match("route_match_10000", 10000);
     rc |= bench_rule_eval("rule_eval_geo_age");
+    rc |= bench_config_compile("config_compile_1000routes");
     rc |= bench_split_sticky("split_sticky");
     return rc ? 1 : 0;
 }

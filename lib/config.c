@@ -306,7 +306,8 @@ struct fg_build {
     fg_chain *chain;
     fg_router *router;
     size_t nroutes;
-    int chain_len; /* stages before the router */
+    int chain_len;       /* stages before the router */
+    json_t *route_names; /* name -> first index, to find duplicates in O(1) */
 };
 
 FG_PRINTF_(3, 4)
@@ -1468,6 +1469,7 @@ static const char *fg_router_err_path(char *buf, size_t cap, const char *route,
 
 static void fg_parse_route(struct fg_build *b, const char *path, const json_t *v,
                            struct fg_route_work *w, const json_t *routes, size_t index) {
+    (void)routes; /* duplicates are found through b->route_names */
     char p[PATH_CAP];
     memset(&w->spec, 0, sizeof(w->spec));
     fg_route_spec init = FG_ROUTE_SPEC_INIT;
@@ -1488,15 +1490,19 @@ static void fg_parse_route(struct fg_build *b, const char *path, const json_t *v
             have_name = 1;
             if (fg_get_name(b, p, x, &w->spec.name) != 0)
                 continue;
-            for (size_t j = 0; j < index; j++) {
-                const char *other =
-                    json_string_value(json_object_get(json_array_get(routes, j), "name"));
-                if (other != NULL && strcmp(other, w->spec.name) == 0) {
-                    fg_err(b, p, "duplicate route name \"%s\" (also routes[%zu].name)",
-                           w->spec.name, j);
-                    break;
-                }
-            }
+            /* A set of the names seen so far (a jansson object: hashed), so
+             * n routes cost O(n), not n^2/2 comparisons. */
+            if (b->route_names == NULL)
+                b->route_names = json_object();
+            json_t *seen =
+                b->route_names ? json_object_get(b->route_names, w->spec.name) : NULL;
+            if (seen != NULL)
+                fg_err(b, p, "duplicate route name \"%s\" (also routes[%zu].name)",
+                       w->spec.name, (size_t)json_integer_value(seen));
+            else if (b->route_names == NULL ||
+                     json_object_set_new(b->route_names, w->spec.name,
+                                         json_integer((json_int_t)index)) != 0)
+                b->oom = 1;
         } else if (strcmp(k, "match") == 0) {
             fg_parse_match(b, p, x, w);
         } else if (strcmp(k, "stages") == 0) {
@@ -1748,6 +1754,7 @@ static void fg_build_free(struct fg_build *b, int keep_chain) {
             fg_comp_unref(b->defs[i].comp);
     fg__free(b->defs);
     fg__free(b->errs);
+    json_decref(b->route_names);
 }
 
 static void fg_errors_out(struct fg_build *b, fg_config_errors *errors) {

@@ -109,6 +109,8 @@ struct fg_router {
     uint32_t max_stages;
     uint32_t nwarnings;
     char **warnings;
+    uint32_t *names;    /* open addressing over route names: index + 1, 0 empty */
+    uint32_t names_cap; /* a power of two, at least twice nroutes */
 };
 
 #define FG_ROOT_SLASH 1
@@ -608,7 +610,56 @@ void fg_router_free(fg_router *router) {
     for (uint32_t i = 0; i < router->nwarnings; i++)
         fg__free(router->warnings[i]);
     fg__free(router->warnings);
+    fg__free(router->names);
     fg__free(router);
+}
+
+static uint32_t fg_name_hash(const char *s) {
+    uint32_t h = 2166136261u;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    return h;
+}
+
+/* Whether a route already has this name: a hash lookup, so adding n routes
+ * costs O(n), not O(n^2) string compares. */
+static int fg_name_taken(const fg_router *router, const char *name) {
+    if (router->names_cap == 0)
+        return 0;
+    uint32_t mask = router->names_cap - 1;
+    for (uint32_t i = fg_name_hash(name) & mask;; i = (i + 1) & mask) {
+        uint32_t v = router->names[i];
+        if (v == 0)
+            return 0;
+        if (strcmp(router->routes[v - 1].name, name) == 0)
+            return 1;
+    }
+}
+
+/* Record route `index`'s name (the table keeps at least half its slots
+ * empty, so probes end). Returns 0 or FG_ENOMEM. */
+static int fg_name_add(fg_router *router, uint32_t index) {
+    if (2 * (index + 1) > router->names_cap) {
+        uint32_t cap = router->names_cap ? router->names_cap * 2 : 16;
+        uint32_t *slots = fg__calloc(cap, sizeof(*slots));
+        if (slots == NULL)
+            return FG_ENOMEM;
+        fg__free(router->names);
+        router->names = slots;
+        router->names_cap = cap;
+        for (uint32_t i = 0; i < index; i++) {
+            uint32_t k = fg_name_hash(router->routes[i].name) & (cap - 1);
+            while (slots[k] != 0)
+                k = (k + 1) & (cap - 1);
+            slots[k] = i + 1;
+        }
+    }
+    uint32_t mask = router->names_cap - 1;
+    uint32_t k = fg_name_hash(router->routes[index].name) & mask;
+    while (router->names[k] != 0)
+        k = (k + 1) & mask;
+    router->names[k] = index + 1;
+    return 0;
 }
 
 /* Parse r->path (owned) into segments and tail, by kind. */
@@ -869,11 +920,10 @@ static int fg_router_add_route(fg_router *router, const fg_route_spec *spec,
                   NULL);
         return too_long ? FG_ETOOLONG : FG_ENOMEM;
     }
-    for (uint32_t i = 0; i < router->nroutes; i++)
-        if (strcmp(router->routes[i].name, r->name) == 0) {
-            fg_seterr(err, FG_EEXIST, index, "a route named '%s' already exists", r->name);
-            return FG_EEXIST;
-        }
+    if (fg_name_taken(router, r->name)) {
+        fg_seterr(err, FG_EEXIST, index, "a route named '%s' already exists", r->name);
+        return FG_EEXIST;
+    }
     if ((unsigned)spec->path_kind > FG_PATH_PATTERN ||
         (spec->path_kind != FG_PATH_ANY && spec->path == NULL)) {
         fg_seterr(err, FG_EINVAL, index, "the path kind needs a path%s", NULL);
@@ -971,6 +1021,10 @@ int fg_router_add(fg_router *router, const fg_route_spec *spec, fg_parse_error *
             fg_spec_unref_stages(spec);
         fg_route_free(r);
         return rc;
+    }
+    if (fg_name_add(router, router->nroutes) != 0) {
+        fg_route_free(r);
+        return FG_ENOMEM;
     }
     router->nroutes++;
     return 0;
