@@ -213,6 +213,7 @@ struct fg_comp {
     fg_keyed_limiter_options kopts; /* KEYED */
     struct fg_keysrc keysrc;        /* KEYED */
     fg_breaker_options bopts;       /* BREAKER */
+    int bshadow;                    /* BREAKER: made in shadow mode (FG_BREAKER_DISABLED) */
 };
 
 /* Components alive in the process: a test hook for "a removed limiter is
@@ -840,7 +841,7 @@ static int fg_breaker_same(const fg_breaker_options *a, const fg_breaker_options
 
 #define BREAKER_KEYS                                                                          \
     "failure_ratio, slow_ratio, slow_call, min_requests, consecutive_failures, window, "      \
-    "open_for, max_open, open_backoff, half_open_probes, half_open_timeout"
+    "open_for, max_open, open_backoff, half_open_probes, half_open_timeout, shadow"
 
 static void fg_parse_window(struct fg_build *b, const char *path, const json_t *v,
                             fg_breaker_options *o) {
@@ -880,6 +881,7 @@ static void fg_parse_breaker(struct fg_build *b, const char *path, const json_t 
         return;
     size_t before = fg_nerrs(b);
     fg_breaker_options o = FG_BREAKER_OPTIONS_INIT;
+    int shadow = 0;
     uint64_t u;
     const char *k;
     json_t *x;
@@ -910,13 +912,15 @@ static void fg_parse_breaker(struct fg_build *b, const char *path, const json_t 
                 o.half_open_probes = (uint32_t)u;
         } else if (strcmp(k, "half_open_timeout") == 0)
             (void)fg_get_duration(b, p, x, &o.half_open_timeout_ns);
+        else if (strcmp(k, "shadow") == 0)
+            (void)fg_get_bool(b, p, x, &shadow);
         else
             fg_unknown_key(b, path, k, BREAKER_KEYS);
     }
     if (fg_nerrs(b) != before)
         return;
     struct fg_comp *old = fg_table_find(b->old, d->name, 1);
-    if (old != NULL && fg_breaker_same(&old->bopts, &o)) {
+    if (old != NULL && fg_breaker_same(&old->bopts, &o) && old->bshadow == shadow) {
         fg_comp_ref(old);
         d->comp = old;
         d->ok = 1;
@@ -928,7 +932,11 @@ static void fg_parse_breaker(struct fg_build *b, const char *path, const json_t 
         return;
     }
     c->bopts = o;
+    c->bshadow = shadow;
     int rc = fg_breaker_new(&o, &c->breaker);
+    /* Shadow: the state machine runs and counts, nothing is rejected. */
+    if (rc == 0 && shadow)
+        rc = fg_breaker_set_mode(c->breaker, FG_BREAKER_DISABLED);
     if (rc != 0) {
         if (rc == FG_ENOMEM)
             b->oom = 1;

@@ -585,6 +585,48 @@ START_TEST(test_reload_stress) {
 }
 END_TEST
 
+static int h_fail(fg_ctx *ctx, void *arg) {
+    (void)ctx;
+    (void)arg;
+    return FG_EHANDLER;
+}
+
+/* A breaker marked shadow runs its state machine and rejects nothing; the
+ * same breaker without the mark opens on the same failures. */
+START_TEST(test_breaker_shadow) {
+    static const char *fmt =
+        "{\"version\": \"s\", \"breakers\": {\"b\": {\"min_requests\": 5, \"failure_ratio\": "
+        "0.5, \"window\": {\"count\": 10}, \"open_for\": \"1h\", \"shadow\": %s}}, \"chain\": "
+        "[{\"breaker\": \"b\"}], \"handler\": \"fail\"}";
+    for (int shadow = 0; shadow < 2; shadow++) {
+        fg_registry *r = NULL;
+        ck_assert_int_eq(fg_registry_new(&r), 0);
+        ck_assert_int_eq(fg_registry_add_handler(r, "fail", h_fail, NULL), 0);
+        fg_runtime *rt = NULL;
+        ck_assert_int_eq(fg_runtime_new(&rt), 0);
+        char text[512];
+        snprintf(text, sizeof(text), fmt, shadow ? "true" : "false");
+        fg_config_errors errs;
+        ck_assert_int_eq(load(rt, r, text, &errs), 0);
+        int failed = 0, rejected = 0;
+        for (int i = 0; i < 20; i++) {
+            int rc = call(rt, "GET", "/", NULL, NULL, NULL, NULL);
+            failed += rc == FG_EHANDLER;
+            rejected += rc == FG_EBREAKER;
+        }
+        if (shadow) {
+            ck_assert_int_eq(failed, 20);
+            ck_assert_int_eq(rejected, 0);
+        } else {
+            ck_assert_int_eq(failed, 5); /* opens at 5 calls, all failed */
+            ck_assert_int_eq(rejected, 15);
+        }
+        fg_runtime_free(rt);
+        fg_registry_free(r);
+    }
+}
+END_TEST
+
 Suite *fg_suite_config(void) {
     Suite *s = suite_create("config");
     TCase *tc = tcase_create("registry");
@@ -595,6 +637,7 @@ Suite *fg_suite_config(void) {
     tcase_add_test(tc, test_round_trip);
     tcase_add_test(tc, test_handler_only);
     tcase_add_test(tc, test_limits_and_files);
+    tcase_add_test(tc, test_breaker_shadow);
     suite_add_tcase(s, tc);
     tc = tcase_create("errors");
     tcase_add_test(tc, test_bad_corpus);
