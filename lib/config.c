@@ -309,6 +309,7 @@ struct fg_build {
     size_t nroutes;
     int chain_len;       /* stages before the router */
     json_t *route_names; /* name -> first index, to find duplicates in O(1) */
+    fg_clock clock;      /* the runtime's: chains, limiters and breakers read it */
 };
 
 FG_PRINTF_(3, 4)
@@ -689,9 +690,13 @@ static void fg_limiter_build(struct fg_build *b, const char *path, struct fg_def
     if (keyed) {
         c->kopts = *ko;
         c->keysrc = *ks;
-        rc = fg_keyed_limiter_new(ko, &c->keyed);
+        fg_keyed_limiter_options kc = *ko;
+        kc.bucket.clock = b->clock;
+        rc = fg_keyed_limiter_new(&kc, &c->keyed);
     } else {
-        rc = fg_limiter_new(lo, &c->limiter);
+        fg_limiter_options lc = *lo;
+        lc.clock = b->clock;
+        rc = fg_limiter_new(&lc, &c->limiter);
     }
     if (rc != 0) {
         if (rc == FG_ENOMEM)
@@ -933,6 +938,7 @@ static void fg_parse_breaker(struct fg_build *b, const char *path, const json_t 
     }
     c->bopts = o;
     c->bshadow = shadow;
+    o.clock = b->clock;
     int rc = fg_breaker_new(&o, &c->breaker);
     /* Shadow: the state machine runs and counts, nothing is rejected. */
     if (rc == 0 && shadow)
@@ -1624,6 +1630,7 @@ static void fg_make_chain(struct fg_build *b, const json_t *chain, int chain_sec
     fg_make_router(b, routes, handler);
     fg_chain_options co = FG_CHAIN_OPTIONS_INIT;
     co.name = "config";
+    co.clock = b->clock;
     if (fg_nerrs(b) != 0 || b->oom || fg_chain_new(&co, &b->chain) != 0) {
         fg_unref_stages(stages, n);
         if (fg_nerrs(b) == 0)
@@ -1782,6 +1789,7 @@ static void fg_build_init(struct fg_build *b, const fg_registry *registry) {
     memset(b, 0, sizeof(*b));
     b->registry = registry;
     b->check_only = registry == NULL;
+    b->clock = fg_clock_monotonic();
     fg_trace_options to = FG_TRACE_OPTIONS_INIT;
     b->trace = to;
 }
@@ -1815,6 +1823,7 @@ int fg_runtime_load_json(fg_runtime *rt, const fg_registry *registry, const char
     struct fg_build b;
     fg_build_init(&b, registry);
     b.old = fg__runtime_config_state(rt);
+    b.clock = fg__runtime_clock(rt);
     int rc = fg_compile(&b, text ? text : "", len);
     struct fg_comp_list *table = NULL, *snap = NULL;
     if (rc == 0) {

@@ -68,6 +68,7 @@ struct fg_runtime {
     pthread_mutex_t load_lock;    /* config loads (lib/config.c) */
     void *config_state;
     void (*config_state_free)(void *);
+    fg_clock clock; /* for compiled configs; under load_lock */
 };
 
 /* ---- live runtimes, for threads giving records back ----------------------------- */
@@ -189,6 +190,7 @@ int fg_runtime_new(fg_runtime **out) {
         return FG_ENOMEM;
     }
     ck_epoch_init(&rt->epoch);
+    rt->clock = fg_clock_monotonic();
     rt->writer = fg__aligned_calloc(sizeof(*rt->writer), 64);
     if (rt->writer == NULL) {
         pthread_mutex_destroy(&rt->load_lock);
@@ -373,4 +375,17 @@ void *fg__runtime_config_state(fg_runtime *rt) { return rt->config_state; }
 void fg__runtime_set_config_state(fg_runtime *rt, void *state, void (*free_fn)(void *)) {
     rt->config_state = state;
     rt->config_state_free = free_fn;
+}
+
+fg_clock fg__runtime_clock(fg_runtime *rt) { return rt->clock; }
+
+int fg_runtime_set_clock(fg_runtime *rt, fg_clock clock) {
+    if (rt == NULL || clock.now == NULL)
+        return FG_EINVAL;
+    pthread_mutex_lock(&rt->load_lock);
+    int rc = rt->config_state != NULL || fg_rt_current(rt) != NULL ? FG_ESTATE : 0;
+    if (rc == 0)
+        rt->clock = clock;
+    pthread_mutex_unlock(&rt->load_lock);
+    return rc;
 }

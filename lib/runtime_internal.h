@@ -29,4 +29,7 @@ pthread_mutex_t *fg__runtime_load_lock(fg_runtime *rt);
 void *fg__runtime_config_state(fg_runtime *rt);
 void fg__runtime_set_config_state(fg_runtime *rt, void *state, void (*free_fn)(void *));
 
+/* The clock configs compiled for rt use (fg_runtime_set_clock). */
+fg_clock fg__runtime_clock(fg_runtime *rt);
+
 #endif /* FG_LIB_RUNTIME_INTERNAL_H */

@@ -627,6 +627,37 @@ START_TEST(test_breaker_shadow) {
 }
 END_TEST
 
+/* Configs compiled for a runtime read its clock: a fake one makes a
+ * limiter's refill exact. The clock is fixed once anything is loaded. */
+START_TEST(test_runtime_clock) {
+    fg_fake_clock *fake = NULL;
+    ck_assert_int_eq(fg_fake_clock_new(UINT64_C(1000000000), &fake), 0);
+    fg_registry *r = make_registry();
+    fg_runtime *rt = NULL;
+    ck_assert_int_eq(fg_runtime_new(&rt), 0);
+    ck_assert_int_eq(fg_runtime_set_clock(rt, fg_fake_clock_as_clock(fake)), 0);
+    fg_config_errors errs;
+    ck_assert_int_eq(
+        load(rt, r,
+             "{\"version\": \"c\", \"limiters\": {\"l\": {\"rate\": \"1/s\", "
+             "\"burst\": 1}}, \"chain\": [{\"limiter\": \"l\"}], \"handler\": \"a\"}",
+             &errs),
+        0);
+    ck_assert_int_eq(call(rt, "GET", "/", NULL, NULL, NULL, NULL), 0);
+    ck_assert_int_eq(call(rt, "GET", "/", NULL, NULL, NULL, NULL), FG_ELIMITED);
+    fg_fake_clock_advance(fake, UINT64_C(999999999));
+    ck_assert_int_eq(call(rt, "GET", "/", NULL, NULL, NULL, NULL), FG_ELIMITED);
+    fg_fake_clock_advance(fake, 1);
+    ck_assert_int_eq(call(rt, "GET", "/", NULL, NULL, NULL, NULL), 0);
+    ck_assert_int_eq(fg_runtime_set_clock(rt, fg_clock_monotonic()), FG_ESTATE);
+    fg_clock none = {NULL, NULL, NULL};
+    ck_assert_int_eq(fg_runtime_set_clock(rt, none), FG_EINVAL);
+    fg_runtime_free(rt);
+    fg_registry_free(r);
+    fg_fake_clock_free(fake);
+}
+END_TEST
+
 Suite *fg_suite_config(void) {
     Suite *s = suite_create("config");
     TCase *tc = tcase_create("registry");
@@ -638,6 +669,7 @@ Suite *fg_suite_config(void) {
     tcase_add_test(tc, test_handler_only);
     tcase_add_test(tc, test_limits_and_files);
     tcase_add_test(tc, test_breaker_shadow);
+    tcase_add_test(tc, test_runtime_clock);
     suite_add_tcase(s, tc);
     tc = tcase_create("errors");
     tcase_add_test(tc, test_bad_corpus);

@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #include "chain.h"
+#include "clock.h"
 #include "common.h"
 #include "ctx.h"
 
@@ -75,6 +76,20 @@ FG_API int fg_runtime_call(fg_runtime *rt, fg_ctx *ctx, fg_handler_fn handler, v
  */
 FG_API int fg_runtime_enter(fg_runtime *rt, fg_ctx *ctx);
 FG_API int fg_runtime_exit(fg_runtime *rt, fg_ctx *ctx, int status);
+
+/*
+ * fg_runtime_set_clock - the clock that chains, limiters and breakers
+ * compiled from a config (floodgate/config.h) read, instead of the
+ * monotonic clock: a fake clock for tests and for replaying a recorded
+ * trace on virtual time. Chains swapped in with fg_runtime_swap keep their
+ * own clocks.
+ *
+ * Returns: 0; FG_ESTATE once a chain or config has been loaded (set it
+ * first); FG_EINVAL for NULL rt or clock.now.
+ * Ownership: copies clock; its arg must outlive the runtime.
+ * Thread-safety: MT-safe.
+ */
+FG_API int fg_runtime_set_clock(fg_runtime *rt, fg_clock clock);
 
 /*
  * fg_runtime_generation - how many swaps have happened (0 before the
