@@ -214,6 +214,8 @@ struct fg_comp {
     struct fg_keysrc keysrc;        /* KEYED */
     fg_breaker_options bopts;       /* BREAKER */
     int bshadow;                    /* BREAKER: made in shadow mode (FG_BREAKER_DISABLED) */
+    fg_runtime_breaker_fn on_event; /* BREAKER: the runtime's listener, with its arg */
+    void *on_event_arg;
 };
 
 /* Components alive in the process: a test hook for "a removed limiter is
@@ -310,6 +312,8 @@ struct fg_build {
     int chain_len;       /* stages before the router */
     json_t *route_names; /* name -> first index, to find duplicates in O(1) */
     fg_clock clock;      /* the runtime's: chains, limiters and breakers read it */
+    fg_runtime_breaker_fn on_breaker; /* the runtime's breaker listener, or NULL */
+    void *on_breaker_arg;
 };
 
 FG_PRINTF_(3, 4)
@@ -833,6 +837,13 @@ static void fg_parse_limiter(struct fg_build *b, const char *path, const json_t 
 
 /* ---- breakers ------------------------------------------------------------------------- */
 
+static void fg_comp_breaker_event(fg_breaker *breaker, const fg_breaker_event *event,
+                                  void *arg) {
+    const struct fg_comp *c = arg;
+    (void)breaker;
+    c->on_event(c->name, event, c->on_event_arg);
+}
+
 static int fg_breaker_same(const fg_breaker_options *a, const fg_breaker_options *b) {
     return a->failure_ratio == b->failure_ratio && a->slow_ratio == b->slow_ratio &&
            a->slow_call_ns == b->slow_call_ns && a->min_requests == b->min_requests &&
@@ -939,6 +950,13 @@ static void fg_parse_breaker(struct fg_build *b, const char *path, const json_t 
     c->bopts = o;
     c->bshadow = shadow;
     o.clock = b->clock;
+    if (b->on_breaker != NULL) {
+        /* The breaker knows no names: the component, which does, relays. */
+        c->on_event = b->on_breaker;
+        c->on_event_arg = b->on_breaker_arg;
+        o.listener = fg_comp_breaker_event;
+        o.listener_arg = c;
+    }
     int rc = fg_breaker_new(&o, &c->breaker);
     /* Shadow: the state machine runs and counts, nothing is rejected. */
     if (rc == 0 && shadow)
@@ -1824,6 +1842,7 @@ int fg_runtime_load_json(fg_runtime *rt, const fg_registry *registry, const char
     fg_build_init(&b, registry);
     b.old = fg__runtime_config_state(rt);
     b.clock = fg__runtime_clock(rt);
+    b.on_breaker = fg__runtime_breaker_listener(rt, &b.on_breaker_arg);
     int rc = fg_compile(&b, text ? text : "", len);
     struct fg_comp_list *table = NULL, *snap = NULL;
     if (rc == 0) {

@@ -69,6 +69,8 @@ struct fg_runtime {
     void *config_state;
     void (*config_state_free)(void *);
     fg_clock clock; /* for compiled configs; under load_lock */
+    fg_runtime_breaker_fn breaker_fn;
+    void *breaker_arg;
 };
 
 /* ---- live runtimes, for threads giving records back ----------------------------- */
@@ -386,6 +388,24 @@ int fg_runtime_set_clock(fg_runtime *rt, fg_clock clock) {
     int rc = rt->config_state != NULL || fg_rt_current(rt) != NULL ? FG_ESTATE : 0;
     if (rc == 0)
         rt->clock = clock;
+    pthread_mutex_unlock(&rt->load_lock);
+    return rc;
+}
+
+fg_runtime_breaker_fn fg__runtime_breaker_listener(fg_runtime *rt, void **arg) {
+    *arg = rt->breaker_arg;
+    return rt->breaker_fn;
+}
+
+int fg_runtime_set_breaker_listener(fg_runtime *rt, fg_runtime_breaker_fn fn, void *arg) {
+    if (rt == NULL)
+        return FG_EINVAL;
+    pthread_mutex_lock(&rt->load_lock);
+    int rc = rt->config_state != NULL ? FG_ESTATE : 0;
+    if (rc == 0) {
+        rt->breaker_fn = fn;
+        rt->breaker_arg = arg;
+    }
     pthread_mutex_unlock(&rt->load_lock);
     return rc;
 }

@@ -32,4 +32,7 @@ void fg__runtime_set_config_state(fg_runtime *rt, void *state, void (*free_fn)(v
 /* The clock configs compiled for rt use (fg_runtime_set_clock). */
 fg_clock fg__runtime_clock(fg_runtime *rt);
 
+/* The breaker listener configs compiled for rt attach (may be NULL). */
+fg_runtime_breaker_fn fg__runtime_breaker_listener(fg_runtime *rt, void **arg);
+
 #endif /* FG_LIB_RUNTIME_INTERNAL_H */

@@ -591,8 +591,21 @@ static int h_fail(fg_ctx *ctx, void *arg) {
     return FG_EHANDLER;
 }
 
+struct events {
+    int opened;
+    char name[16];
+};
+
+static void on_breaker(const char *name, const fg_breaker_event *ev, void *arg) {
+    struct events *e = arg;
+    if (ev->to == FG_BREAKER_OPEN)
+        e->opened++;
+    snprintf(e->name, sizeof(e->name), "%s", name);
+}
+
 /* A breaker marked shadow runs its state machine and rejects nothing; the
- * same breaker without the mark opens on the same failures. */
+ * same breaker without the mark opens on the same failures. Both report
+ * their opening, by name, to the runtime's breaker listener. */
 START_TEST(test_breaker_shadow) {
     static const char *fmt =
         "{\"version\": \"s\", \"breakers\": {\"b\": {\"min_requests\": 5, \"failure_ratio\": "
@@ -604,6 +617,8 @@ START_TEST(test_breaker_shadow) {
         ck_assert_int_eq(fg_registry_add_handler(r, "fail", h_fail, NULL), 0);
         fg_runtime *rt = NULL;
         ck_assert_int_eq(fg_runtime_new(&rt), 0);
+        struct events ev = {0, ""};
+        ck_assert_int_eq(fg_runtime_set_breaker_listener(rt, on_breaker, &ev), 0);
         char text[512];
         snprintf(text, sizeof(text), fmt, shadow ? "true" : "false");
         fg_config_errors errs;
@@ -621,6 +636,9 @@ START_TEST(test_breaker_shadow) {
             ck_assert_int_eq(failed, 5); /* opens at 5 calls, all failed */
             ck_assert_int_eq(rejected, 15);
         }
+        ck_assert_int_eq(ev.opened, 1);
+        ck_assert_str_eq(ev.name, "b");
+        ck_assert_int_eq(fg_runtime_set_breaker_listener(rt, NULL, NULL), FG_ESTATE);
         fg_runtime_free(rt);
         fg_registry_free(r);
     }

@@ -138,6 +138,93 @@ FG_API int fg_runtime_load_json(fg_runtime *rt, const fg_registry *registry, con
 FG_API int fg_runtime_load_file(fg_runtime *rt, const fg_registry *registry, const char *path,
                                 fg_config_errors *errors);
 
+/* ---- watching a file ----------------------------------------------------------------- */
+
+typedef struct fg_watch fg_watch;
+
+/*
+ * A reload callback: called after every load attempt of a watched file.
+ * rc is 0 or the load's code (as fg_runtime_load_file: FG_ECONFIG, FG_ESYS
+ * when the file is missing or unreadable, FG_ETOOLONG, FG_ENOMEM); errors is
+ * NULL when rc == 0, else the load's errors (count 0 for codes that carry
+ * none), valid only during the call. The first attempt runs on the thread
+ * that calls fg_runtime_watch, every later one on the watcher's thread, one
+ * at a time. A slow callback delays the next reload, never a request.
+ */
+typedef void (*fg_reload_fn)(fg_runtime *rt, int rc, const fg_config_errors *errors,
+                             void *arg);
+
+/*
+ * fg_watch_options - how a file is watched.
+ *   debounce_ns  after a change, wait until the file has been quiet this
+ *                long, then reload once (0: 100 ms)
+ *   on_reload    called after every attempt (NULL: none)
+ *   arg          passed to on_reload
+ */
+typedef struct fg_watch_options {
+    uint64_t debounce_ns;
+    fg_reload_fn on_reload;
+    void *arg;
+} fg_watch_options;
+
+/* Defaults: 100 ms debounce, no callback. */
+#define FG_WATCH_OPTIONS_INIT {0, NULL, NULL}
+
+/*
+ * fg_watch_stats - load attempts of a watcher, the first one included.
+ * attempts counts the loads begun, loaded and failed the ones finished
+ * (attempts - loaded - failed is 1 while a load runs, else 0).
+ */
+typedef struct fg_watch_stats {
+    uint64_t attempts;
+    uint64_t loaded;
+    uint64_t failed;
+} fg_watch_stats;
+
+/*
+ * fg_runtime_watch - load a config file now, then reload it whenever it
+ * changes. The file is watched through its directory (inotify), so writes
+ * in place, a temporary file renamed over it, and delete-and-recreate are
+ * all seen; changes are debounced. Every attempt is counted and reported to
+ * on_reload; a failed one (an invalid config, or a missing file while it is
+ * being replaced) changes nothing and the old config keeps serving.
+ * The directory is resolved to an absolute path now; it must stay (the
+ * watcher sees nothing once it is removed or renamed).
+ *
+ * Returns: 0 and *out when the first load succeeded and the watcher runs.
+ * When the first load fails, its code (as fg_runtime_load_file; on_reload
+ * has the errors) and nothing runs. FG_EINVAL for NULL arguments or a path
+ * ending in '/'; FG_ETOOLONG for a file name over 255 bytes; FG_ESYS when
+ * the directory cannot be resolved or watched or the thread cannot start
+ * (errno says why); FG_ENOMEM. On any error *out is NULL and no thread runs
+ * (a successful first load stays in the runtime).
+ * Ownership: copies path and opts; the caller owns *out (fg_watch_stop).
+ * rt and registry are borrowed: both must outlive the watcher.
+ * Thread-safety: MT-safe (loads on rt are serialised with any others).
+ */
+FG_API int fg_runtime_watch(fg_runtime *rt, const fg_registry *registry, const char *path,
+                            const fg_watch_options *opts, fg_watch **out);
+
+/*
+ * fg_watch_stats_get - the watcher's counters into *stats (each read
+ * atomically; loaded + failed never exceeds attempts).
+ * Returns: 0; FG_EINVAL for NULL arguments.
+ * Thread-safety: MT-safe, lock-free; any thread, while the watcher runs.
+ */
+FG_API int fg_watch_stats_get(const fg_watch *w, fg_watch_stats *stats);
+
+/*
+ * fg_watch_stop - stop watching: wake the watcher's thread, wait for a load
+ * or callback in progress to finish, join it, and free w. No callback runs
+ * after it returns. Call it before fg_runtime_free. Called from on_reload
+ * itself, it returns at once and the watcher ends when the callback returns.
+ * NULL does nothing.
+ * Ownership: takes w.
+ * Thread-safety: not thread-safe: once per watcher, and no other call on w
+ * may run or follow.
+ */
+FG_API void fg_watch_stop(fg_watch *w);
+
 FG_END_DECLS
 
 #endif /* FLOODGATE_CONFIG_H */

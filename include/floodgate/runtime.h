@@ -22,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "breaker.h"
 #include "chain.h"
 #include "clock.h"
 #include "common.h"
@@ -90,6 +91,24 @@ FG_API int fg_runtime_exit(fg_runtime *rt, fg_ctx *ctx, int status);
  * Thread-safety: MT-safe.
  */
 FG_API int fg_runtime_set_clock(fg_runtime *rt, fg_clock clock);
+
+/*
+ * A breaker event from a breaker a config made: the breaker's name in the
+ * config, and the event (floodgate/breaker.h). Called on the thread that
+ * caused the change; it must not block.
+ */
+typedef void (*fg_runtime_breaker_fn)(const char *name, const fg_breaker_event *event,
+                                      void *arg);
+
+/*
+ * fg_runtime_set_breaker_listener - report every state change of the
+ * breakers configs compile for rt (replay's timeline, logs, metrics).
+ *
+ * Returns: 0; FG_ESTATE once a config has been loaded (set it first);
+ * FG_EINVAL for NULL rt.
+ * Ownership: fn and arg must outlive the runtime. Thread-safety: MT-safe.
+ */
+FG_API int fg_runtime_set_breaker_listener(fg_runtime *rt, fg_runtime_breaker_fn fn, void *arg);
 
 /*
  * fg_runtime_generation - how many swaps have happened (0 before the
