@@ -1722,6 +1722,7 @@ static int fg_compile(struct fg_build *b, const char *text, size_t len) {
     b->defs = fg__calloc(ndefs + 1, sizeof(*b->defs));
     if (b->defs == NULL) {
         b->oom = 1;
+        rc = FG_ENOMEM;
         goto out;
     }
     /* First pass: the definitions, version and trace (stage references need

@@ -168,7 +168,8 @@ typedef struct fg_watch_options {
 } fg_watch_options;
 
 /* Defaults: 100 ms debounce, no callback. */
-#define FG_WATCH_OPTIONS_INIT {0, NULL, NULL}
+#define FG_WATCH_OPTIONS_INIT                                                                 \
+    { 0, NULL, NULL }
 
 /*
  * fg_watch_stats - load attempts of a watcher, the first one included.
@@ -217,8 +218,10 @@ FG_API int fg_watch_stats_get(const fg_watch *w, fg_watch_stats *stats);
  * fg_watch_stop - stop watching: wake the watcher's thread, wait for a load
  * or callback in progress to finish, join it, and free w. No callback runs
  * after it returns. Call it before fg_runtime_free. Called from on_reload
- * itself, it returns at once and the watcher ends when the callback returns.
- * NULL does nothing.
+ * itself it cannot wait for its own thread: it returns at once, and the
+ * thread frees w and ends when the callback returns, using neither rt nor
+ * the registry again; nothing marks that end, so do not call
+ * fg_set_alloc_funcs right after. NULL does nothing.
  * Ownership: takes w.
  * Thread-safety: not thread-safe: once per watcher, and no other call on w
  * may run or follow.
