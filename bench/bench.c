@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <ck_pr.h>
 #include <floodgate.h>
@@ -396,6 +397,110 @@ static int bench_config_compile(const char *name) {
                    CONFIG_ROUTES, ns <= 10e6 ? "yes" : "no");
     report(name, 1, ns, extra);
     return 0;
+}
+
+/* ---- requests while a config reloads ---------------------------------------- */
+
+/* runtime_steady_p99 / runtime_reload_p99: the 99th percentile of one
+ * request's latency through fg_runtime_call (a config with a limiter, a
+ * trace stage and ten routes), alone, and while another thread loads a new
+ * config every millisecond. Latency per request is read with the fast clock
+ * around each call. The target is that reloading leaves p99 unchanged
+ * within noise (ratio_steady= near 1). */
+#define RELOAD_SAMPLES 400000
+
+static int bench_ok_handler(fg_ctx *ctx, void *arg) {
+    (void)ctx;
+    (void)arg;
+    return 0;
+}
+
+static const char *reload_config(int variant, char *buf, size_t cap) {
+    size_t len = (size_t)snprintf(buf, cap,
+                                  "{\"version\": \"v%d\", \"limiters\": {\"api\": {\"rate\": "
+                                  "\"%d/s\", \"burst\": 1000000000}}, \"chain\": [\"trace\", "
+                                  "{\"limiter\": \"api\"}], \"routes\": [",
+                                  variant, 1000000000 - variant % 2);
+    for (int i = 0; i < 10; i++)
+        len += (size_t)snprintf(buf + len, cap - len,
+                                "%s{\"name\": \"r%d\", \"match\": {\"path\": {\"prefix\": "
+                                "\"/api/r%d\"}}, \"handler\": \"ok\"}",
+                                i ? ", " : "", i, i);
+    (void)snprintf(buf + len, cap - len, ", {\"name\": \"rest\", \"handler\": \"ok\"}]}");
+    return buf;
+}
+
+struct reloader {
+    fg_runtime *rt;
+    const fg_registry *reg;
+    int stop; /* atomic */
+    int reloads;
+    int failures;
+};
+
+static void *reload_loop(void *arg) {
+    struct reloader *r = arg;
+    char text[4096];
+    for (int v = 1; !__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE); v++) {
+        (void)reload_config(v, text, sizeof(text));
+        fg_config_errors errs;
+        if (fg_runtime_load_json(r->rt, r->reg, text, strlen(text), &errs) != 0)
+            r->failures++;
+        r->reloads++;
+        struct timespec ms = {0, 1000000};
+        (void)nanosleep(&ms, NULL);
+    }
+    return NULL;
+}
+
+static double request_p99(fg_runtime *rt, double *lat) {
+    for (int i = 0; i < RELOAD_SAMPLES; i++) {
+        fg_ctx ctx;
+        fg_ctx_init(&ctx, "GET", "/api/r3/x");
+        uint64_t t0 = fg_clock_read(&fast_clock);
+        int rc = fg_runtime_call(rt, &ctx, NULL, NULL);
+        uint64_t t1 = fg_clock_read(&fast_clock);
+        if (rc != 0)
+            return -1;
+        lat[i] = (double)(t1 - t0);
+    }
+    qsort(lat, RELOAD_SAMPLES, sizeof(double), cmp_double);
+    return lat[RELOAD_SAMPLES * 99 / 100];
+}
+
+static int bench_runtime_reload(void) {
+    if (!selected("runtime_steady_p99") && !selected("runtime_reload_p99"))
+        return 0;
+    fg_registry *reg = NULL;
+    fg_runtime *rt = NULL;
+    char text[4096];
+    fg_config_errors errs;
+    double *lat = malloc(sizeof(double) * RELOAD_SAMPLES);
+    (void)reload_config(0, text, sizeof(text));
+    if (lat == NULL || fg_registry_new(&reg) != 0 ||
+        fg_registry_add_handler(reg, "ok", bench_ok_handler, NULL) != 0 ||
+        fg_runtime_new(&rt) != 0 ||
+        fg_runtime_load_json(rt, reg, text, strlen(text), &errs) != 0)
+        abort();
+    double steady = request_p99(rt, lat);
+    struct reloader r = {rt, reg, 0, 0, 0};
+    pthread_t th;
+    if (pthread_create(&th, NULL, reload_loop, &r) != 0)
+        abort();
+    double reloading = request_p99(rt, lat);
+    __atomic_store_n(&r.stop, 1, __ATOMIC_RELEASE);
+    (void)pthread_join(th, NULL);
+    int rc = steady < 0 || reloading < 0 || r.failures != 0 ? -1 : 0;
+    char extra[160];
+    (void)snprintf(extra, sizeof(extra), "samples=%d", RELOAD_SAMPLES);
+    report("runtime_steady_p99", 1, steady, extra);
+    (void)snprintf(extra, sizeof(extra), "samples=%d reloads=%d ratio_steady=%.2f",
+                   RELOAD_SAMPLES, r.reloads, reloading / steady);
+    report("runtime_reload_p99", 1, reloading, extra);
+    fg_runtime_free(rt);
+    fg_registry_free(reg);
+    free(lat);
+    return rc;
 }
 
 /* ---- one bucket ---------------------------------------------------------- */
@@ -1297,6 +1402,7 @@ int main(int argc, char **argv) {
     rc |= bench_chain("chain_4noop", 4, loop_chain_call);
     rc |= bench_chain("chain_4noop_split", 4, loop_chain_split);
     rc |= bench_runtime("runtime_indirection");
+    rc |= bench_runtime_reload();
     rc |= bench_limiter("limiter_try_ctxclock", CTXCLOCK);
     rc |= bench_limiter("limiter_try_ownclock", OWNCLOCK);
     rc |= bench_limiter("limiter_try_monoclock", MONOCLOCK);

@@ -36,6 +36,8 @@ for name in chain_empty chain_4noop chain_4noop_split; do
     expect "$name" 2 "allocs_per_op=$num"
 done
 expect config_compile_1000routes 1 "ms=$num" 'routes=1000' 'target=10ms' "$met"
+expect runtime_steady_p99 1 'samples=[0-9]+'
+expect runtime_reload_p99 1 'samples=[0-9]+' 'reloads=[0-9]+' "ratio_steady=$num"
 expect runtime_indirection 1 "runtime_ns=$num" "chain_ns=$num" "allocs_per_op=$num" 'target=10ns' "$met"
 expect runtime_indirection 2 "runtime_ns=$num" "chain_ns=$num" "allocs_per_op=$num"
 expect limiter_try_ctxclock 1 "ratio_cas=$num" "allocs_per_op=$num" 'target=[^ ]+' "$met"
