@@ -108,7 +108,8 @@ typedef void (*fg_runtime_breaker_fn)(const char *name, const fg_breaker_event *
  * FG_EINVAL for NULL rt.
  * Ownership: fn and arg must outlive the runtime. Thread-safety: MT-safe.
  */
-FG_API int fg_runtime_set_breaker_listener(fg_runtime *rt, fg_runtime_breaker_fn fn, void *arg);
+FG_API int fg_runtime_set_breaker_listener(fg_runtime *rt, fg_runtime_breaker_fn fn,
+                                           void *arg);
 
 /*
  * fg_runtime_generation - how many swaps have happened (0 before the
