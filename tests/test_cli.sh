@@ -2,7 +2,7 @@
 # tests/test_cli.sh - the `floodgate` command line: `check` on every shipped
 # config (all valid), on a broken config (exit 1, one "FILE: path: message"
 # line per error), on a file that does not exist (exit 2), and usage errors;
-# `replay` golden tests: a limiter's exact token-bucket decisions, a
+# a small `replay` of every shipped config; `replay` golden tests: a limiter's exact token-bucket decisions, a
 # breaker's transitions at their virtual times, a sticky 95/5 split over
 # 100,000 users, bad traces (nothing on stdout) and the SVG timeline.
 set -u
@@ -16,6 +16,25 @@ for cfg in examples/config/*.json; do
         echo "FAIL cli: shipped config $cfg does not check:"; echo "$out"; fail=1
     elif [ "$out" != "$cfg: ok" ]; then
         echo "FAIL cli: $cfg: unexpected output: $out"; fail=1
+    fi
+done
+
+# A small replay of every shipped config: a trace touching the paths the
+# examples route (the same trace for each), one decision per request.
+cat > "$tmp/shipped.jsonl" <<'JSONL'
+{"t_ms": 0, "path": "/healthz"}
+{"t_ms": 1, "method": "GET", "path": "/api/orders/7", "headers": {"x-user-id": "42"}}
+{"t_ms": 2, "method": "GET", "path": "/api/orders/7", "headers": {"x-user-id": "43", "x-env": "gray"}}
+{"t_ms": 3, "method": "POST", "path": "/api/payments/9", "status": "error", "latency_ms": 5}
+{"t_ms": 4, "path": "/api/other", "meta": {"geo": "beijing", "age": "30"}, "baggage": "tenant=acme"}
+{"t_ms": 5, "path": "/static/app.js"}
+{"t_ms": 6, "path": "/nowhere"}
+JSONL
+for cfg in examples/config/*.json; do
+    if ! "$tool" replay "$cfg" "$tmp/shipped.jsonl" > "$tmp/replay.out" 2> "$tmp/replay.err"; then
+        echo "FAIL cli: replay of shipped config $cfg failed:"; cat "$tmp/replay.err"; fail=1
+    elif [ "$(grep -c '"decision"' "$tmp/replay.out")" -ne 7 ]; then
+        echo "FAIL cli: replay of $cfg: want 7 decisions, got:"; cat "$tmp/replay.out"; fail=1
     fi
 done
 
