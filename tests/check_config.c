@@ -560,7 +560,7 @@ START_TEST(test_reload_stress) {
         ck_assert_int_eq(pthread_create(&th[i], NULL, requester, &s[i]), 0);
     }
     const char *last = "A";
-    for (int i = 1; i <= 300; i++) {
+    for (int i = 1; i <= 1000; i++) {
         char v[8];
         if (i % 10 == 0) {
             ck_assert_int_eq(load(rt, r, stress_bad, &errs), FG_ECONFIG);
