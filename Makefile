@@ -133,7 +133,7 @@ $(TOOL): tools/floodgate.c $(STATIC) $(HEADERS)
 
 # ---- tests -------------------------------------------------------------------
 
-$(B)/tests/%.o: tests/%.c $(HEADERS) tests/suites.h | $(DEPS_STEP)
+$(B)/tests/%.o: tests/%.c $(HEADERS) tests/suites.h tests/helpers.h | $(DEPS_STEP)
 	@mkdir -p $(dir $@)
 	$(CC) $(APP_CFLAGS) $(CHECK_CFLAGS) -c $< -o $@
 

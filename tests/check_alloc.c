@@ -16,56 +16,21 @@
 #include <check.h>
 #include <floodgate.h>
 
+#include "helpers.h"
 #include "suites.h"
 
 /* ---- the counting, failure-injecting allocator ---------------------------- */
-
-static long n_attempts; /* calls to count_malloc, failed ones included */
-static long n_allocs;   /* non-NULL blocks handed out */
-static long n_frees;    /* non-NULL blocks given back */
-static long fail_at;    /* fail the attempt with this number (1-based); 0 = never */
-static int injected;    /* the failure has been injected */
-
-static void *count_malloc(size_t size) {
-    long attempt = __atomic_add_fetch(&n_attempts, 1, __ATOMIC_RELAXED);
-    void *p;
-
-    if (fail_at != 0 && attempt == fail_at) {
-        injected = 1;
-        return NULL;
-    }
-    p = malloc(size);
-    if (p != NULL) {
-        __atomic_add_fetch(&n_allocs, 1, __ATOMIC_RELAXED);
-    }
-    return p;
-}
-
-static void count_free(void *p) {
-    if (p != NULL) {
-        __atomic_add_fetch(&n_frees, 1, __ATOMIC_RELAXED);
-    }
-    free(p);
-}
 
 /* A second allocator, only to tell "which one is in force" apart. */
 static void *other_malloc(size_t size) { return malloc(size); }
 
 static void other_free(void *p) { free(p); }
 
-static void counters_reset(void) {
-    n_attempts = 0;
-    n_allocs = 0;
-    n_frees = 0;
-    fail_at = 0;
-    injected = 0;
-}
-
-static void setup(void) { counters_reset(); }
+static void setup(void) { th_alloc_reset(); }
 
 static void teardown(void) {
     fg_set_alloc_funcs(NULL, NULL);
-    counters_reset();
+    th_alloc_reset();
 }
 
 /* ---- a stage that records into its state ---------------------------------- */
@@ -111,12 +76,6 @@ static const fg_stage_ops rec_ops = {
     .destroy = rec_destroy,
 };
 
-static int count_handler(fg_ctx *ctx, void *arg) {
-    (void)ctx;
-    (*(int *)arg)++;
-    return 0;
-}
-
 static int count_fallback(fg_ctx *ctx, int code, void *arg) {
     (void)ctx;
     (*(int *)arg)++;
@@ -131,37 +90,37 @@ START_TEST(test_set_exactly_one_null) {
     fg_fake_clock *fc = NULL;
 
     fg_get_alloc_funcs(&m0, &f0);
-    ck_assert(m0 != count_malloc && f0 != count_free);
+    ck_assert(m0 != th_count_malloc && f0 != th_count_free);
 
-    ck_assert_int_eq(fg_set_alloc_funcs(count_malloc, NULL), FG_EINVAL);
+    ck_assert_int_eq(fg_set_alloc_funcs(th_count_malloc, NULL), FG_EINVAL);
     fg_get_alloc_funcs(&m, &f);
     ck_assert(m == m0 && f == f0);
-    ck_assert_int_eq(fg_set_alloc_funcs(NULL, count_free), FG_EINVAL);
+    ck_assert_int_eq(fg_set_alloc_funcs(NULL, th_count_free), FG_EINVAL);
     fg_get_alloc_funcs(&m, &f);
     ck_assert(m == m0 && f == f0);
 
     /* With an allocator in force, half of another one changes nothing either. */
-    ck_assert_int_eq(fg_set_alloc_funcs(count_malloc, count_free), 0);
+    ck_assert_int_eq(fg_set_alloc_funcs(th_count_malloc, th_count_free), 0);
     fg_get_alloc_funcs(&m, &f);
-    ck_assert(m == count_malloc && f == count_free);
+    ck_assert(m == th_count_malloc && f == th_count_free);
     ck_assert_int_eq(fg_set_alloc_funcs(other_malloc, NULL), FG_EINVAL);
     ck_assert_int_eq(fg_set_alloc_funcs(NULL, other_free), FG_EINVAL);
     fg_get_alloc_funcs(&m, &f);
-    ck_assert(m == count_malloc && f == count_free);
+    ck_assert(m == th_count_malloc && f == th_count_free);
     ck_assert_int_eq(fg_fake_clock_new(0, &fc), 0);
-    ck_assert_int_gt(n_allocs, 0);
+    ck_assert_int_gt(th_alloc.allocs, 0);
     fg_fake_clock_free(fc);
-    ck_assert_int_eq(n_frees, n_allocs);
+    ck_assert_int_eq(th_alloc.frees, th_alloc.allocs);
 
     /* Both NULL restores the default: the counting allocator is out of use. */
     ck_assert_int_eq(fg_set_alloc_funcs(NULL, NULL), 0);
     fg_get_alloc_funcs(&m, &f);
-    ck_assert(m != count_malloc && f != count_free);
-    counters_reset();
+    ck_assert(m != th_count_malloc && f != th_count_free);
+    th_alloc_reset();
     ck_assert_int_eq(fg_fake_clock_new(0, &fc), 0);
     fg_fake_clock_free(fc);
-    ck_assert_int_eq(n_attempts, 0);
-    ck_assert_int_eq(n_frees, 0);
+    ck_assert_int_eq(th_alloc.attempts, 0);
+    ck_assert_int_eq(th_alloc.frees, 0);
 }
 END_TEST
 
@@ -170,13 +129,13 @@ START_TEST(test_get_one_output) {
     fg_malloc_fn m = NULL;
     fg_free_fn f = NULL;
 
-    ck_assert_int_eq(fg_set_alloc_funcs(count_malloc, count_free), 0);
+    ck_assert_int_eq(fg_set_alloc_funcs(th_count_malloc, th_count_free), 0);
     fg_get_alloc_funcs(&m, NULL);
-    ck_assert(m == count_malloc);
+    ck_assert(m == th_count_malloc);
     fg_get_alloc_funcs(NULL, &f);
-    ck_assert(f == count_free);
+    ck_assert(f == th_count_free);
     fg_get_alloc_funcs(NULL, NULL);
-    ck_assert_int_eq(n_attempts, 0);
+    ck_assert_int_eq(th_alloc.attempts, 0);
     ck_assert_int_eq(fg_set_alloc_funcs(NULL, NULL), 0);
 }
 END_TEST
@@ -188,13 +147,13 @@ START_TEST(test_switch_between_allocators) {
     ck_assert_int_eq(fg_set_alloc_funcs(other_malloc, other_free), 0);
     fg_get_alloc_funcs(&m, &f);
     ck_assert(m == other_malloc && f == other_free);
-    ck_assert_int_eq(fg_set_alloc_funcs(count_malloc, count_free), 0);
+    ck_assert_int_eq(fg_set_alloc_funcs(th_count_malloc, th_count_free), 0);
     fg_get_alloc_funcs(&m, &f);
-    ck_assert(m == count_malloc && f == count_free);
+    ck_assert(m == th_count_malloc && f == th_count_free);
     ck_assert_int_eq(fg_set_alloc_funcs(NULL, NULL), 0);
     fg_get_alloc_funcs(&m, &f);
-    ck_assert(m != count_malloc && m != other_malloc);
-    ck_assert(f != count_free && f != other_free);
+    ck_assert(m != th_count_malloc && m != other_malloc);
+    ck_assert(f != th_count_free && f != other_free);
 }
 END_TEST
 
@@ -203,12 +162,12 @@ END_TEST
 START_TEST(test_counting_fake_clock) {
     fg_fake_clock *fc = NULL;
 
-    ck_assert_int_eq(fg_set_alloc_funcs(count_malloc, count_free), 0);
+    ck_assert_int_eq(fg_set_alloc_funcs(th_count_malloc, th_count_free), 0);
     ck_assert_int_eq(fg_fake_clock_new(7, &fc), 0);
-    ck_assert_int_gt(n_allocs, 0);
-    ck_assert_int_lt(n_frees, n_allocs);
+    ck_assert_int_gt(th_alloc.allocs, 0);
+    ck_assert_int_lt(th_alloc.frees, th_alloc.allocs);
     fg_fake_clock_free(fc);
-    ck_assert_int_eq(n_frees, n_allocs);
+    ck_assert_int_eq(th_alloc.frees, th_alloc.allocs);
     ck_assert_int_eq(fg_set_alloc_funcs(NULL, NULL), 0);
 }
 END_TEST
@@ -218,12 +177,12 @@ START_TEST(test_counting_chain) {
     fg_chain_options opts = FG_CHAIN_OPTIONS_INIT;
 
     opts.name = "counted";
-    ck_assert_int_eq(fg_set_alloc_funcs(count_malloc, count_free), 0);
+    ck_assert_int_eq(fg_set_alloc_funcs(th_count_malloc, th_count_free), 0);
     ck_assert_int_eq(fg_chain_new(&opts, &chain), 0);
-    ck_assert_int_gt(n_allocs, 0);
-    ck_assert_int_lt(n_frees, n_allocs);
+    ck_assert_int_gt(th_alloc.allocs, 0);
+    ck_assert_int_lt(th_alloc.frees, th_alloc.allocs);
     fg_chain_free(chain);
-    ck_assert_int_eq(n_frees, n_allocs);
+    ck_assert_int_eq(th_alloc.frees, th_alloc.allocs);
     ck_assert_int_eq(fg_set_alloc_funcs(NULL, NULL), 0);
 }
 END_TEST
@@ -233,18 +192,18 @@ START_TEST(test_counting_stage) {
     fg_stage *stage = NULL;
     long after_new;
 
-    ck_assert_int_eq(fg_set_alloc_funcs(count_malloc, count_free), 0);
+    ck_assert_int_eq(fg_set_alloc_funcs(th_count_malloc, th_count_free), 0);
     ck_assert_int_eq(fg_stage_new(&rec_ops, &st, "counted", &stage), 0);
-    after_new = n_allocs;
+    after_new = th_alloc.allocs;
     ck_assert_int_gt(after_new, 0);
     ck_assert_ptr_eq(fg_stage_ref(stage), stage);
     fg_stage_unref(stage);
     ck_assert_int_eq(st.destroyed, 0);
-    ck_assert_int_lt(n_frees, n_allocs);
+    ck_assert_int_lt(th_alloc.frees, th_alloc.allocs);
     fg_stage_unref(stage);
     ck_assert_int_eq(st.destroyed, 1);
-    ck_assert_int_eq(n_allocs, after_new);
-    ck_assert_int_eq(n_frees, n_allocs);
+    ck_assert_int_eq(th_alloc.allocs, after_new);
+    ck_assert_int_eq(th_alloc.frees, th_alloc.allocs);
     ck_assert_int_eq(fg_set_alloc_funcs(NULL, NULL), 0);
 }
 END_TEST
@@ -258,7 +217,7 @@ START_TEST(test_counting_chain_with_stages) {
     int calls = 0;
 
     memset(st, 0, sizeof(st));
-    ck_assert_int_eq(fg_set_alloc_funcs(count_malloc, count_free), 0);
+    ck_assert_int_eq(fg_set_alloc_funcs(th_count_malloc, th_count_free), 0);
     ck_assert_int_eq(fg_fake_clock_new(100, &fc), 0);
     opts.clock = fg_fake_clock_as_clock(fc);
     ck_assert_int_eq(fg_chain_new(&opts, &chain), 0);
@@ -268,9 +227,9 @@ START_TEST(test_counting_chain_with_stages) {
         ck_assert_int_eq(fg_chain_use(chain, stage), 0);
     }
     ck_assert_int_eq(fg_ctx_init(&ctx, "GET", "/"), 0);
-    ck_assert_int_eq(fg_chain_call(chain, &ctx, count_handler, &calls), 0);
+    ck_assert_int_eq(fg_chain_call(chain, &ctx, th_count_handler, &calls), 0);
     ck_assert_int_eq(calls, 1);
-    ck_assert_int_lt(n_frees, n_allocs);
+    ck_assert_int_lt(th_alloc.frees, th_alloc.allocs);
     fg_chain_free(chain);
     for (int i = 0; i < 3; i++) {
         ck_assert_int_eq(st[i].enters, 1);
@@ -278,7 +237,7 @@ START_TEST(test_counting_chain_with_stages) {
         ck_assert_int_eq(st[i].destroyed, 1);
     }
     fg_fake_clock_free(fc);
-    ck_assert_int_eq(n_frees, n_allocs);
+    ck_assert_int_eq(th_alloc.frees, th_alloc.allocs);
     ck_assert_int_eq(fg_set_alloc_funcs(NULL, NULL), 0);
 }
 END_TEST
@@ -291,7 +250,7 @@ END_TEST
  * run stops (returns 1). Otherwise the call must have succeeded (returns 0).
  */
 static int step_failed(long n, const char *what, int rc) {
-    if (injected) {
+    if (th_alloc.injected) {
         ck_assert_msg(rc == FG_ENOMEM,
                       "N=%ld: %s returned %d (%s) after allocation %ld failed", n, what, rc,
                       fg_err_name(rc), n);
@@ -316,9 +275,9 @@ static int chaos_run(long n) {
     int rc;
 
     memset(st, 0, sizeof(st));
-    counters_reset();
-    fail_at = n;
-    ck_assert_int_eq(fg_set_alloc_funcs(count_malloc, count_free), 0);
+    th_alloc_reset();
+    th_alloc.fail_at = n;
+    ck_assert_int_eq(fg_set_alloc_funcs(th_count_malloc, th_count_free), 0);
 
     rc = fg_fake_clock_new(1000, &fc);
     if (step_failed(n, "fg_fake_clock_new", rc)) {
@@ -353,7 +312,7 @@ static int chaos_run(long n) {
 
     ck_assert_int_eq(fg_ctx_init(&ctx, "GET", "/chaos"), 0);
     ck_assert_int_eq(fg_ctx_add_header(&ctx, "x-chaos", "1"), 0);
-    rc = fg_chain_call(chain, &ctx, count_handler, &calls);
+    rc = fg_chain_call(chain, &ctx, th_count_handler, &calls);
     if (step_failed(n, "fg_chain_call", rc)) {
         goto out;
     }
@@ -377,18 +336,18 @@ static int chaos_run(long n) {
 out:
     fg_chain_free(chain);
     fg_fake_clock_free(fc);
-    ck_assert_msg(n_allocs == n_frees, "N=%ld: %ld allocations, %ld frees", n, n_allocs,
-                  n_frees);
+    ck_assert_msg(th_alloc.allocs == th_alloc.frees, "N=%ld: %ld allocations, %ld frees", n,
+                  th_alloc.allocs, th_alloc.frees);
     for (int i = 0; i < 3; i++) {
         ck_assert_msg(st[i].destroyed == created[i], "N=%ld: stage %d destroyed %d times", n,
                       i, st[i].destroyed);
     }
     if (completed) {
         /* A complete run saw no failure: n was past the last allocation. */
-        ck_assert_int_eq(injected, 0);
-        ck_assert_int_lt(n_attempts, n);
+        ck_assert_int_eq(th_alloc.injected, 0);
+        ck_assert_int_lt(th_alloc.attempts, n);
     } else {
-        ck_assert_int_eq(injected, 1);
+        ck_assert_int_eq(th_alloc.injected, 1);
     }
     ck_assert_int_eq(fg_set_alloc_funcs(NULL, NULL), 0);
     return completed;
@@ -422,7 +381,7 @@ START_TEST(test_requests_allocate_nothing) {
 
     memset(st, 0, sizeof(st));
     st[1].reject_every = 3;
-    ck_assert_int_eq(fg_set_alloc_funcs(count_malloc, count_free), 0);
+    ck_assert_int_eq(fg_set_alloc_funcs(th_count_malloc, th_count_free), 0);
     ck_assert_int_eq(fg_fake_clock_new(1, &fc), 0);
     opts.clock = fg_fake_clock_as_clock(fc);
     opts.fallback = count_fallback;
@@ -433,7 +392,7 @@ START_TEST(test_requests_allocate_nothing) {
         ck_assert_int_eq(fg_stage_new(&rec_ops, &st[i], "s", &stage), 0);
         ck_assert_int_eq(fg_chain_use(chain, stage), 0);
     }
-    built = n_attempts;
+    built = th_alloc.attempts;
 
     for (uintptr_t i = 1; i <= 1000; i++) {
         fg_ctx ctx;
@@ -443,10 +402,10 @@ START_TEST(test_requests_allocate_nothing) {
         ck_assert_int_eq(fg_ctx_add_header(&ctx, "x-request", "value"), 0);
         ctx.user = (void *)i;
         fg_fake_clock_advance(fc, 10);
-        rc = fg_chain_call(chain, &ctx, count_handler, &calls);
+        rc = fg_chain_call(chain, &ctx, th_count_handler, &calls);
         ck_assert_int_eq(rc, i % 3 == 0 ? FG_ELIMITED : 0);
     }
-    ck_assert_int_eq(n_attempts, built);
+    ck_assert_int_eq(th_alloc.attempts, built);
     ck_assert_int_eq(calls, 1000 - 333);
     ck_assert_int_eq(fallbacks, 333);
 
@@ -466,7 +425,7 @@ START_TEST(test_requests_allocate_nothing) {
         fg_fake_clock_advance(fc, 10);
         ck_assert_int_eq(fg_chain_exit(chain, &ctx, i % 2 == 0 ? FG_ETIMEDOUT : 0), 0);
     }
-    ck_assert_int_eq(n_attempts, built);
+    ck_assert_int_eq(th_alloc.attempts, built);
     ck_assert_int_eq(rejected, 333);
     ck_assert_int_eq(st[0].enters, 2000);
     ck_assert_int_eq(st[0].exits, 2000);
@@ -474,8 +433,8 @@ START_TEST(test_requests_allocate_nothing) {
 
     fg_chain_free(chain);
     fg_fake_clock_free(fc);
-    ck_assert_int_eq(n_attempts, built);
-    ck_assert_int_eq(n_frees, n_allocs);
+    ck_assert_int_eq(th_alloc.attempts, built);
+    ck_assert_int_eq(th_alloc.frees, th_alloc.allocs);
     ck_assert_int_eq(fg_set_alloc_funcs(NULL, NULL), 0);
 }
 END_TEST

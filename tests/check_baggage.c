@@ -37,41 +37,10 @@
 #include <check.h>
 #include <floodgate.h>
 
+#include "helpers.h"
 #include "suites.h"
 
 /* ---- helpers ------------------------------------------------------------------------- */
-
-#define NELEM(a) ((int)(sizeof(a) / sizeof((a)[0])))
-
-/* For loops of thousands of checks: only calls into Check when the condition fails. */
-#define FAST_ASSERT(cond, ...)                                                                \
-    do {                                                                                      \
-        if (!(cond)) {                                                                        \
-            ck_abort_msg(__VA_ARGS__);                                                        \
-        }                                                                                     \
-    } while (0)
-
-/* xorshift64*: a fixed-seed generator, the same sequence on every run. */
-static uint64_t rng_next(uint64_t *s) {
-    uint64_t x = *s;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return x * UINT64_C(2685821657736338717);
-}
-
-static size_t rng_below(uint64_t *s, size_t n) { return (size_t)(rng_next(s) >> 33) % n; }
-
-/* A heap copy of exactly len bytes (malloc(1) for len 0), so ASan sees overruns. */
-static char *exact_copy(const char *s, size_t len) {
-    char *p = malloc(len > 0 ? len : 1);
-    ck_assert_ptr_nonnull(p);
-    if (len > 0) {
-        memcpy(p, s, len);
-    }
-    return p;
-}
 
 /* Whether a slice lies inside base[0 .. len); an empty slice anywhere (or NULL). */
 static int slice_inside(fg_str s, const char *base, size_t len) {
@@ -82,40 +51,17 @@ static int slice_inside(fg_str s, const char *base, size_t len) {
     return s.ptr != NULL && p >= b && s.len <= len && p - b <= len - s.len;
 }
 
-static int str_is(fg_str s, const char *want, size_t want_len) {
-    return s.len == want_len && (want_len == 0 || memcmp(s.ptr, want, want_len) == 0);
-}
-
-#define CANARY     0x5C
-#define CANARY_LEN 8
-
-static char *canary_buf(size_t cap) {
-    char *p = malloc(cap + CANARY_LEN);
-    ck_assert_ptr_nonnull(p);
-    memset(p, 'Z', cap);
-    memset(p + cap, CANARY, CANARY_LEN);
-    return p;
-}
-
-static void assert_canary(const char *p, size_t cap, const char *what) {
-    for (size_t i = 0; i < CANARY_LEN; i++) {
-        ck_assert_msg((unsigned char)p[cap + i] == CANARY,
-                      "%s: byte %zu past cap %zu was written (0x%02x)", what, i, cap,
-                      (unsigned)(unsigned char)p[cap + i]);
-    }
-}
-
 /*
  * fg_baggage_get into a buffer of exactly cap bytes plus a canary. On 0 the
  * value (and its NUL) is copied to out and *len set.
  */
 static int get_checked(const fg_baggage *b, const char *key, size_t cap, char *out,
                        size_t *len) {
-    char *buf = canary_buf(cap);
+    char *buf = th_canary_buf(cap);
     size_t n = (size_t)-1;
     int rc = fg_baggage_get(b, key, strlen(key), buf, cap, &n);
 
-    assert_canary(buf, cap, "get");
+    th_assert_canary(buf, cap, "get");
     if (rc == 0) {
         ck_assert_uint_lt(n, cap);
         ck_assert_msg(buf[n] == '\0', "get: no NUL at *len %zu", n);
@@ -128,11 +74,11 @@ static int get_checked(const fg_baggage *b, const char *key, size_t cap, char *o
 
 /* fg_baggage_format likewise; out must hold FG_BAGGAGE_MAX_BYTES + 1. */
 static int format_checked(const fg_baggage *b, size_t cap, char *out, size_t *len) {
-    char *buf = canary_buf(cap);
+    char *buf = th_canary_buf(cap);
     size_t n = (size_t)-1;
     int rc = fg_baggage_format(b, buf, cap, &n);
 
-    assert_canary(buf, cap, "format");
+    th_assert_canary(buf, cap, "format");
     if (rc == 0) {
         ck_assert_uint_lt(n, cap);
         ck_assert_msg(buf[n] == '\0', "format: no NUL at *len %zu", n);
@@ -151,11 +97,11 @@ static int format_checked(const fg_baggage *b, size_t cap, char *out, size_t *le
 /* fg_ctx_baggage likewise. */
 static int ctx_get_checked(const fg_ctx *ctx, const char *key, size_t cap, char *out,
                            size_t *len) {
-    char *buf = canary_buf(cap);
+    char *buf = th_canary_buf(cap);
     size_t n = (size_t)-1;
     int rc = fg_ctx_baggage(ctx, key, strlen(key), buf, cap, &n);
 
-    assert_canary(buf, cap, "fg_ctx_baggage");
+    th_assert_canary(buf, cap, "fg_ctx_baggage");
     if (rc == 0) {
         ck_assert_uint_lt(n, cap);
         ck_assert_msg(buf[n] == '\0', "fg_ctx_baggage: no NUL at *len %zu", n);
@@ -164,34 +110,6 @@ static int ctx_get_checked(const fg_ctx *ctx, const char *key, size_t cap, char 
     }
     free(buf);
     return rc;
-}
-
-static void ctx_new(fg_ctx *ctx) {
-    memset(ctx, 0, sizeof(*ctx));
-    ck_assert_int_eq(fg_ctx_init(ctx, "GET", "/"), 0);
-}
-
-/* Heap copies of header names and values (exact lengths), freed together. */
-typedef struct heap_list {
-    char *p[2 * FG_CTX_MAX_HEADERS + 8];
-    int n;
-} heap_list;
-
-static void add_header(fg_ctx *ctx, heap_list *h, const char *name, const char *value) {
-    size_t nl = strlen(name), vl = strlen(value);
-    char *nb = exact_copy(name, nl), *vb = exact_copy(value, vl);
-
-    ck_assert_int_lt(h->n + 2, NELEM(h->p));
-    h->p[h->n++] = nb;
-    h->p[h->n++] = vb;
-    ck_assert_int_eq(fg_ctx_add_header_n(ctx, nb, nl, vb, vl), 0);
-}
-
-static void heap_free(heap_list *h) {
-    for (int i = 0; i < h->n; i++) {
-        free(h->p[i]);
-    }
-    h->n = 0;
 }
 
 /* b holds exactly the NULL-terminated key, value, properties, ... list. */
@@ -205,12 +123,13 @@ static void assert_members(const fg_baggage *b, const char *const *want, const c
     for (uint32_t i = 0; i < n; i++) {
         const fg_baggage_member *m = &b->members[i];
         const char *k = want[3 * i], *v = want[3 * i + 1], *p = want[3 * i + 2];
-        ck_assert_msg(str_is(m->key, k, strlen(k)), "%s: member %u key \"%.*s\", want \"%s\"",
-                      what, (unsigned)i, (int)m->key.len, m->key.ptr, k);
-        ck_assert_msg(str_is(m->value, v, strlen(v)),
+        ck_assert_msg(th_str_is(m->key, k, strlen(k)),
+                      "%s: member %u key \"%.*s\", want \"%s\"", what, (unsigned)i,
+                      (int)m->key.len, m->key.ptr, k);
+        ck_assert_msg(th_str_is(m->value, v, strlen(v)),
                       "%s: member %u value \"%.*s\", want \"%s\"", what, (unsigned)i,
                       (int)m->value.len, m->value.ptr, v);
-        ck_assert_msg(str_is(m->properties, p, strlen(p)),
+        ck_assert_msg(th_str_is(m->properties, p, strlen(p)),
                       "%s: member %u properties \"%.*s\", want \"%s\"", what, (unsigned)i,
                       (int)m->properties.len, m->properties.ptr, p);
     }
@@ -223,13 +142,6 @@ static void assert_inside(const fg_baggage *b, const char *base, size_t len) {
                           slice_inside(m->properties, base, len),
                       "member %u outside the input", (unsigned)i);
         ck_assert_int_eq(m->plain, 0);
-    }
-}
-
-static void fill(char *dst, size_t n, const char *pattern) {
-    size_t pl = strlen(pattern);
-    for (size_t i = 0; i < n; i++) {
-        dst[i] = pattern[i % pl];
     }
 }
 
@@ -360,12 +272,12 @@ static const bg_case parse_cases[] = {
     BG_NONE("", 0, 0),
 };
 
-#define NPARSE NELEM(parse_cases)
+#define NPARSE TH_NELEM(parse_cases)
 
 START_TEST(test_parse_table) {
     const bg_case *c = &parse_cases[_i];
     size_t len = c->len != 0 ? c->len : strlen(c->in);
-    char *buf = exact_copy(c->in, len);
+    char *buf = th_exact_copy(c->in, len);
     char what[32];
     fg_baggage b;
 
@@ -418,7 +330,7 @@ START_TEST(test_limit_members) {
 
     for (int n = 60; n <= 70; n++) {
         size_t len = build_members(s, n, "k");
-        char *buf = exact_copy(s, len);
+        char *buf = th_exact_copy(s, len);
         fg_baggage b;
         int want = n <= FG_BAGGAGE_MAX_MEMBERS ? 0 : FG_ETOOMANY;
         int rc = fg_baggage_parse(&b, buf, len);
@@ -432,7 +344,7 @@ START_TEST(test_limit_members) {
         for (uint32_t i = 0; i < b.n; i++) {
             char k[16];
             int kl = sprintf(k, "k%u", (unsigned)i);
-            ck_assert(str_is(b.members[i].key, k, (size_t)kl));
+            ck_assert(th_str_is(b.members[i].key, k, (size_t)kl));
         }
         free(buf);
     }
@@ -445,20 +357,20 @@ START_TEST(test_limit_members_malformed) {
     size_t len = build_members(s, 30, "a");
     len += (size_t)sprintf(s + len, ",bad one,");
     len += build_members(s + len, 34, "b");
-    char *buf = exact_copy(s, len);
+    char *buf = th_exact_copy(s, len);
     fg_baggage b;
 
     ck_assert_int_eq(fg_baggage_parse(&b, buf, len), FG_EPARSE);
     ck_assert_uint_eq(b.n, 64);
     ck_assert_uint_eq(b.malformed, 1);
     ck_assert_uint_eq(b.dropped, 0);
-    ck_assert(str_is(b.members[63].key, "b33", 3));
+    ck_assert(th_str_is(b.members[63].key, "b33", 3));
     free(buf);
 
     /* 65 valid and one malformed: both counted, FG_EPARSE */
     len = build_members(s, 65, "k");
     len += (size_t)sprintf(s + len, ",=x");
-    buf = exact_copy(s, len);
+    buf = th_exact_copy(s, len);
     ck_assert_int_eq(fg_baggage_parse(&b, buf, len), FG_EPARSE);
     ck_assert_uint_eq(b.n, 64);
     ck_assert_uint_eq(b.malformed, 1);
@@ -472,7 +384,7 @@ static size_t big_member(char *dst, char letter, size_t total) {
     dst[0] = 'k';
     dst[1] = letter;
     dst[2] = '=';
-    fill(dst + 3, total - 3, "abc%20");
+    th_fill(dst + 3, total - 3, "abc%20");
     return total;
 }
 
@@ -507,7 +419,7 @@ START_TEST(test_limit_bytes_parse) {
         }
         len += big_member(s + len, (char)('a' + n), c->lens[n]);
     }
-    char *buf = exact_copy(s, len);
+    char *buf = th_exact_copy(s, len);
     int want = c->kept == (uint32_t)n ? 0 : FG_ETOOMANY;
     int rc = fg_baggage_parse(&b, buf, len);
     ck_assert_msg(rc == want, "case %d: %s, want %s", _i, fg_err_name(rc), fg_err_name(want));
@@ -538,7 +450,7 @@ START_TEST(test_limit_bytes_format) {
     for (int n = 0; c->lens[n] != 0; n++) {
         /* key "x", '=', then a value of plain letters */
         size_t vl = c->lens[n] - 2;
-        fill(vals + off, vl, "xyz");
+        th_fill(vals + off, vl, "xyz");
         ck_assert_int_eq(fg_baggage_set(&b, keys + n, 1, vals + off, vl), 0);
         if ((uint32_t)n < c->kept) {
             if (wn > 0) {
@@ -650,13 +562,13 @@ START_TEST(test_get_decode) {
     size_t want_len = c->want_len != 0 ? c->want_len : strlen(c->want);
     char in[256], out[256];
     size_t inl = (size_t)sprintf(in, "x=1,k=%s;p=%%41,y=2", c->wire);
-    char *buf = exact_copy(in, inl);
+    char *buf = th_exact_copy(in, inl);
     fg_baggage b;
     size_t len;
 
     ck_assert_int_eq(fg_baggage_parse(&b, buf, inl), 0);
     ck_assert_uint_eq(b.n, 3);
-    ck_assert(str_is(b.members[1].value, c->wire, wl));
+    ck_assert(th_str_is(b.members[1].value, c->wire, wl));
 
     int rc = get_checked(&b, "k", want_len + 1, out, &len);
     ck_assert_msg(rc == 0, "case %d \"%s\": %s", _i, c->wire, fg_err_name(rc));
@@ -675,7 +587,7 @@ END_TEST
 
 START_TEST(test_get_lookup) {
     static const char s[] = "k=1,kk=2;p,K=3,k=4, x = y ,bad,k=5 5,z=";
-    char *buf = exact_copy(s, sizeof(s) - 1);
+    char *buf = th_exact_copy(s, sizeof(s) - 1);
     fg_baggage b;
     char out[64];
     size_t len;
@@ -756,7 +668,7 @@ static const enc_case enc_cases[] = {
 START_TEST(test_set_format_round_trip) {
     const enc_case *c = &enc_cases[_i];
     size_t rl = c->raw_len != 0 ? c->raw_len : strlen(c->raw);
-    char *raw = exact_copy(c->raw, rl);
+    char *raw = th_exact_copy(c->raw, rl);
     char want[256], out[FG_BAGGAGE_MAX_BYTES + 1];
     size_t len;
     fg_baggage b = {0};
@@ -780,7 +692,7 @@ START_TEST(test_set_format_round_trip) {
     ck_assert_uint_eq(len, (size_t)wl);
 
     /* and it parses back to the same bytes */
-    char *wire = exact_copy(out, len);
+    char *wire = th_exact_copy(out, len);
     fg_baggage p;
     ck_assert_int_eq(fg_baggage_parse(&p, wire, len), 0);
     ck_assert_uint_eq(p.n, 1);
@@ -888,7 +800,7 @@ START_TEST(test_set_semantics) {
     /* a key that is not a token: FG_EINVAL, b unchanged */
     static const char *const bad[] = {"",      "a b", "a,b",      "a;b", "a=b", "(",
                                       "\"k\"", "k\t", "\xc3\xa9", "@",   "a/b", "{x}"};
-    for (int i = 0; i < NELEM(bad); i++) {
+    for (int i = 0; i < TH_NELEM(bad); i++) {
         fg_baggage before;
         memcpy(&before, &b, sizeof(b));
         int rc = fg_baggage_set(&b, bad[i], strlen(bad[i]), "v", 1);
@@ -921,14 +833,14 @@ START_TEST(test_set_full) {
     /* an existing key still works, and goes last */
     ck_assert_int_eq(fg_baggage_set(&b, "k5", 2, "w", 1), 0);
     ck_assert_uint_eq(b.n, 64);
-    ck_assert(str_is(b.members[63].key, "k5", 2));
-    ck_assert(str_is(b.members[5].key, "k6", 2));
+    ck_assert(th_str_is(b.members[63].key, "k5", 2));
+    ck_assert(th_str_is(b.members[5].key, "k6", 2));
 
     /* after a remove there is room again */
     ck_assert_int_eq(fg_baggage_remove(&b, "k0", 2), 0);
     ck_assert_int_eq(fg_baggage_set(&b, "new", 3, "v", 1), 0);
     ck_assert_uint_eq(b.n, 64);
-    ck_assert(str_is(b.members[63].key, "new", 3));
+    ck_assert(th_str_is(b.members[63].key, "new", 3));
 
     /* building 64 distinct keys with set: the 65th is refused */
     fg_baggage e = {0};
@@ -976,17 +888,17 @@ END_TEST
 
 START_TEST(test_parse_ctx) {
     fg_ctx ctx;
-    heap_list h = {0};
+    th_heap_list h = {0};
     fg_baggage b;
 
-    ctx_new(&ctx);
-    add_header(&ctx, &h, "baggage", "a=1");
-    add_header(&ctx, &h, "x-baggage", "z=9");
-    add_header(&ctx, &h, "Baggage", "b=2;p");
-    add_header(&ctx, &h, "baggagex", "z=9");
-    add_header(&ctx, &h, "BAGGAGE", "bad, c=%20");
-    add_header(&ctx, &h, "baggage", "");
-    add_header(&ctx, &h, "bAgGaGe", "a=4");
+    th_ctx_new(&ctx);
+    th_add_header(&ctx, &h, "baggage", "a=1");
+    th_add_header(&ctx, &h, "x-baggage", "z=9");
+    th_add_header(&ctx, &h, "Baggage", "b=2;p");
+    th_add_header(&ctx, &h, "baggagex", "z=9");
+    th_add_header(&ctx, &h, "BAGGAGE", "bad, c=%20");
+    th_add_header(&ctx, &h, "baggage", "");
+    th_add_header(&ctx, &h, "bAgGaGe", "a=4");
 
     ck_assert_int_eq(fg_baggage_parse(&b, "q=1", 3), 0);
     ck_assert_int_eq(fg_baggage_parse_ctx(&b, &ctx), FG_EPARSE);
@@ -999,47 +911,47 @@ START_TEST(test_parse_ctx) {
     ck_assert(slice_inside(b.members[1].properties, ctx.headers[2].value.ptr, 5));
     ck_assert(slice_inside(b.members[2].value, ctx.headers[4].value.ptr, 10));
     ck_assert(slice_inside(b.members[3].value, ctx.headers[6].value.ptr, 3));
-    heap_free(&h);
+    th_heap_free(&h);
 
     /* no baggage headers: an empty list */
-    ctx_new(&ctx);
-    add_header(&ctx, &h, "tracestate", "a=1");
+    th_ctx_new(&ctx);
+    th_add_header(&ctx, &h, "tracestate", "a=1");
     ck_assert_int_eq(fg_baggage_parse_ctx(&b, &ctx), 0);
     ck_assert_uint_eq(b.n, 0);
     ck_assert_uint_eq(b.malformed, 0);
-    heap_free(&h);
+    th_heap_free(&h);
 
     /* members never run across a header boundary */
-    ctx_new(&ctx);
-    add_header(&ctx, &h, "baggage", "a=1;p");
-    add_header(&ctx, &h, "baggage", "b=2");
-    add_header(&ctx, &h, "baggage", "k");
-    add_header(&ctx, &h, "baggage", "=v");
+    th_ctx_new(&ctx);
+    th_add_header(&ctx, &h, "baggage", "a=1;p");
+    th_add_header(&ctx, &h, "baggage", "b=2");
+    th_add_header(&ctx, &h, "baggage", "k");
+    th_add_header(&ctx, &h, "baggage", "=v");
     ck_assert_int_eq(fg_baggage_parse_ctx(&b, &ctx), FG_EPARSE);
     ck_assert_uint_eq(b.malformed, 2);
     static const char *const w2[] = {"a", "1", "p", "b", "2", "", NULL};
     assert_members(&b, w2, "boundaries");
-    heap_free(&h);
+    th_heap_free(&h);
 }
 END_TEST
 
 START_TEST(test_parse_ctx_limits) {
     char s1[1024], s2[1024];
     fg_ctx ctx;
-    heap_list h = {0};
+    th_heap_list h = {0};
     fg_baggage b;
 
     build_members(s1, 40, "a");
     build_members(s2, 30, "b");
-    ctx_new(&ctx);
-    add_header(&ctx, &h, "baggage", s1);
-    add_header(&ctx, &h, "baggage", s2);
+    th_ctx_new(&ctx);
+    th_add_header(&ctx, &h, "baggage", s1);
+    th_add_header(&ctx, &h, "baggage", s2);
     ck_assert_int_eq(fg_baggage_parse_ctx(&b, &ctx), FG_ETOOMANY);
     ck_assert_uint_eq(b.n, 64);
     ck_assert_uint_eq(b.dropped, 6);
-    ck_assert(str_is(b.members[39].key, "a39", 3));
-    ck_assert(str_is(b.members[63].key, "b23", 3));
-    heap_free(&h);
+    ck_assert(th_str_is(b.members[39].key, "a39", 3));
+    ck_assert(th_str_is(b.members[63].key, "b23", 3));
+    th_heap_free(&h);
 
     /* bytes: two headers of 4100, one member each, are 8201 formatted */
     char *m1 = malloc(4101), *m2 = malloc(4101);
@@ -1049,14 +961,14 @@ START_TEST(test_parse_ctx_limits) {
     m1[4100] = '\0';
     big_member(m2, 'b', 4100);
     m2[4100] = '\0';
-    ctx_new(&ctx);
-    add_header(&ctx, &h, "baggage", m1);
-    add_header(&ctx, &h, "baggage", m2);
+    th_ctx_new(&ctx);
+    th_add_header(&ctx, &h, "baggage", m1);
+    th_add_header(&ctx, &h, "baggage", m2);
     ck_assert_int_eq(fg_baggage_parse_ctx(&b, &ctx), FG_ETOOMANY);
     ck_assert_uint_eq(b.n, 1);
     ck_assert_uint_eq(b.dropped, 1);
-    ck_assert(str_is(b.members[0].key, "ka", 2));
-    heap_free(&h);
+    ck_assert(th_str_is(b.members[0].key, "ka", 2));
+    th_heap_free(&h);
     free(m1);
     free(m2);
 }
@@ -1064,15 +976,15 @@ END_TEST
 
 START_TEST(test_ctx_baggage) {
     fg_ctx ctx;
-    heap_list h = {0};
+    th_heap_list h = {0};
     char out[64];
     size_t len;
 
-    ctx_new(&ctx);
+    th_ctx_new(&ctx);
     ck_assert_int_eq(ctx_get_checked(&ctx, "env", sizeof(out), out, &len), FG_ENOTFOUND);
-    add_header(&ctx, &h, "accept", "*/*");
-    add_header(&ctx, &h, "baggage", "user=alice, env=gray;ttl=60, name=J%C3%B6rg%20K");
-    add_header(&ctx, &h, "x-baggage", "env=red");
+    th_add_header(&ctx, &h, "accept", "*/*");
+    th_add_header(&ctx, &h, "baggage", "user=alice, env=gray;ttl=60, name=J%C3%B6rg%20K");
+    th_add_header(&ctx, &h, "x-baggage", "env=red");
 
     ck_assert_int_eq(ctx_get_checked(&ctx, "env", sizeof(out), out, &len), 0);
     ck_assert_str_eq(out, "gray");
@@ -1106,14 +1018,14 @@ START_TEST(test_ctx_baggage) {
     ck_assert_str_eq(small, "gray");
 
     /* a later header wins; a malformed member never matches */
-    add_header(&ctx, &h, "Baggage", "env=blue");
-    add_header(&ctx, &h, "BAGGAGE", "env=bad value, env, env=\"x\"");
+    th_add_header(&ctx, &h, "Baggage", "env=blue");
+    th_add_header(&ctx, &h, "BAGGAGE", "env=bad value, env, env=\"x\"");
     ck_assert_int_eq(ctx_get_checked(&ctx, "env", sizeof(out), out, &len), 0);
     ck_assert_str_eq(out, "blue");
-    add_header(&ctx, &h, "baggage", "a=1,env=%2Cgreen%2C");
+    th_add_header(&ctx, &h, "baggage", "a=1,env=%2Cgreen%2C");
     ck_assert_int_eq(ctx_get_checked(&ctx, "env", sizeof(out), out, &len), 0);
     ck_assert_str_eq(out, ",green,");
-    heap_free(&h);
+    th_heap_free(&h);
 }
 END_TEST
 
@@ -1132,7 +1044,7 @@ START_TEST(test_null_args) {
     ck_assert_int_eq(fg_baggage_parse(&b, NULL, 0), 0); /* the empty value */
     ck_assert_uint_eq(b.n, 0);
 
-    ctx_new(&ctx);
+    th_ctx_new(&ctx);
     ck_assert_int_eq(fg_baggage_parse_ctx(NULL, &ctx), FG_EINVAL);
     ck_assert_int_eq(fg_baggage_parse_ctx(&b, NULL), FG_EINVAL);
 
@@ -1157,14 +1069,14 @@ START_TEST(test_null_args) {
     ck_assert_int_eq(fg_baggage_format(&b, buf, sizeof(buf), NULL), 0);
     ck_assert_str_eq(buf, "a=1");
 
-    heap_list h = {0};
-    add_header(&ctx, &h, "baggage", "a=1");
+    th_heap_list h = {0};
+    th_add_header(&ctx, &h, "baggage", "a=1");
     ck_assert_int_eq(fg_ctx_baggage(NULL, "a", 1, buf, sizeof(buf), &len), FG_EINVAL);
     ck_assert_int_eq(fg_ctx_baggage(&ctx, NULL, 1, buf, sizeof(buf), &len), FG_EINVAL);
     ck_assert_int_eq(fg_ctx_baggage(&ctx, "a", 1, NULL, sizeof(buf), &len), FG_EINVAL);
     ck_assert_int_eq(fg_ctx_baggage(&ctx, "a", 1, buf, sizeof(buf), NULL), 0);
     ck_assert_str_eq(buf, "1");
-    heap_free(&h);
+    th_heap_free(&h);
 }
 END_TEST
 
@@ -1231,56 +1143,56 @@ static size_t gen_input(uint64_t *seed, char *s, int mode, gen_member *gm, int *
 
     *ngm = 0;
     if (mode == 0) {
-        size_t len = rng_below(seed, 40);
+        size_t len = th_rng_below(seed, 40);
         for (size_t i = 0; i < len; i++) {
-            s[n++] = noise_alpha[rng_below(seed, sizeof(noise_alpha) - 1)];
+            s[n++] = noise_alpha[th_rng_below(seed, sizeof(noise_alpha) - 1)];
         }
         return n;
     }
-    int members = 1 + (int)rng_below(seed, 12);
-    int bad = mode == 2 ? (int)rng_below(seed, (size_t)members) : -1;
+    int members = 1 + (int)th_rng_below(seed, 12);
+    int bad = mode == 2 ? (int)th_rng_below(seed, (size_t)members) : -1;
     for (int m = 0; m < members; m++) {
         gen_member *g = &gm[(*ngm)++];
         memset(g, 0, sizeof(*g));
         if (m > 0) {
             s[n++] = ',';
         }
-        for (size_t w = rng_below(seed, 3); w > 0; w--) {
-            s[n++] = " \t"[rng_below(seed, 2)];
+        for (size_t w = th_rng_below(seed, 3); w > 0; w--) {
+            s[n++] = " \t"[th_rng_below(seed, 2)];
         }
         if (m == bad) {
-            const char *bm = bad_members[rng_below(seed, NELEM(bad_members))];
+            const char *bm = bad_members[th_rng_below(seed, TH_NELEM(bad_members))];
             memcpy(s + n, bm, strlen(bm));
             n += strlen(bm);
             g->bad = 1;
             continue;
         }
         g->k = n;
-        g->kl = 1 + rng_below(seed, 4);
+        g->kl = 1 + th_rng_below(seed, 4);
         for (size_t i = 0; i < g->kl; i++) {
             /* a small key space, so duplicates happen */
-            s[n++] = key_alpha[rng_below(seed, i == 0 ? 3 : sizeof(key_alpha) - 1)];
+            s[n++] = key_alpha[th_rng_below(seed, i == 0 ? 3 : sizeof(key_alpha) - 1)];
         }
-        for (size_t w = rng_below(seed, 2); w > 0; w--) {
+        for (size_t w = th_rng_below(seed, 2); w > 0; w--) {
             s[n++] = ' ';
         }
         s[n++] = '=';
-        for (size_t w = rng_below(seed, 2); w > 0; w--) {
+        for (size_t w = th_rng_below(seed, 2); w > 0; w--) {
             s[n++] = '\t';
         }
         g->v = n;
-        g->vl = rng_below(seed, 8);
+        g->vl = th_rng_below(seed, 8);
         for (size_t i = 0; i < g->vl; i++) {
-            s[n++] = val_alpha[rng_below(seed, sizeof(val_alpha) - 1)];
+            s[n++] = val_alpha[th_rng_below(seed, sizeof(val_alpha) - 1)];
         }
-        if (rng_below(seed, 3) == 0) {
+        if (th_rng_below(seed, 3) == 0) {
             s[n++] = ';';
             g->p = n;
-            for (size_t q = 1 + rng_below(seed, 3); q > 0; q--) {
-                s[n++] = key_alpha[rng_below(seed, sizeof(key_alpha) - 1)];
-                if (rng_below(seed, 2)) {
+            for (size_t q = 1 + th_rng_below(seed, 3); q > 0; q--) {
+                s[n++] = key_alpha[th_rng_below(seed, sizeof(key_alpha) - 1)];
+                if (th_rng_below(seed, 2)) {
                     s[n++] = '=';
-                    s[n++] = val_alpha[rng_below(seed, sizeof(val_alpha) - 1)];
+                    s[n++] = val_alpha[th_rng_below(seed, sizeof(val_alpha) - 1)];
                 }
                 if (q > 1) {
                     s[n++] = ';';
@@ -1288,8 +1200,8 @@ static size_t gen_input(uint64_t *seed, char *s, int mode, gen_member *gm, int *
             }
             g->pl = n - g->p;
         }
-        for (size_t w = rng_below(seed, 3); w > 0; w--) {
-            s[n++] = " \t"[rng_below(seed, 2)];
+        for (size_t w = th_rng_below(seed, 3); w > 0; w--) {
+            s[n++] = " \t"[th_rng_below(seed, 2)];
         }
     }
     return n;
@@ -1300,78 +1212,81 @@ static size_t gen_input(uint64_t *seed, char *s, int mode, gen_member *gm, int *
 START_TEST(test_garbage_in) {
     uint64_t seed = UINT64_C(0x6261676761676521);
     static char s[4096];
-    static char out[FG_BAGGAGE_MAX_BYTES + 1 + CANARY_LEN];
+    static char out[FG_BAGGAGE_MAX_BYTES + 1 + TH_CANARY_LEN];
     gen_member gm[16];
     int ngm, counts[3] = {0, 0, 0};
 
     for (int iter = 0; iter < NGARBAGE; iter++) {
         int mode = iter % 3;
         size_t len = gen_input(&seed, s, mode, gm, &ngm);
-        char *buf = exact_copy(s, len);
+        char *buf = th_exact_copy(s, len);
         fg_baggage b;
         int rc = fg_baggage_parse(&b, buf, len);
 
         /* codes and counters agree */
-        FAST_ASSERT(rc == 0 || rc == FG_EPARSE || rc == FG_ETOOMANY, "input %d: %s", iter,
-                    fg_err_name(rc));
-        FAST_ASSERT((rc == FG_EPARSE) == (b.malformed > 0), "input %d: %s with %u malformed",
-                    iter, fg_err_name(rc), (unsigned)b.malformed);
-        FAST_ASSERT((rc == 0) == (b.malformed == 0 && b.dropped == 0),
-                    "input %d: %s, malformed %u dropped %u", iter, fg_err_name(rc),
-                    (unsigned)b.malformed, (unsigned)b.dropped);
-        FAST_ASSERT(b.n <= FG_BAGGAGE_MAX_MEMBERS, "input %d: n %u", iter, (unsigned)b.n);
+        TH_FAST_ASSERT(rc == 0 || rc == FG_EPARSE || rc == FG_ETOOMANY, "input %d: %s", iter,
+                       fg_err_name(rc));
+        TH_FAST_ASSERT((rc == FG_EPARSE) == (b.malformed > 0),
+                       "input %d: %s with %u malformed", iter, fg_err_name(rc),
+                       (unsigned)b.malformed);
+        TH_FAST_ASSERT((rc == 0) == (b.malformed == 0 && b.dropped == 0),
+                       "input %d: %s, malformed %u dropped %u", iter, fg_err_name(rc),
+                       (unsigned)b.malformed, (unsigned)b.dropped);
+        TH_FAST_ASSERT(b.n <= FG_BAGGAGE_MAX_MEMBERS, "input %d: n %u", iter, (unsigned)b.n);
         counts[rc == 0 ? 0 : rc == FG_EPARSE ? 1 : 2]++;
 
         /* every slice inside the input and within the grammar */
         for (uint32_t i = 0; i < b.n; i++) {
             const fg_baggage_member *m = &b.members[i];
-            FAST_ASSERT(slice_inside(m->key, buf, len) && slice_inside(m->value, buf, len) &&
-                            slice_inside(m->properties, buf, len),
-                        "input %d member %u outside the input", iter, (unsigned)i);
-            FAST_ASSERT(m->key.len > 0 && m->plain == 0, "input %d member %u", iter,
-                        (unsigned)i);
+            TH_FAST_ASSERT(slice_inside(m->key, buf, len) &&
+                               slice_inside(m->value, buf, len) &&
+                               slice_inside(m->properties, buf, len),
+                           "input %d member %u outside the input", iter, (unsigned)i);
+            TH_FAST_ASSERT(m->key.len > 0 && m->plain == 0, "input %d member %u", iter,
+                           (unsigned)i);
             for (size_t j = 0; j < m->key.len; j++) {
-                FAST_ASSERT(is_tchar((unsigned char)m->key.ptr[j]), "input %d: key byte",
-                            iter);
+                TH_FAST_ASSERT(is_tchar((unsigned char)m->key.ptr[j]), "input %d: key byte",
+                               iter);
             }
             for (size_t j = 0; j < m->value.len; j++) {
-                FAST_ASSERT(is_boctet((unsigned char)m->value.ptr[j]), "input %d: value byte",
-                            iter);
+                TH_FAST_ASSERT(is_boctet((unsigned char)m->value.ptr[j]),
+                               "input %d: value byte", iter);
             }
             for (size_t j = 0; j < m->properties.len; j++) {
                 int c = (unsigned char)m->properties.ptr[j];
-                FAST_ASSERT(is_boctet(c) || c == ';' || c == ' ' || c == '\t',
-                            "input %d: properties byte 0x%02x", iter, (unsigned)c);
+                TH_FAST_ASSERT(is_boctet(c) || c == ';' || c == ' ' || c == '\t',
+                               "input %d: properties byte 0x%02x", iter, (unsigned)c);
             }
         }
 
         /* generated lists: exactly the members written, minus the bad one */
         if (mode != 0) {
             uint32_t k = 0;
-            FAST_ASSERT(rc == (mode == 2 ? FG_EPARSE : 0), "input %d (mode %d) \"%.*s\": %s",
-                        iter, mode, (int)len, buf, fg_err_name(rc));
-            FAST_ASSERT(b.malformed == (mode == 2 ? 1u : 0u), "input %d: malformed %u", iter,
-                        (unsigned)b.malformed);
+            TH_FAST_ASSERT(rc == (mode == 2 ? FG_EPARSE : 0),
+                           "input %d (mode %d) \"%.*s\": %s", iter, mode, (int)len, buf,
+                           fg_err_name(rc));
+            TH_FAST_ASSERT(b.malformed == (mode == 2 ? 1u : 0u), "input %d: malformed %u",
+                           iter, (unsigned)b.malformed);
             for (int g = 0; g < ngm; g++) {
                 if (gm[g].bad) {
                     continue;
                 }
-                FAST_ASSERT(k < b.n, "input %d: too few members", iter);
+                TH_FAST_ASSERT(k < b.n, "input %d: too few members", iter);
                 const fg_baggage_member *m = &b.members[k++];
-                FAST_ASSERT(m->key.ptr == buf + gm[g].k && m->key.len == gm[g].kl,
-                            "input %d \"%.*s\": member %u key", iter, (int)len, buf,
-                            (unsigned)(k - 1));
-                FAST_ASSERT(m->value.len == gm[g].vl &&
-                                (gm[g].vl == 0 || m->value.ptr == buf + gm[g].v),
-                            "input %d \"%.*s\": member %u value", iter, (int)len, buf,
-                            (unsigned)(k - 1));
-                FAST_ASSERT(m->properties.len == gm[g].pl &&
-                                (gm[g].pl == 0 || m->properties.ptr == buf + gm[g].p),
-                            "input %d \"%.*s\": member %u properties", iter, (int)len, buf,
-                            (unsigned)(k - 1));
+                TH_FAST_ASSERT(m->key.ptr == buf + gm[g].k && m->key.len == gm[g].kl,
+                               "input %d \"%.*s\": member %u key", iter, (int)len, buf,
+                               (unsigned)(k - 1));
+                TH_FAST_ASSERT(m->value.len == gm[g].vl &&
+                                   (gm[g].vl == 0 || m->value.ptr == buf + gm[g].v),
+                               "input %d \"%.*s\": member %u value", iter, (int)len, buf,
+                               (unsigned)(k - 1));
+                TH_FAST_ASSERT(m->properties.len == gm[g].pl &&
+                                   (gm[g].pl == 0 || m->properties.ptr == buf + gm[g].p),
+                               "input %d \"%.*s\": member %u properties", iter, (int)len, buf,
+                               (unsigned)(k - 1));
             }
-            FAST_ASSERT(k == b.n, "input %d: %u members, want %u", iter, (unsigned)b.n,
-                        (unsigned)k);
+            TH_FAST_ASSERT(k == b.n, "input %d: %u members, want %u", iter, (unsigned)b.n,
+                           (unsigned)k);
         }
 
         /* get agrees with the reference decoder (the last member with the key) */
@@ -1379,41 +1294,42 @@ START_TEST(test_garbage_in) {
             char key[64], want[64], got[64];
             const fg_baggage_member *last = NULL;
             size_t glen = 0;
-            FAST_ASSERT(b.members[i].key.len < sizeof(key), "key too long");
+            TH_FAST_ASSERT(b.members[i].key.len < sizeof(key), "key too long");
             memcpy(key, b.members[i].key.ptr, b.members[i].key.len);
             for (uint32_t j = 0; j < b.n; j++) {
-                if (str_is(b.members[j].key, key, b.members[i].key.len)) {
+                if (th_str_is(b.members[j].key, key, b.members[i].key.len)) {
                     last = &b.members[j];
                 }
             }
             size_t wl = ref_decode(last->value.ptr, last->value.len, want);
             int g = fg_baggage_get(&b, key, b.members[i].key.len, got, sizeof(got), &glen);
-            FAST_ASSERT(g == 0 && glen == wl && memcmp(got, want, wl) == 0 && got[wl] == '\0',
-                        "input %d: get \"%.*s\": %s, %zu bytes, want %zu", iter,
-                        (int)b.members[i].key.len, key, fg_err_name(g), glen, wl);
+            TH_FAST_ASSERT(g == 0 && glen == wl && memcmp(got, want, wl) == 0 &&
+                               got[wl] == '\0',
+                           "input %d: get \"%.*s\": %s, %zu bytes, want %zu", iter,
+                           (int)b.members[i].key.len, key, fg_err_name(g), glen, wl);
         }
 
         /* format, then parse back: the same members */
         size_t olen = 0;
-        memset(out, CANARY, sizeof(out));
+        memset(out, TH_CANARY, sizeof(out));
         int f = fg_baggage_format(&b, out, FG_BAGGAGE_MAX_BYTES + 1, &olen);
-        FAST_ASSERT(f == 0, "input %d: format %s", iter, fg_err_name(f));
-        for (int c = 0; c < CANARY_LEN; c++) {
-            FAST_ASSERT((unsigned char)out[FG_BAGGAGE_MAX_BYTES + 1 + c] == CANARY,
-                        "input %d: format wrote past cap", iter);
+        TH_FAST_ASSERT(f == 0, "input %d: format %s", iter, fg_err_name(f));
+        for (int c = 0; c < TH_CANARY_LEN; c++) {
+            TH_FAST_ASSERT((unsigned char)out[FG_BAGGAGE_MAX_BYTES + 1 + c] == TH_CANARY,
+                           "input %d: format wrote past cap", iter);
         }
-        char *again = exact_copy(out, olen);
+        char *again = th_exact_copy(out, olen);
         fg_baggage b2;
         int rc2 = fg_baggage_parse(&b2, again, olen);
-        FAST_ASSERT(rc2 == 0 && b2.n == b.n, "input %d: re-parse of \"%s\": %s, %u of %u",
-                    iter, out, fg_err_name(rc2), (unsigned)b2.n, (unsigned)b.n);
+        TH_FAST_ASSERT(rc2 == 0 && b2.n == b.n, "input %d: re-parse of \"%s\": %s, %u of %u",
+                       iter, out, fg_err_name(rc2), (unsigned)b2.n, (unsigned)b.n);
         for (uint32_t i = 0; i < b.n; i++) {
             const fg_baggage_member *x = &b.members[i], *y = &b2.members[i];
-            FAST_ASSERT(str_is(y->key, x->key.ptr, x->key.len) &&
-                            str_is(y->value, x->value.ptr, x->value.len) &&
-                            str_is(y->properties, x->properties.ptr, x->properties.len),
-                        "input %d: member %u differs after format \"%s\"", iter, (unsigned)i,
-                        out);
+            TH_FAST_ASSERT(th_str_is(y->key, x->key.ptr, x->key.len) &&
+                               th_str_is(y->value, x->value.ptr, x->value.len) &&
+                               th_str_is(y->properties, x->properties.ptr, x->properties.len),
+                           "input %d: member %u differs after format \"%s\"", iter,
+                           (unsigned)i, out);
         }
         free(again);
         free(buf);
@@ -1437,18 +1353,18 @@ Suite *fg_suite_baggage(void) {
     tc = tcase_create("limits");
     tcase_add_test(tc, test_limit_members);
     tcase_add_test(tc, test_limit_members_malformed);
-    tcase_add_loop_test(tc, test_limit_bytes_parse, 0, NELEM(bytes_cases));
-    tcase_add_loop_test(tc, test_limit_bytes_format, 0, NELEM(bytes_cases));
+    tcase_add_loop_test(tc, test_limit_bytes_parse, 0, TH_NELEM(bytes_cases));
+    tcase_add_loop_test(tc, test_limit_bytes_format, 0, TH_NELEM(bytes_cases));
     tcase_add_test(tc, test_limit_bytes_encoded);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("get");
-    tcase_add_loop_test(tc, test_get_decode, 0, NELEM(dec_cases));
+    tcase_add_loop_test(tc, test_get_decode, 0, TH_NELEM(dec_cases));
     tcase_add_test(tc, test_get_lookup);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("edit");
-    tcase_add_loop_test(tc, test_set_format_round_trip, 0, NELEM(enc_cases));
+    tcase_add_loop_test(tc, test_set_format_round_trip, 0, TH_NELEM(enc_cases));
     tcase_add_test(tc, test_format_parsed);
     tcase_add_test(tc, test_format_caps);
     tcase_add_test(tc, test_set_semantics);

@@ -20,6 +20,7 @@
 #include <check.h>
 #include <floodgate.h>
 
+#include "helpers.h"
 #include "suites.h"
 
 /* ---- the monotonic clock --------------------------------------------------- */
@@ -332,33 +333,16 @@ START_TEST(test_fake_clocks_independent) {
 END_TEST
 
 /* fg_fake_clock_new(..., NULL) fails without allocating; freeing NULL frees nothing. */
-static long clk_allocs, clk_frees;
-
-static void *clk_malloc(size_t size) {
-    clk_allocs++;
-    return malloc(size);
-}
-
-static void clk_free(void *p) {
-    if (p != NULL) {
-        clk_frees++;
-    }
-    free(p);
-}
-
 START_TEST(test_fake_new_null_out) {
-    clk_allocs = 0;
-    clk_frees = 0;
-    ck_assert_int_eq(fg_set_alloc_funcs(clk_malloc, clk_free), 0);
+    th_alloc_reset();
+    ck_assert_int_eq(fg_set_alloc_funcs(th_count_malloc, th_count_free), 0);
     ck_assert_int_eq(fg_fake_clock_new(5, NULL), FG_EINVAL);
-    ck_assert_int_eq(clk_allocs, clk_frees);
+    ck_assert_int_eq(th_alloc.allocs, th_alloc.frees);
     fg_fake_clock_free(NULL);
-    ck_assert_int_eq(clk_frees, clk_allocs);
+    ck_assert_int_eq(th_alloc.frees, th_alloc.allocs);
     ck_assert_int_eq(fg_set_alloc_funcs(NULL, NULL), 0);
 }
 END_TEST
-
-static void alloc_teardown(void) { fg_set_alloc_funcs(NULL, NULL); }
 
 /* ---- concurrent advances ------------------------------------------------------- */
 
@@ -538,7 +522,7 @@ Suite *fg_suite_clock(void) {
     suite_add_tcase(s, tc);
 
     tc = tcase_create("fake");
-    tcase_add_checked_fixture(tc, NULL, alloc_teardown);
+    tcase_add_checked_fixture(tc, NULL, th_alloc_teardown);
     tcase_add_test(tc, test_fake_start_set_advance);
     tcase_add_test(tc, test_fake_set_backwards);
     tcase_add_test(tc, test_fake_start_zero_and_max);

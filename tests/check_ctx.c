@@ -16,6 +16,7 @@
 #include <check.h>
 #include <floodgate.h>
 
+#include "helpers.h"
 #include "suites.h"
 
 /* RFC 9110 tchar: the bytes an HTTP token (method, header name) is made of. */
@@ -251,12 +252,6 @@ START_TEST(test_path_length_bound) {
 }
 END_TEST
 
-static int ok_handler(fg_ctx *ctx, void *arg) {
-    (void)ctx;
-    (*(int *)arg)++;
-    return 0;
-}
-
 /* A ctx whose init failed is refused, even if it was fine before. */
 START_TEST(test_failed_init_is_unusable) {
     fg_chain *chain = empty_chain();
@@ -266,7 +261,7 @@ START_TEST(test_failed_init_is_unusable) {
     ck_assert_int_eq(fg_ctx_init(&ctx, "GET", "/"), 0);
     ck_assert_int_eq(fg_ctx_init(&ctx, "G T", "/"), FG_EINVAL);
     ck_assert_int_eq(fg_chain_enter(chain, &ctx), FG_ESTATE);
-    ck_assert_int_eq(fg_chain_call(chain, &ctx, ok_handler, &calls), FG_ESTATE);
+    ck_assert_int_eq(fg_chain_call(chain, &ctx, th_count_handler, &calls), FG_ESTATE);
     ck_assert_int_eq(fg_ctx_add_header(&ctx, "x-a", "1"), FG_ESTATE);
     ck_assert_int_eq(calls, 0);
 
@@ -282,7 +277,7 @@ START_TEST(test_failed_init_is_unusable) {
 
     /* A successful init makes it usable again. */
     ck_assert_int_eq(fg_ctx_init(&ctx, "GET", "/"), 0);
-    ck_assert_int_eq(fg_chain_call(chain, &ctx, ok_handler, &calls), 0);
+    ck_assert_int_eq(fg_chain_call(chain, &ctx, th_count_handler, &calls), 0);
     ck_assert_int_eq(calls, 1);
     fg_chain_free(chain);
 }
@@ -299,7 +294,7 @@ START_TEST(test_zeroed_ctx_is_unusable) {
     ck_assert_int_eq(fg_ctx_add_header(&ctx, "x-a", "1"), FG_ESTATE);
     ck_assert_uint_eq(ctx.nheaders, 0);
     ck_assert_int_eq(fg_chain_enter(chain, &ctx), FG_ESTATE);
-    ck_assert_int_eq(fg_chain_call(chain, &ctx, ok_handler, &calls), FG_ESTATE);
+    ck_assert_int_eq(fg_chain_call(chain, &ctx, th_count_handler, &calls), FG_ESTATE);
     ck_assert_int_eq(calls, 0);
     fg_chain_free(chain);
 }

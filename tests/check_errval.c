@@ -28,6 +28,7 @@
 #include <floodgate.h>
 #include <jansson.h>
 
+#include "helpers.h"
 #include "suites.h"
 
 /* ---- helpers ------------------------------------------------------------------------- */
@@ -38,47 +39,9 @@
 #define PID "00f067aa0ba902b7"
 #define SID "a3ce929d0e0e4736"
 
-#define NELEM(a)   ((int)(sizeof(a) / sizeof((a)[0])))
 #define LOG_BUF    16384
 #define CANARY     0x5A
 #define MSG_FILLER 'm'
-
-static int hexval(char c) {
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    ck_abort_msg("bad hex digit in a test vector: 0x%02x", (unsigned)(unsigned char)c);
-    return -1;
-}
-
-static void unhex(const char *hex, uint8_t *out, size_t n) {
-    ck_assert_uint_eq(strlen(hex), 2 * n);
-    for (size_t i = 0; i < n; i++) {
-        out[i] = (uint8_t)(hexval(hex[2 * i]) << 4 | hexval(hex[2 * i + 1]));
-    }
-}
-
-static void tohex(const uint8_t *in, size_t n, char *out) {
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[in[i] >> 4];
-        out[2 * i + 1] = digits[in[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
-static int is_zero(const void *p, size_t n) {
-    const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++) {
-        if (b[i] != 0) {
-            return 0;
-        }
-    }
-    return 1;
-}
 
 /*
  * Write err's log line into a fresh buffer, check the length contract and
@@ -347,10 +310,10 @@ START_TEST(test_wrap_inherits) {
     fg_error *e1 = fg_error_new(FG_ETIMEDOUT, "inner");
     fg_error *e2;
 
-    unhex(TID, tid, 16);
-    unhex(PID, sid, 8);
-    unhex("0102030405060708090a0b0c0d0e0f10", t2, 16);
-    unhex("1112131415161718", s2, 8);
+    th_unhex(TID, tid, 16);
+    th_unhex(PID, sid, 8);
+    th_unhex("0102030405060708090a0b0c0d0e0f10", t2, 16);
+    th_unhex("1112131415161718", s2, 8);
     fg_error_set_trace(e1, tid, sid);
     fg_error_set_retry_count(e1, 3);
     e2 = fg_error_wrap(e1, FG_EHANDLER, "outer");
@@ -378,8 +341,8 @@ START_TEST(test_set_trace) {
     uint8_t tid[16], sid[8], zero16[16] = {0}, got_t[16], got_s[8];
     fg_error *e = fg_error_new(FG_EINVAL, "x");
 
-    unhex(TID, tid, 16);
-    unhex(SID, sid, 8);
+    th_unhex(TID, tid, 16);
+    th_unhex(SID, sid, 8);
     fg_error_set_trace(e, tid, sid);
     memset(got_t, 0xEE, 16);
     memset(got_s, 0xEE, 8);
@@ -401,7 +364,7 @@ START_TEST(test_set_trace) {
     memset(got_s, 0xEE, 8);
     ck_assert_int_eq(fg_error_trace(e, got_t, got_s), 0);
     ck_assert_mem_eq(got_t, tid, 16);
-    ck_assert(is_zero(got_s, 8));
+    ck_assert(th_is_zero(got_s, 8));
 
     /* all-zero or NULL trace-id: detached */
     fg_error_set_trace(e, zero16, sid);
@@ -432,8 +395,8 @@ START_TEST(test_null_tolerant) {
     char buf[64];
     size_t len = 0;
 
-    unhex(TID, tid, 16);
-    unhex(SID, sid, 8);
+    th_unhex(TID, tid, 16);
+    th_unhex(SID, sid, 8);
     ck_assert_int_eq(fg_error_code(NULL), 0);
     ck_assert_ptr_nonnull(fg_error_message(NULL));
     ck_assert_str_eq(fg_error_message(NULL), "");
@@ -488,8 +451,8 @@ START_TEST(test_from_ctx_rejection) {
 
     /* the log line */
     json_t *j = log_parse(e, "warn");
-    tohex(ctx.trace.trace_id, 16, tid_hex);
-    tohex(ctx.trace.span_id, 8, sid_hex);
+    th_tohex(ctx.trace.trace_id, 16, tid_hex);
+    th_tohex(ctx.trace.span_id, 8, sid_hex);
     ck_assert_str_eq(jstr(j, "level"), "warn");
     ck_assert_str_eq(jstr(j, "msg"), "rejected by stage 'gate': rate limited");
     ck_assert_str_eq(jstr(j, "code"), "FG_ELIMITED");
@@ -639,8 +602,8 @@ START_TEST(test_log_trace_and_retry) {
     uint8_t tid[16], sid[8];
     fg_error *e = fg_error_new(FG_EHANDLER, "boom");
 
-    unhex("0a1b2c3d4e5f60718293a4b5c6d7e8f9", tid, 16);
-    unhex("fedcba9876543210", sid, 8);
+    th_unhex("0a1b2c3d4e5f60718293a4b5c6d7e8f9", tid, 16);
+    th_unhex("fedcba9876543210", sid, 8);
     fg_error_set_trace(e, tid, sid);
     fg_error_set_retry_count(e, 4);
     json_t *j = log_parse(e, "info");
@@ -798,15 +761,15 @@ START_TEST(test_log_small_buffers) {
     char full[LOG_BUF];
     size_t full_len = 0, len;
 
-    unhex(TID, tid, 16);
-    unhex(SID, sid, 8);
+    th_unhex(TID, tid, 16);
+    th_unhex(SID, sid, 8);
     fg_error_set_trace(e, tid, sid);
     e = fg_error_wrap(e, FG_EHANDLER, "outer");
     ck_assert_int_eq(fg_error_log_json(e, NULL, full, sizeof(full), &full_len), 0);
     ck_assert_uint_eq(full_len, strlen(full));
 
     const size_t caps[] = {0, 1, 2, 3, 10, 64, full_len / 2, full_len - 1, full_len};
-    for (int i = 0; i < NELEM(caps); i++) {
+    for (int i = 0; i < TH_NELEM(caps); i++) {
         size_t cap = caps[i];
         unsigned char *buf = malloc(cap + 1);
 
@@ -839,64 +802,27 @@ END_TEST
 
 /* ---- out of memory --------------------------------------------------------------------- */
 
-static long n_attempts;
-static long n_allocs;
-static long n_frees;
-static long fail_at; /* fail this attempt (1-based); 0 = never */
-static int fail_all; /* fail every attempt */
-static int injected;
-
-static void *count_malloc(size_t size) {
-    long attempt = __atomic_add_fetch(&n_attempts, 1, __ATOMIC_RELAXED);
-    void *p;
-
-    if (fail_all || (fail_at != 0 && attempt == fail_at)) {
-        injected = 1;
-        return NULL;
-    }
-    p = malloc(size);
-    if (p != NULL) {
-        __atomic_add_fetch(&n_allocs, 1, __ATOMIC_RELAXED);
-    }
-    return p;
-}
-
-static void count_free(void *p) {
-    if (p != NULL) {
-        __atomic_add_fetch(&n_frees, 1, __ATOMIC_RELAXED);
-    }
-    free(p);
-}
-
-static void counters_reset(void) {
-    n_attempts = 0;
-    n_allocs = 0;
-    n_frees = 0;
-    fail_at = 0;
-    fail_all = 0;
-    injected = 0;
-}
-
 static void oom_setup(void) {
-    counters_reset();
-    ck_assert_int_eq(fg_set_alloc_funcs(count_malloc, count_free), 0);
+    th_alloc_reset();
+    ck_assert_int_eq(fg_set_alloc_funcs(th_count_malloc, th_count_free), 0);
 }
 
 static void oom_teardown(void) {
     fg_set_alloc_funcs(NULL, NULL);
-    counters_reset();
+    th_alloc_reset();
 }
 
 static void assert_no_leak(void) {
-    ck_assert_msg(n_allocs == n_frees, "%ld blocks allocated, %ld freed", n_allocs, n_frees);
+    ck_assert_msg(th_alloc.allocs == th_alloc.frees, "%ld blocks allocated, %ld freed",
+                  th_alloc.allocs, th_alloc.frees);
 }
 
 START_TEST(test_oom_new) {
     uint8_t tid[16];
     fg_error *e, *e2;
 
-    unhex(TID, tid, 16);
-    fail_all = 1;
+    th_unhex(TID, tid, 16);
+    th_alloc.fail_all = 1;
     e = fg_error_new(FG_EINVAL, "x %d", 1);
     ck_assert_ptr_nonnull(e);
     ck_assert_int_eq(fg_error_code(e), FG_ENOMEM);
@@ -920,8 +846,8 @@ START_TEST(test_oom_new) {
     ck_assert_ptr_nonnull(e);
     ck_assert_int_eq(fg_error_code(e), FG_ENOMEM);
     fg_error_free(e);
-    ck_assert_int_eq(injected, 1);
-    fail_all = 0;
+    ck_assert_int_eq(th_alloc.injected, 1);
+    th_alloc.fail_all = 0;
     assert_no_leak();
 
     /* once memory is back, errors are real again */
@@ -938,17 +864,17 @@ START_TEST(test_oom_wrap) {
     fg_error *c = fg_error_new(FG_ETIMEDOUT, "db");
     fg_error *w;
 
-    unhex(TID, tid, 16);
+    th_unhex(TID, tid, 16);
     fg_error_set_trace(c, tid, NULL);
     fg_error_set_retry_count(c, 2);
-    fail_all = 1;
+    th_alloc.fail_all = 1;
     w = fg_error_wrap(c, FG_EHANDLER, "query %s", "q");
     ck_assert_ptr_eq(w, c);
     ck_assert_int_eq(fg_error_code(w), FG_ETIMEDOUT);
     ck_assert_str_eq(fg_error_message(w), "db");
     ck_assert_uint_eq(fg_error_retry_count(w), 2);
     ck_assert_int_eq(fg_error_trace(w, NULL, NULL), 0);
-    fail_all = 0;
+    th_alloc.fail_all = 0;
     fg_error_free(w);
     assert_no_leak();
 }
@@ -962,12 +888,12 @@ START_TEST(test_oom_from_ctx) {
     cfx_init(&c, 1);
     c.g.reject = FG_ELIMITED;
     ck_assert_int_eq(cfx_call(&c, &ctx), FG_ELIMITED);
-    fail_all = 1;
+    th_alloc.fail_all = 1;
     e = fg_error_from_ctx(&ctx);
     ck_assert_ptr_nonnull(e);
     ck_assert_int_eq(fg_error_code(e), FG_ENOMEM);
     fg_error_free(e);
-    fail_all = 0;
+    th_alloc.fail_all = 0;
     cfx_free(&c);
     assert_no_leak();
 }
@@ -980,10 +906,10 @@ START_TEST(test_oom_log_json) {
     size_t len = 0;
     int rc;
 
-    fail_all = 1;
+    th_alloc.fail_all = 1;
     e = fg_error_new(FG_EINVAL, "x");
     rc = fg_error_log_json(e, NULL, buf, sizeof(buf), &len);
-    fail_all = 0;
+    th_alloc.fail_all = 0;
     ck_assert_msg(rc == 0 || rc == FG_ENOMEM, "log_json under OOM: %s", fg_err_name(rc));
     if (rc == 0) {
         json_t *j = log_parse(e, NULL);
@@ -1007,8 +933,8 @@ START_TEST(test_oom_chaos) {
         int rc;
 
         ck_assert_ptr_nonnull(buf);
-        counters_reset();
-        fail_at = n;
+        th_alloc_reset();
+        th_alloc.fail_at = n;
         e = fg_error_new(FG_ETIMEDOUT, "db %d", 1);
         fg_error_set_retry_count(e, 1);
         e = fg_error_wrap(e, FG_EHANDLER, "query");
@@ -1026,10 +952,11 @@ START_TEST(test_oom_chaos) {
             json_decref(j);
         }
         fg_error_free(e);
-        ck_assert_msg(n_allocs == n_frees, "N=%ld: %ld blocks allocated, %ld freed", n,
-                      n_allocs, n_frees);
+        ck_assert_msg(th_alloc.allocs == th_alloc.frees,
+                      "N=%ld: %ld blocks allocated, %ld freed", n, th_alloc.allocs,
+                      th_alloc.frees);
         free(buf);
-        if (!injected) {
+        if (!th_alloc.injected) {
             /* the whole sequence ran without the failure: it was all real */
             ck_assert_int_gt(n, 1);
             return;
@@ -1048,7 +975,7 @@ Suite *fg_suite_errval(void) {
     tc = tcase_create("new");
     tcase_add_test(tc, test_new_basic);
     tcase_add_test(tc, test_new_copies);
-    tcase_add_loop_test(tc, test_new_null_fmt, 0, NELEM(all_codes));
+    tcase_add_loop_test(tc, test_new_null_fmt, 0, TH_NELEM(all_codes));
     tcase_add_test(tc, test_message_truncated);
     suite_add_tcase(s, tc);
 
@@ -1076,8 +1003,8 @@ Suite *fg_suite_errval(void) {
     tcase_add_test(tc, test_log_minimal);
     tcase_add_test(tc, test_log_trace_and_retry);
     tcase_add_test(tc, test_log_causes);
-    tcase_add_loop_test(tc, test_log_causes_omitted, 0, NELEM(ncauses_cases));
-    tcase_add_loop_test(tc, test_log_escaping, 0, NELEM(escape_msgs));
+    tcase_add_loop_test(tc, test_log_causes_omitted, 0, TH_NELEM(ncauses_cases));
+    tcase_add_loop_test(tc, test_log_escaping, 0, TH_NELEM(escape_msgs));
     tcase_add_test(tc, test_log_not_utf8);
     tcase_add_test(tc, test_log_long_escaped);
     tcase_add_test(tc, test_log_small_buffers);

@@ -24,31 +24,10 @@
 #include <check.h>
 #include <floodgate.h>
 
+#include "helpers.h"
 #include "suites.h"
 
-#define NELEM(a) ((int)(sizeof(a) / sizeof((a)[0])))
-
 /* ---- helpers ------------------------------------------------------------------------- */
-
-/* A heap copy of exactly len bytes (malloc(1) for len 0), so ASan sees overruns. */
-static char *exact_copy(const char *s, size_t len) {
-    char *p = malloc(len > 0 ? len : 1);
-    ck_assert_ptr_nonnull(p);
-    if (len > 0) {
-        memcpy(p, s, len);
-    }
-    return p;
-}
-
-/* xorshift64*: a fixed-seed generator, the same sequence on every run. */
-static uint64_t rng_next(uint64_t *s) {
-    uint64_t x = *s;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return x * UINT64_C(2685821657736338717);
-}
 
 /* The requests the table evaluates against. */
 enum req_kind { RICH, BARE, ODD };
@@ -75,7 +54,7 @@ static void make_ctx(fg_ctx *ctx, enum req_kind kind) {
     case RICH:
         ck_assert_int_eq(
             fg_ctx_init(ctx, "GET", "/api/v1/users?k=v&flag&empty=&n=30&enc=a%20b"), 0);
-        for (int i = 0; i < NELEM(rich_headers); i++) {
+        for (int i = 0; i < TH_NELEM(rich_headers); i++) {
             ck_assert_int_eq(fg_ctx_add_header(ctx, rich_headers[i][0], rich_headers[i][1]),
                              0);
         }
@@ -91,7 +70,7 @@ static void make_ctx(fg_ctx *ctx, enum req_kind kind) {
 
 /* Compile src from an exact heap copy; the copy is freed before returning. */
 static int compile_exact(const char *src, size_t len, fg_expr **out, fg_parse_error *err) {
-    char *buf = exact_copy(src, len);
+    char *buf = th_exact_copy(src, len);
     int rc = fg_expr_compile(buf, len, out, err);
     free(buf);
     return rc;
@@ -352,7 +331,7 @@ START_TEST(test_eval_table) {
     fg_expr *e = NULL;
     fg_parse_error err;
     size_t len = strlen(c->src);
-    char *buf = exact_copy(c->src, len);
+    char *buf = th_exact_copy(c->src, len);
     int rc = fg_expr_compile(buf, len, &e, &err);
     ck_assert_msg(rc == 0, "case %d <%s>: compile %s at column %zu: %s", _i, c->src,
                   fg_err_name(rc), err.column, err.message);
@@ -392,10 +371,10 @@ START_TEST(test_issue_examples) {
         {"meta.geo == \"beijing\" && meta.age > 25", "geo", "beijing", NULL, NULL, 0},
         {"meta.geo == \"beijing\" && meta.age > 25", "age", "40", NULL, NULL, 0},
     };
-    for (int i = 0; i < NELEM(cases); i++) {
+    for (int i = 0; i < TH_NELEM(cases); i++) {
         fg_expr *e = NULL;
         size_t len = strlen(cases[i].src);
-        char *buf = exact_copy(cases[i].src, len); /* kept until the rule is freed */
+        char *buf = th_exact_copy(cases[i].src, len); /* kept until the rule is freed */
         ck_assert_int_eq(fg_expr_compile(buf, len, &e, NULL), 0);
         fg_ctx ctx;
         ck_assert_int_eq(fg_ctx_init(&ctx, "GET", "/"), 0);
@@ -446,9 +425,9 @@ START_TEST(test_compile_copies_source) {
     };
     fg_ctx ctx;
     make_ctx(&ctx, RICH);
-    for (int i = 0; i < NELEM(srcs); i++) {
+    for (int i = 0; i < TH_NELEM(srcs); i++) {
         size_t len = strlen(srcs[i]);
-        char *buf = exact_copy(srcs[i], len);
+        char *buf = th_exact_copy(srcs[i], len);
         fg_expr *e = NULL;
         ck_assert_int_eq(fg_expr_compile(buf, len, &e, NULL), 0);
         memset(buf, 'Z', len); /* the caller reuses its buffer */
@@ -867,11 +846,12 @@ START_TEST(test_garbage) {
     int compiled = 0;
     for (int iter = 0; iter < 20000; iter++) {
         size_t len = 0;
-        int ntok = 1 + (int)(rng_next(&seed) % 24);
+        int ntok = 1 + (int)(th_rng_next(&seed) % 24);
         if (iter % 2 == 0) {
             /* tokens at random */
             for (int t = 0; t < ntok; t++) {
-                const char *tok = garbage_tokens[rng_next(&seed) % NELEM(garbage_tokens)];
+                const char *tok =
+                    garbage_tokens[th_rng_next(&seed) % TH_NELEM(garbage_tokens)];
                 size_t n = strlen(tok);
                 memcpy(src + len, tok, n);
                 len += n;
@@ -879,9 +859,9 @@ START_TEST(test_garbage) {
         } else {
             /* a valid rule, term op term ..., then (mostly) one byte changed */
             for (int t = 0; t < ntok; t++) {
-                const char *tok = t % 2
-                                      ? garbage_ops[rng_next(&seed) % NELEM(garbage_ops)]
-                                      : garbage_terms[rng_next(&seed) % NELEM(garbage_terms)];
+                const char *tok =
+                    t % 2 ? garbage_ops[th_rng_next(&seed) % TH_NELEM(garbage_ops)]
+                          : garbage_terms[th_rng_next(&seed) % TH_NELEM(garbage_terms)];
                 size_t n = strlen(tok);
                 memcpy(src + len, tok, n);
                 len += n;
@@ -889,12 +869,13 @@ START_TEST(test_garbage) {
             if (ntok % 2 == 0) {
                 len -= 4; /* drop the trailing " || " */
             }
-            if (rng_next(&seed) % 4 != 0) {
+            if (th_rng_next(&seed) % 4 != 0) {
                 static const char bytes[] = "\"'\\()[].,=!<>&| -1a\0";
-                src[rng_next(&seed) % len] = bytes[rng_next(&seed) % (sizeof(bytes) - 1)];
+                src[th_rng_next(&seed) % len] =
+                    bytes[th_rng_next(&seed) % (sizeof(bytes) - 1)];
             }
         }
-        char *buf = exact_copy(src, len);
+        char *buf = th_exact_copy(src, len);
         fg_expr *e = NULL;
         fg_parse_error err;
         int rc = fg_expr_compile(buf, len, &e, &err);
@@ -932,14 +913,14 @@ Suite *fg_suite_expr(void) {
     TCase *tc;
 
     tc = tcase_create("eval");
-    tcase_add_loop_test(tc, test_eval_table, 0, NELEM(eval_cases));
+    tcase_add_loop_test(tc, test_eval_table, 0, TH_NELEM(eval_cases));
     tcase_add_test(tc, test_issue_examples);
     tcase_add_test(tc, test_len_is_respected);
     tcase_add_test(tc, test_compile_copies_source);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("errors");
-    tcase_add_loop_test(tc, test_error_table, 0, NELEM(err_cases));
+    tcase_add_loop_test(tc, test_error_table, 0, TH_NELEM(err_cases));
     suite_add_tcase(s, tc);
 
     tc = tcase_create("limits");

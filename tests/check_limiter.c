@@ -42,6 +42,7 @@
 #include <check.h>
 #include <floodgate.h>
 
+#include "helpers.h"
 #include "suites.h"
 
 #define US   FG_NS_PER_US
@@ -126,16 +127,6 @@ static int new_rc_opts(const fg_limiter_options *o) {
                       "try(t=%" PRIu64 ", n=%" PRIu64 "): wait %" PRIu64 ", want %" PRIu64,   \
                       (uint64_t)(t), (uint64_t)(n), w_, (uint64_t)(want_wait));               \
     } while (0)
-
-/* xorshift64*: a fixed-seed generator, the same sequence on every run. */
-static uint64_t rng_next(uint64_t *s) {
-    uint64_t x = *s;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return x * UINT64_C(2685821657736338717);
-}
 
 /* ---- the reference: an exact token bucket ---------------------------------------------- */
 
@@ -287,7 +278,7 @@ START_TEST(test_exact_reference) {
     uint64_t seen = t; /* the latest reading either has been given */
     int admitted = 0, rejected = 0, boundaries = 0;
     for (int step = 0; step < 20000; step++) {
-        uint64_t x = rng_next(&seed);
+        uint64_t x = th_rng_next(&seed);
         uint64_t dt;
         switch (x % 10) {
         case 0:
@@ -296,20 +287,20 @@ START_TEST(test_exact_reference) {
             break;
         case 2:
         case 3:
-            dt = rng_next(&seed) % (T + 1);
+            dt = th_rng_next(&seed) % (T + 1);
             break;
         case 4:
         case 5:
-            dt = rng_next(&seed) % (4 * T + 1);
+            dt = th_rng_next(&seed) % (4 * T + 1);
             break;
         case 6:
             dt = T;
             break;
         case 7:
-            dt = rng_next(&seed) % (tau / 4 + T + 1);
+            dt = th_rng_next(&seed) % (tau / 4 + T + 1);
             break;
         case 8:
-            dt = tau + rng_next(&seed) % (T + 1);
+            dt = tau + th_rng_next(&seed) % (T + 1);
             break;
         default:
             dt = 1;
@@ -318,12 +309,12 @@ START_TEST(test_exact_reference) {
         /* Keep clear of the 2^62 ns horizon: a long step takes at most
          * 1/256 of the time left, so short ones always fit. */
         if (dt > (limit - t) / 256)
-            dt = rng_next(&seed) % (T + 1);
+            dt = th_rng_next(&seed) % (T + 1);
         if (dt > limit - t)
             dt = 0;
         t += dt;
 
-        uint64_t y = rng_next(&seed);
+        uint64_t y = th_rng_next(&seed);
         uint64_t small = c->burst < 8 ? c->burst : 8;
         uint64_t n;
         switch (y % 10) {
@@ -336,13 +327,13 @@ START_TEST(test_exact_reference) {
             break;
         case 5:
         case 6:
-            n = 1 + rng_next(&seed) % small;
+            n = 1 + th_rng_next(&seed) % small;
             break;
         case 7:
-            n = 1 + rng_next(&seed) % c->burst;
+            n = 1 + th_rng_next(&seed) % c->burst;
             break;
         case 8: /* just about what the bucket holds: 1 or 2 more, or exactly it */
-            n = ref_tokens(&r, t) + rng_next(&seed) % 3;
+            n = ref_tokens(&r, t) + th_rng_next(&seed) % 3;
             if (n == 0 || n > c->burst)
                 n = c->burst;
             break;
@@ -353,7 +344,7 @@ START_TEST(test_exact_reference) {
 
         uint64_t at = t;
         if ((y >> 8) % 20 == 0) /* a reading from the past */
-            at = t - (t < 2 * T ? t : rng_next(&seed) % (2 * T + 1));
+            at = t - (t < 2 * T ? t : th_rng_next(&seed) % (2 * T + 1));
 
         int rc = both_try(l, &r, c->name, at, n, &h);
         if (at > seen)
@@ -406,7 +397,7 @@ START_TEST(test_inexact_interval_never_ahead) {
     ref_init(&r, rate, period, burst);
     for (int step = 0; step < 100000 && t < TIME_MAX - 60001 * SEC; step++) {
         if (step > 0)
-            t += 1 + rng_next(&seed) % (60000 * SEC); /* < (burst - 1) * T: never caps */
+            t += 1 + th_rng_next(&seed) % (60000 * SEC); /* < (burst - 1) * T: never caps */
         uint64_t k = fg_limiter_tokens(l, t);
         if (k > 0) {
             ck_assert_int_eq(fg_limiter_try(l, t, k, &w), 0);

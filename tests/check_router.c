@@ -32,37 +32,12 @@
 #include <check.h>
 #include <floodgate.h>
 
+#include "helpers.h"
 #include "suites.h"
 
-#define NELEM(a) ((int)(sizeof(a) / sizeof((a)[0])))
-
-/* Only calls into Check when the condition fails: for loops of a million checks. */
-#define FAST_ASSERT(cond, ...)                                                                \
-    do {                                                                                      \
-        if (!(cond)) {                                                                        \
-            ck_abort_msg(__VA_ARGS__);                                                        \
-        }                                                                                     \
-    } while (0)
-
-/* xorshift64*: a fixed-seed generator, the same sequence on every run. */
-static uint64_t rng_next(uint64_t *s) {
-    uint64_t x = *s;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return x * UINT64_C(2685821657736338717);
-}
-
-static unsigned rng_below(uint64_t *s, unsigned n) { return (unsigned)(rng_next(s) % n); }
+static unsigned rng_below(uint64_t *s, unsigned n) { return (unsigned)(th_rng_next(s) % n); }
 
 /* ---- handlers, recording stages ------------------------------------------------------ */
-
-static int ok_handler(fg_ctx *ctx, void *arg) {
-    (void)ctx;
-    (void)arg;
-    return 0;
-}
 
 /* The event log of the chain tests: "E0" entered stage 0, "X0" exited OK, "X0f"
  * exited FAILED, "X0r" exited REJECTED, "Ha" handler a. */
@@ -147,7 +122,7 @@ static int rec_handler(fg_ctx *ctx, void *arg) {
 
 /* ---- building helpers ---------------------------------------------------------------- */
 
-static const fg_route_target ok_target = {NULL, 0, ok_handler, NULL, NULL, 0};
+static const fg_route_target ok_target = {NULL, 0, th_ok_handler, NULL, NULL, 0};
 
 static fg_route_spec spec_of(const char *name, fg_path_kind kind, const char *path) {
     fg_route_spec s = FG_ROUTE_SPEC_INIT;
@@ -237,7 +212,7 @@ static void ref_split(const char *s, size_t n, ref_segs *out) {
         while (end < n && s[end] != '/') {
             end++;
         }
-        FAST_ASSERT(out->n < REF_MAX_SEGS, "a reference path too deep");
+        TH_FAST_ASSERT(out->n < REF_MAX_SEGS, "a reference path too deep");
         out->p[out->n] = s + pos;
         out->len[out->n] = end - pos;
         out->n++;
@@ -558,7 +533,7 @@ START_TEST(test_path_siblings) {
         {"/u/me/y", "me-y", NULL}, {"/u/you/y", NULL, NULL}, {"/u/", NULL, NULL},
         {"/u//x", NULL, NULL},     {"/u/7/x", "id-x", "7"},  {"/u", NULL, NULL},
     };
-    for (int i = 0; i < NELEM(cases); i++) {
+    for (int i = 0; i < TH_NELEM(cases); i++) {
         fg_ctx ctx;
         ck_assert_int_eq(fg_ctx_init(&ctx, "GET", cases[i].path), 0);
         const char *got = match_name(r, &ctx);
@@ -590,7 +565,7 @@ START_TEST(test_methods) {
         {NULL, "GET", 1},       {NULL, NULL, 1},         {"", "DELETE", 1},
         {"", NULL, 1},
     };
-    for (int i = 0; i < NELEM(cases); i++) {
+    for (int i = 0; i < TH_NELEM(cases); i++) {
         ck_assert_int_eq(ref_method(cases[i].set, cases[i].method), cases[i].want);
         fg_router *r = new_router();
         add_simple(r, "m", PF, "/", cases[i].set);
@@ -776,7 +751,7 @@ START_TEST(test_preds_and_rule_all_hold) {
         {"GET", "/api?v=3", "gray", "1", 1},   {"GET", "/apx?v=3", "gray", "1", 0},
         {"POST", "/api", "gray", NULL, 0},
     };
-    for (int i = 0; i < NELEM(cases); i++) {
+    for (int i = 0; i < TH_NELEM(cases); i++) {
         fg_ctx ctx;
         ck_assert_int_eq(fg_ctx_init(&ctx, cases[i].method, cases[i].path), 0);
         ck_assert_int_eq(fg_ctx_add_header(&ctx, "x-env", cases[i].env), 0);
@@ -813,7 +788,7 @@ START_TEST(test_rules_when) {
         {"/api", NULL, NULL, "beijing", "25", NULL},
         {"/api", NULL, NULL, "beijing", "old", NULL},
     };
-    for (int i = 0; i < NELEM(cases); i++) {
+    for (int i = 0; i < TH_NELEM(cases); i++) {
         fg_ctx ctx;
         ck_assert_int_eq(fg_ctx_init(&ctx, "GET", cases[i].path), 0);
         if (cases[i].env) {
@@ -886,7 +861,7 @@ START_TEST(test_first_match_order) {
         {"/other", "gray", "5000", "default", 4},     {"", NULL, NULL, "default", 4},
         {"orders.created", NULL, NULL, "default", 4},
     };
-    for (int i = 0; i < NELEM(cases); i++) {
+    for (int i = 0; i < TH_NELEM(cases); i++) {
         fg_ctx ctx;
         ck_assert_int_eq(fg_ctx_init(&ctx, "GET", cases[i].path), 0);
         if (cases[i].env) {
@@ -930,7 +905,7 @@ START_TEST(test_no_route) {
     add_simple(r, "b", PF, "/b", "GET");
     ck_assert_int_eq(fg_router_build(r), 0);
     static const char *const misses[] = {"/", "", "/c", "/a/", "a", "/bb"};
-    for (int i = 0; i < NELEM(misses); i++) {
+    for (int i = 0; i < TH_NELEM(misses); i++) {
         fg_ctx ctx;
         ck_assert_int_eq(fg_ctx_init(&ctx, "GET", misses[i]), 0);
         fg_route_match m;
@@ -953,7 +928,7 @@ START_TEST(test_no_route) {
     add_simple(r, "b", PF, "/b", "GET");
     add_simple(r, "default", FG_PATH_ANY, NULL, NULL);
     ck_assert_int_eq(fg_router_build(r), 0);
-    for (int i = 0; i < NELEM(misses); i++) {
+    for (int i = 0; i < TH_NELEM(misses); i++) {
         ck_assert_int_eq(fg_ctx_init(&ctx, "GET", misses[i]), 0);
         ck_assert_str_eq(match_name(r, &ctx), "default");
     }
@@ -1097,7 +1072,7 @@ static void run_add_case(const add_case *c, int index) {
     memset(t, 0, sizeof(t));
     int nt = 1;
     for (int i = 0; i < 17; i++) {
-        t[i].handler = ok_handler;
+        t[i].handler = th_ok_handler;
         t[i].weight = 1;
     }
     switch (c->targets) {
@@ -1240,15 +1215,15 @@ START_TEST(test_add_at_bounds) {
     s.nmatches = FG_ROUTE_MAX_MATCHES;
     fg_route_target t[FG_ROUTE_MAX_TARGETS];
     for (int i = 0; i < FG_ROUTE_MAX_TARGETS; i++) {
-        t[i] = (fg_route_target){NULL, 625, ok_handler, NULL, NULL, 0};
+        t[i] = (fg_route_target){NULL, 625, th_ok_handler, NULL, NULL, 0};
     }
     t[0].name = long_name;
     s.targets = t;
     s.ntargets = FG_ROUTE_MAX_TARGETS; /* 16 x 625 = FG_SPLIT_SLOTS */
     add_ok(r, &s);
     /* A single target needs no weight; a zero weight in a split is a target never chosen. */
-    fg_route_target two[2] = {{"never", 0, ok_handler, NULL, NULL, 0},
-                              {"always", 1, ok_handler, NULL, NULL, 0}};
+    fg_route_target two[2] = {{"never", 0, th_ok_handler, NULL, NULL, 0},
+                              {"always", 1, th_ok_handler, NULL, NULL, 0}};
     s = spec_of("two", EX, "/two");
     s.targets = two;
     s.ntargets = 2;
@@ -1277,8 +1252,8 @@ START_TEST(test_add_stage_refs_success) {
     cst st[3];
     fg_stage *stp[3] = {cst_new(&st[0], 0), cst_new(&st[1], 1), cst_new(&st[2], 2)};
     fg_stage_ref(stp[2]); /* the caller keeps one of its own */
-    fg_route_target t[2] = {{"a", 50, ok_handler, NULL, stp, 2},
-                            {"b", 50, ok_handler, NULL, stp + 2, 1}};
+    fg_route_target t[2] = {{"a", 50, th_ok_handler, NULL, stp, 2},
+                            {"b", 50, th_ok_handler, NULL, stp + 2, 1}};
     fg_router *r = new_router();
     fg_route_spec s = spec_of("r", PF, "/");
     s.targets = t;
@@ -1295,7 +1270,7 @@ START_TEST(test_add_stage_refs_success) {
 
     /* NULL router or spec: the stages go too. */
     fg_stage *one = cst_new(&st[0], 0);
-    fg_route_target t1 = {NULL, 0, ok_handler, NULL, &one, 1};
+    fg_route_target t1 = {NULL, 0, th_ok_handler, NULL, &one, 1};
     s = spec_of("r", PF, "/");
     s.targets = &t1;
     ck_assert_int_eq(fg_router_add(NULL, &s, NULL), FG_EINVAL);
@@ -1311,7 +1286,7 @@ END_TEST
 START_TEST(test_add_null_handler) {
     cst st;
     fg_stage *one = cst_new(&st, 0);
-    fg_route_target t[2] = {{"a", 1, ok_handler, NULL, NULL, 0},
+    fg_route_target t[2] = {{"a", 1, th_ok_handler, NULL, NULL, 0},
                             {"worker", 1, NULL, NULL, &one, 1}};
     fg_router *r = new_router();
     fg_route_spec s = spec_of("no-handler", PF, "/");
@@ -1570,7 +1545,7 @@ static void gen_route_at(uint64_t *seed, int i, int maxsegs, gen_route *g) {
     if (g->kind != FG_PATH_ANY) {
         gen_path(seed, g->kind, maxsegs, g->path, sizeof(g->path));
     }
-    g->methods = methods[rng_below(seed, NELEM(methods))];
+    g->methods = methods[rng_below(seed, TH_NELEM(methods))];
     g->cond = rng_below(seed, 5) == 0 ? 1 + (int)rng_below(seed, 2) : 0;
 }
 
@@ -1603,7 +1578,7 @@ static int sample_paths(char (*paths)[24], int cap) {
 
 static int methods_cover(const char *i, const char *j) {
     static const char *const all[] = {"GET", "POST", "PUT", NULL};
-    for (int m = 0; m < NELEM(all); m++) {
+    for (int m = 0; m < TH_NELEM(all); m++) {
         if (ref_method(j, all[m]) && !ref_method(i, all[m])) {
             return 0;
         }
@@ -1613,7 +1588,7 @@ static int methods_cover(const char *i, const char *j) {
 
 START_TEST(test_shadow_brute_force) {
     static char paths[3000][24];
-    int npaths = sample_paths(paths, NELEM(paths));
+    int npaths = sample_paths(paths, TH_NELEM(paths));
     static uint8_t hit[BF_ROUTES][3000];
     uint64_t seed = UINT64_C(0xC0FFEE) + (uint64_t)_i;
     int shadowed_total = 0;
@@ -1700,8 +1675,8 @@ static uint32_t doc_slot(const char *salt, const char *key) {
 START_TEST(test_split_slot_documented) {
     static const char *const salts[] = {"", "gray", "checkout-v2", "s1"};
     static const char *const keys[] = {"", "u-42", "user-1", "alice", "0123456789"};
-    for (int s = 0; s < NELEM(salts); s++) {
-        for (int k = 0; k < NELEM(keys); k++) {
+    for (int s = 0; s < TH_NELEM(salts); s++) {
+        for (int k = 0; k < TH_NELEM(keys); k++) {
             uint32_t got = fg_split_slot(salts[s], strlen(salts[s]), keys[k], strlen(keys[k]));
             ck_assert_msg(got == doc_slot(salts[s], keys[k]),
                           "fg_split_slot(\"%s\", \"%s\") = %u, the documented hash gives %u",
@@ -1719,12 +1694,12 @@ START_TEST(test_split_slot_basics) {
     uint64_t seed = 7;
     for (int i = 0; i < 100000; i++) {
         char key[32];
-        int n = snprintf(key, sizeof(key), "%016llx", (unsigned long long)rng_next(&seed));
+        int n = snprintf(key, sizeof(key), "%016llx", (unsigned long long)th_rng_next(&seed));
         uint32_t a = fg_split_slot("salt", 4, key, (size_t)n);
-        FAST_ASSERT(a < FG_SPLIT_SLOTS, "slot %u", a);
-        FAST_ASSERT(a == fg_split_slot("salt", 4, key, (size_t)n), "not a function");
+        TH_FAST_ASSERT(a < FG_SPLIT_SLOTS, "slot %u", a);
+        TH_FAST_ASSERT(a == fg_split_slot("salt", 4, key, (size_t)n), "not a function");
         /* only salt_len / key_len bytes count */
-        FAST_ASSERT(a == fg_split_slot("saltXX", 4, key, (size_t)n), "salt_len ignored");
+        TH_FAST_ASSERT(a == fg_split_slot("saltXX", 4, key, (size_t)n), "salt_len ignored");
     }
     /* NULL with length 0 is the empty string */
     ck_assert_uint_eq(fg_split_slot(NULL, 0, "k", 1), fg_split_slot("", 0, "k", 1));
@@ -1742,7 +1717,7 @@ static void add_split(fg_router *r, const char *name, const char *path, const ui
     for (int i = 0; i < n; i++) {
         char *tn = tnames[used++ % 64];
         (void)snprintf(tn, 24, "%s-%d", name, i);
-        t[i] = (fg_route_target){tn, w[i], ok_handler, NULL, NULL, 0};
+        t[i] = (fg_route_target){tn, w[i], th_ok_handler, NULL, NULL, 0};
     }
     fg_route_spec s = spec_of(name, EX, path);
     s.targets = t;
@@ -1777,7 +1752,7 @@ static int match_target(const fg_router *r, const char *path, const char *hname,
     }
     fg_route_match m;
     int rc = fg_router_match(r, &ctx, &m);
-    FAST_ASSERT(rc == 0, "match %s: %s", path, fg_err_name(rc));
+    TH_FAST_ASSERT(rc == 0, "match %s: %s", path, fg_err_name(rc));
     return m.target;
 }
 
@@ -1787,12 +1762,12 @@ START_TEST(test_split_sticky) {
     add_split(r, "gray", "/g", w, 2, NULL, HDR, "x-user");
     ck_assert_int_eq(fg_router_build(r), 0);
     static const char *const users[] = {"u-42", "alice", "bob", "", "a much longer user id"};
-    for (int u = 0; u < NELEM(users); u++) {
+    for (int u = 0; u < TH_NELEM(users); u++) {
         /* the salt defaults to the route's name */
         int want = expect_target(fg_split_slot("gray", 4, users[u], strlen(users[u])), w, 2);
         for (int i = 0; i < 100000; i++) {
             int got = match_target(r, "/g", "x-user", users[u]);
-            FAST_ASSERT(got == want, "user %s: target %d then %d", users[u], want, got);
+            TH_FAST_ASSERT(got == want, "user %s: target %d then %d", users[u], want, got);
         }
     }
     /* and the ctx names the target */
@@ -1830,10 +1805,10 @@ START_TEST(test_split_ratios_and_independence) {
         int ty = match_target(r, "/y", "x-user", key);
         uint32_t sx = fg_split_slot("s1", 2, key, (size_t)n);
         uint32_t sy = fg_split_slot("s2", 2, key, (size_t)n);
-        FAST_ASSERT(tx == expect_target(sx, wx, 2), "key %s: x target %d, slot %u", key, tx,
-                    sx);
-        FAST_ASSERT(ty == expect_target(sy, wy, 3), "key %s: y target %d, slot %u", key, ty,
-                    sy);
+        TH_FAST_ASSERT(tx == expect_target(sx, wx, 2), "key %s: x target %d, slot %u", key, tx,
+                       sx);
+        TH_FAST_ASSERT(ty == expect_target(sy, wy, 3), "key %s: y target %d, slot %u", key, ty,
+                       sy);
         cx[tx]++;
         cy[ty]++;
         joint[tx][ty]++;
@@ -1885,9 +1860,9 @@ START_TEST(test_split_weight_change) {
         int t1 = match_target(r1, "/g", "x-user", key);
         int t2 = match_target(r2, "/g", "x-user", key);
         int in_band = slot >= 9000 && slot < 9500;
-        FAST_ASSERT((t1 != t2) == in_band, "key %s slot %u: %d -> %d", key, slot, t1, t2);
+        TH_FAST_ASSERT((t1 != t2) == in_band, "key %s slot %u: %d -> %d", key, slot, t1, t2);
         if (t1 != t2) {
-            FAST_ASSERT(t1 == 0 && t2 == 1, "key %s moved B -> A", key);
+            TH_FAST_ASSERT(t1 == 0 && t2 == 1, "key %s moved B -> A", key);
             moved++;
         }
     }
@@ -2076,8 +2051,8 @@ static void rt_build(uint64_t *seed, rt_route *rt, int n, int maxsegs, fg_handle
     static const uint32_t w[2] = {30, 70};
     for (int i = 0; i < n; i++) {
         gen_route_at(seed, i, maxsegs, &rt[i].g);
-        rt[i].pred = rng_below(seed, 4) == 0 ? (int)rng_below(seed, NELEM(rt_preds)) : -1;
-        rt[i].rule = rng_below(seed, 5) == 0 ? (int)rng_below(seed, NELEM(rt_rules)) : -1;
+        rt[i].pred = rng_below(seed, 4) == 0 ? (int)rng_below(seed, TH_NELEM(rt_preds)) : -1;
+        rt[i].rule = rng_below(seed, 5) == 0 ? (int)rng_below(seed, TH_NELEM(rt_rules)) : -1;
         if (rt[i].g.kind == FG_PATH_ANY && rt[i].pred < 0 && rt[i].rule < 0) {
             rt[i].pred = 0; /* an unconditional ANY would end the table */
         }
@@ -2119,7 +2094,7 @@ static void rt_request(uint64_t *seed, rreq *q) {
     }
     for (int i = 0; i < depth; i++) {
         k += (size_t)snprintf(q->path + k, sizeof(q->path) - k, "%s%s", i ? "/" : "",
-                              alpha[rng_below(seed, NELEM(alpha))]);
+                              alpha[rng_below(seed, TH_NELEM(alpha))]);
     }
     unsigned qk = rng_below(seed, 4);
     if (qk == 1) {
@@ -2129,7 +2104,7 @@ static void rt_request(uint64_t *seed, rreq *q) {
     } else if (qk == 3) {
         k += (size_t)snprintf(q->path + k, sizeof(q->path) - k, "?/a/b");
     }
-    q->method = methods[rng_below(seed, NELEM(methods))];
+    q->method = methods[rng_below(seed, TH_NELEM(methods))];
     q->env = (int)rng_below(seed, 3);
     q->n = (int)rng_below(seed, 4);
     q->uid = (int)rng_below(seed, 2);
@@ -2141,8 +2116,8 @@ static void rt_ctx(const rreq *q, fg_ctx *ctx) {
     static const char *const envs[] = {NULL, "gray", "blue"};
     static const char *const ns[] = {NULL, "5", "20", "abc"};
     static const char *const cookies[] = {NULL, "a=0; c=1", "c=2"};
-    /* FAST_ASSERT: this runs on the test's threads too */
-    FAST_ASSERT(fg_ctx_init(ctx, q->method, q->path) == 0, "init %s", q->path);
+    /* TH_FAST_ASSERT: this runs on the test's threads too */
+    TH_FAST_ASSERT(fg_ctx_init(ctx, q->method, q->path) == 0, "init %s", q->path);
     if (envs[q->env]) {
         fg_ctx_add_header(ctx, "X-Env", envs[q->env]);
     }
@@ -2183,7 +2158,7 @@ START_TEST(test_random_tables_agree) {
     uint64_t seed = UINT64_C(0x5EED0000) + (uint64_t)_i;
     static rt_route rt[RT_ROUTES];
     fg_router *r = new_router();
-    rt_build(&seed, rt, RT_ROUTES, 4, ok_handler, r);
+    rt_build(&seed, rt, RT_ROUTES, 4, th_ok_handler, r);
     ck_assert_int_eq(fg_router_build(r), 0);
     static char text[32768];
     int matched = 0;
@@ -2197,22 +2172,22 @@ START_TEST(test_random_tables_agree) {
         int want = rt_expect(rt, RT_ROUTES, &q, &want_target, &rp);
         fg_route_match m;
         int rc = fg_router_match(r, &ctx, &m);
-        FAST_ASSERT(rc == (want >= 0 ? 0 : FG_ENOROUTE), "%s %s: %s, want route %d",
-                    q.method ? q.method : "-", q.path, fg_err_name(rc), want);
+        TH_FAST_ASSERT(rc == (want >= 0 ? 0 : FG_ENOROUTE), "%s %s: %s, want route %d",
+                       q.method ? q.method : "-", q.path, fg_err_name(rc), want);
         char line[256], expect[256];
         if (want >= 0) {
             matched++;
-            FAST_ASSERT(m.route == want && m.target == want_target,
-                        "%s %s: route %d target %d, want %d target %d",
-                        q.method ? q.method : "-", q.path, m.route, m.target, want,
-                        want_target);
-            FAST_ASSERT((int)ctx.nparams == rp.n, "%s: %u params, want %d", q.path,
-                        ctx.nparams, rp.n);
+            TH_FAST_ASSERT(m.route == want && m.target == want_target,
+                           "%s %s: route %d target %d, want %d target %d",
+                           q.method ? q.method : "-", q.path, m.route, m.target, want,
+                           want_target);
+            TH_FAST_ASSERT((int)ctx.nparams == rp.n, "%s: %u params, want %d", q.path,
+                           ctx.nparams, rp.n);
             for (int p = 0; p < rp.n; p++) {
                 fg_str v;
-                FAST_ASSERT(fg_ctx_param(&ctx, rp.name[p], &v) == 0 && v.len == rp.len[p] &&
-                                (v.len == 0 || memcmp(v.ptr, rp.value[p], v.len) == 0),
-                            "%s: param %s", q.path, rp.name[p]);
+                TH_FAST_ASSERT(fg_ctx_param(&ctx, rp.name[p], &v) == 0 && v.len == rp.len[p] &&
+                                   (v.len == 0 || memcmp(v.ptr, rp.value[p], v.len) == 0),
+                               "%s: param %s", q.path, rp.name[p]);
             }
             (void)snprintf(expect, sizeof(expect),
                            "route %d '%.15s': matched, target '%.15s%s'", want,
@@ -2224,11 +2199,11 @@ START_TEST(test_random_tables_agree) {
             (void)snprintf(expect, sizeof(expect), "no route matched");
         }
         size_t len = 0;
-        FAST_ASSERT(fg_router_explain(r, &ctx, text, sizeof(text), &len) == 0, "explain");
-        FAST_ASSERT(len == strlen(text) && len < sizeof(text), "explain length");
+        TH_FAST_ASSERT(fg_router_explain(r, &ctx, text, sizeof(text), &len) == 0, "explain");
+        TH_FAST_ASSERT(len == strlen(text) && len < sizeof(text), "explain length");
         last_line(text, line, sizeof(line));
-        FAST_ASSERT(strcmp(line, expect) == 0, "%s %s: explain says \"%s\", want \"%s\"",
-                    q.method ? q.method : "-", q.path, line, expect);
+        TH_FAST_ASSERT(strcmp(line, expect) == 0, "%s %s: explain says \"%s\", want \"%s\"",
+                       q.method ? q.method : "-", q.path, line, expect);
     }
     ck_assert_int_gt(matched, 1000);
     fg_router_free(r);
@@ -2607,7 +2582,7 @@ static fg_stage *router_with_depth(int n, cst *st) {
         stp[i] = cst_new(&st[i], i);
         st[i].log = 0;
     }
-    fg_route_target t = {NULL, 0, ok_handler, NULL, stp, (size_t)n};
+    fg_route_target t = {NULL, 0, th_ok_handler, NULL, stp, (size_t)n};
     fg_router *r = new_router();
     fg_route_spec s = spec_of("deep", PF, "/");
     s.targets = &t;
@@ -2664,7 +2639,7 @@ START_TEST(test_stage_router_args) {
     /* not built: refused, and the router is freed (ASan would see a leak) */
     cst st;
     fg_stage *one = cst_new(&st, 0);
-    fg_route_target t = {NULL, 0, ok_handler, NULL, &one, 1};
+    fg_route_target t = {NULL, 0, th_ok_handler, NULL, &one, 1};
     fg_router *r = new_router();
     fg_route_spec s = spec_of("a", FG_PATH_ANY, NULL);
     s.targets = &t;
@@ -2770,7 +2745,7 @@ START_TEST(test_threads) {
     uint64_t seed = UINT64_C(0x7EAD);
     static rt_route rt[RT_ROUTES];
     fg_router *r = new_router();
-    rt_build(&seed, rt, 100, 3, ok_handler, r);
+    rt_build(&seed, rt, 100, 3, th_ok_handler, r);
     ck_assert_int_eq(fg_router_build(r), 0);
     static th_expect ex[TH_REQS];
     for (int i = 0; i < TH_REQS; i++) {
@@ -2877,11 +2852,11 @@ START_TEST(test_scale_10000) {
         }
         ck_assert_int_eq(fg_ctx_init(&ctx, "GET", path), 0);
         ck_assert_int_eq(fg_router_match(r, &ctx, &m), 0);
-        FAST_ASSERT(m.route == want, "%s: route %d, want %d", path, m.route, want);
+        TH_FAST_ASSERT(m.route == want, "%s: route %d, want %d", path, m.route, want);
         if (i % 3 == 2) {
             char id[16];
             (void)snprintf(id, sizeof(id), "%d", k);
-            FAST_ASSERT(param_is(&ctx, "id", id), "%s: id", path);
+            TH_FAST_ASSERT(param_is(&ctx, "id", id), "%s: id", path);
         }
     }
     fg_router_free(r);
@@ -2895,14 +2870,14 @@ Suite *fg_suite_router(void) {
     TCase *tc;
 
     tc = tcase_create("paths");
-    tcase_add_loop_test(tc, test_path_table, 0, NELEM(path_cases));
+    tcase_add_loop_test(tc, test_path_table, 0, TH_NELEM(path_cases));
     tcase_add_test(tc, test_path_deep);
     tcase_add_test(tc, test_path_siblings);
     tcase_add_test(tc, test_methods);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("conditions");
-    tcase_add_loop_test(tc, test_pred_table, 0, NELEM(pred_cases));
+    tcase_add_loop_test(tc, test_pred_table, 0, TH_NELEM(pred_cases));
     tcase_add_test(tc, test_preds_and_rule_all_hold);
     tcase_add_test(tc, test_rules_when);
     tcase_add_test(tc, test_rules_when_copied);
@@ -2912,7 +2887,7 @@ Suite *fg_suite_router(void) {
     suite_add_tcase(s, tc);
 
     tc = tcase_create("add");
-    tcase_add_loop_test(tc, test_add_errors, 0, NELEM(add_cases));
+    tcase_add_loop_test(tc, test_add_errors, 0, TH_NELEM(add_cases));
     tcase_add_test(tc, test_add_overweight);
     tcase_add_test(tc, test_add_17_targets);
     tcase_add_test(tc, test_add_at_bounds);
@@ -2922,7 +2897,7 @@ Suite *fg_suite_router(void) {
     suite_add_tcase(s, tc);
 
     tc = tcase_create("shadow");
-    tcase_add_loop_test(tc, test_shadow_table, 0, NELEM(shadow_cases));
+    tcase_add_loop_test(tc, test_shadow_table, 0, TH_NELEM(shadow_cases));
     tcase_add_loop_test(tc, test_shadow_brute_force, 0, 4);
     tcase_set_timeout(tc, 120);
     suite_add_tcase(s, tc);

@@ -19,6 +19,7 @@
 #include <check.h>
 #include <floodgate.h>
 
+#include "helpers.h"
 #include "suites.h"
 
 typedef struct counted {
@@ -177,42 +178,25 @@ START_TEST(test_ref_unref) {
 }
 END_TEST
 
-static long null_allocs, null_frees;
-
-static void *null_count_malloc(size_t size) {
-    null_allocs++;
-    return malloc(size);
-}
-
-static void null_count_free(void *p) {
-    if (p != NULL) {
-        null_frees++;
-    }
-    free(p);
-}
-
-static void alloc_teardown(void) { fg_set_alloc_funcs(NULL, NULL); }
-
 START_TEST(test_ref_unref_null) {
     counted c = {0};
     fg_stage *stage = NULL;
 
-    null_allocs = 0;
-    null_frees = 0;
-    ck_assert_int_eq(fg_set_alloc_funcs(null_count_malloc, null_count_free), 0);
+    th_alloc_reset();
+    ck_assert_int_eq(fg_set_alloc_funcs(th_count_malloc, th_count_free), 0);
     ck_assert_ptr_null(fg_stage_ref(NULL));
     fg_stage_unref(NULL);
-    ck_assert_int_eq(null_allocs, 0);
-    ck_assert_int_eq(null_frees, 0);
+    ck_assert_int_eq(th_alloc.allocs, 0);
+    ck_assert_int_eq(th_alloc.frees, 0);
 
     /* Freeing a real stage goes through the same allocator, and only once. */
     ck_assert_int_eq(fg_stage_new(&counted_ops, &c, "s", &stage), 0);
-    ck_assert_int_gt(null_allocs, 0);
+    ck_assert_int_gt(th_alloc.allocs, 0);
     fg_stage_unref(NULL);
-    ck_assert_int_eq(null_frees, 0);
+    ck_assert_int_eq(th_alloc.frees, 0);
     ck_assert_int_eq(c.destroyed, 0);
     fg_stage_unref(stage);
-    ck_assert_int_eq(null_frees, null_allocs);
+    ck_assert_int_eq(th_alloc.frees, th_alloc.allocs);
     ck_assert_int_eq(c.destroyed, 1);
     ck_assert_int_eq(fg_set_alloc_funcs(NULL, NULL), 0);
 }
@@ -226,13 +210,12 @@ START_TEST(test_new_errors_leak_nothing) {
 
     memset(name, 'n', sizeof(name));
     name[FG_STAGE_NAME_MAX + 1] = '\0';
-    null_allocs = 0;
-    null_frees = 0;
-    ck_assert_int_eq(fg_set_alloc_funcs(null_count_malloc, null_count_free), 0);
+    th_alloc_reset();
+    ck_assert_int_eq(fg_set_alloc_funcs(th_count_malloc, th_count_free), 0);
     ck_assert_int_eq(fg_stage_new(&counted_ops, &c, name, &stage), FG_ETOOLONG);
     ck_assert_int_eq(fg_stage_new(NULL, &c, "s", &stage), FG_EINVAL);
     ck_assert_int_eq(fg_stage_new(&counted_ops, &c, NULL, &stage), FG_EINVAL);
-    ck_assert_int_eq(null_frees, null_allocs);
+    ck_assert_int_eq(th_alloc.frees, th_alloc.allocs);
     ck_assert_int_eq(c.destroyed, 0);
     ck_assert_int_eq(fg_set_alloc_funcs(NULL, NULL), 0);
 }
@@ -305,12 +288,6 @@ END_TEST
 /* ---- hooks may be NULL -------------------------------------------------------------------
  */
 
-static int count_handler(fg_ctx *ctx, void *arg) {
-    (void)ctx;
-    (*(int *)arg)++;
-    return 0;
-}
-
 START_TEST(test_null_hooks_admit_everything) {
     fg_chain *chain = NULL;
     fg_stage *stage = NULL;
@@ -325,7 +302,7 @@ START_TEST(test_null_hooks_admit_everything) {
 
     for (int i = 0; i < 10; i++) {
         ck_assert_int_eq(fg_ctx_init(&ctx, "GET", "/"), 0);
-        ck_assert_int_eq(fg_chain_call(chain, &ctx, count_handler, &calls), 0);
+        ck_assert_int_eq(fg_chain_call(chain, &ctx, th_count_handler, &calls), 0);
         ck_assert_int_eq(ctx.status, 0);
         ck_assert_ptr_null(ctx.rejected_by);
     }
@@ -344,7 +321,7 @@ Suite *fg_suite_stage(void) {
     TCase *tc;
 
     tc = tcase_create("new");
-    tcase_add_checked_fixture(tc, NULL, alloc_teardown);
+    tcase_add_checked_fixture(tc, NULL, th_alloc_teardown);
     tcase_add_test(tc, test_new_null_args);
     tcase_add_test(tc, test_new_name_bound);
     tcase_add_test(tc, test_new_errors_leak_nothing);
@@ -355,7 +332,7 @@ Suite *fg_suite_stage(void) {
     suite_add_tcase(s, tc);
 
     tc = tcase_create("refs");
-    tcase_add_checked_fixture(tc, NULL, alloc_teardown);
+    tcase_add_checked_fixture(tc, NULL, th_alloc_teardown);
     tcase_add_test(tc, test_ref_unref);
     tcase_add_test(tc, test_ref_unref_null);
     suite_add_tcase(s, tc);

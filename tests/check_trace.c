@@ -38,6 +38,7 @@
 #include <check.h>
 #include <floodgate.h>
 
+#include "helpers.h"
 #include "suites.h"
 
 /* ---- helpers ------------------------------------------------------------------------- */
@@ -48,79 +49,16 @@
 #define ZTID "00000000000000000000000000000000"
 #define ZPID "0000000000000000"
 
-#define NELEM(a) ((int)(sizeof(a) / sizeof((a)[0])))
-
-static int hexval(char c) {
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    ck_abort_msg("bad hex digit in a test vector: 0x%02x", (unsigned)(unsigned char)c);
-    return -1;
-}
-
-/* Decode exactly n bytes of lowercase hex (test vectors only). */
-static void unhex(const char *hex, uint8_t *out, size_t n) {
-    ck_assert_uint_eq(strlen(hex), 2 * n);
-    for (size_t i = 0; i < n; i++) {
-        out[i] = (uint8_t)(hexval(hex[2 * i]) << 4 | hexval(hex[2 * i + 1]));
-    }
-}
-
-static int is_zero(const void *p, size_t n) {
-    const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++) {
-        if (b[i] != 0) {
-            return 0;
-        }
-    }
-    return 1;
-}
-
-/* A heap copy of exactly len bytes (malloc(1) for len 0), so ASan sees overruns. */
-static char *exact_copy(const char *s, size_t len) {
-    char *p = malloc(len > 0 ? len : 1);
-    ck_assert_ptr_nonnull(p);
-    if (len > 0) {
-        memcpy(p, s, len);
-    }
-    return p;
-}
-
 /* Parse s[0 .. len) from an exact heap buffer; on FG_EPARSE *out must be all zero. */
 static int parse_exact(const char *s, size_t len, fg_traceparent *out) {
-    char *buf = exact_copy(s, len);
+    char *buf = th_exact_copy(s, len);
     memset(out, 0xA5, sizeof(*out));
     int rc = fg_traceparent_parse(buf, len, out);
     free(buf);
     if (rc == FG_EPARSE) {
-        ck_assert_msg(is_zero(out, sizeof(*out)), "*out not zeroed after FG_EPARSE");
+        ck_assert_msg(th_is_zero(out, sizeof(*out)), "*out not zeroed after FG_EPARSE");
     }
     return rc;
-}
-
-/*
- * FAST_ASSERT - for loops of millions of checks. Check's ck_assert marks a
- * point (a write to the runner) on every pass; this only calls into Check
- * when the condition fails.
- */
-#define FAST_ASSERT(cond, ...)                                                                \
-    do {                                                                                      \
-        if (!(cond)) {                                                                        \
-            ck_abort_msg(__VA_ARGS__);                                                        \
-        }                                                                                     \
-    } while (0)
-
-/* xorshift64*: a fixed-seed generator, the same sequence on every run. */
-static uint64_t rng_next(uint64_t *s) {
-    uint64_t x = *s;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return x * UINT64_C(2685821657736338717);
 }
 
 /* ---- the error code ------------------------------------------------------------------ */
@@ -319,7 +257,7 @@ static const tp_case parse_cases[] = {
     BADN("00-" IDS "-01 \0", 57),
 };
 
-#define NPARSE NELEM(parse_cases)
+#define NPARSE TH_NELEM(parse_cases)
 
 START_TEST(test_parse_table) {
     const tp_case *c = &parse_cases[_i];
@@ -331,8 +269,8 @@ START_TEST(test_parse_table) {
                   len, fg_err_name(rc), fg_err_name(c->rc));
     if (c->rc == 0) {
         uint8_t tid[16], pid[8];
-        unhex(c->trace, tid, sizeof(tid));
-        unhex(c->parent, pid, sizeof(pid));
+        th_unhex(c->trace, tid, sizeof(tid));
+        th_unhex(c->parent, pid, sizeof(pid));
         ck_assert_msg(tp.version == c->version, "case %d: version 0x%02x, want 0x%02x", _i,
                       (unsigned)tp.version, (unsigned)c->version);
         ck_assert_msg(memcmp(tp.trace_id, tid, 16) == 0, "case %d: trace_id differs", _i);
@@ -368,24 +306,25 @@ START_TEST(test_parse_every_substitution) {
                 want_ok = hex; /* ids stay nonzero: TID and PID have other nonzero digits */
             }
             int rc = parse_exact(s, FG_TRACEPARENT_LEN, &tp);
-            FAST_ASSERT(rc == (want_ok ? 0 : FG_EPARSE), "byte 0x%02x at %zu: %s, want %s",
-                        (unsigned)ch, pos, fg_err_name(rc),
-                        fg_err_name(want_ok ? 0 : FG_EPARSE));
+            TH_FAST_ASSERT(rc == (want_ok ? 0 : FG_EPARSE), "byte 0x%02x at %zu: %s, want %s",
+                           (unsigned)ch, pos, fg_err_name(rc),
+                           fg_err_name(want_ok ? 0 : FG_EPARSE));
             if (want_ok) {
                 uint8_t want_tid[16], want_pid[8];
-                unsigned want_version = (unsigned)(hexval(s[0]) << 4 | hexval(s[1]));
+                unsigned want_version = (unsigned)(th_hexval(s[0]) << 4 | th_hexval(s[1]));
                 for (int i = 0; i < 16; i++) {
-                    want_tid[i] = (uint8_t)(hexval(s[3 + 2 * i]) << 4 | hexval(s[4 + 2 * i]));
+                    want_tid[i] =
+                        (uint8_t)(th_hexval(s[3 + 2 * i]) << 4 | th_hexval(s[4 + 2 * i]));
                 }
                 for (int i = 0; i < 8; i++) {
                     want_pid[i] =
-                        (uint8_t)(hexval(s[36 + 2 * i]) << 4 | hexval(s[37 + 2 * i]));
+                        (uint8_t)(th_hexval(s[36 + 2 * i]) << 4 | th_hexval(s[37 + 2 * i]));
                 }
-                FAST_ASSERT(tp.version == want_version, "version");
-                FAST_ASSERT(memcmp(tp.trace_id, want_tid, 16) == 0, "trace_id");
-                FAST_ASSERT(memcmp(tp.parent_id, want_pid, 8) == 0, "parent_id");
-                FAST_ASSERT(tp.flags == (unsigned)(hexval(s[53]) << 4 | hexval(s[54])),
-                            "flags");
+                TH_FAST_ASSERT(tp.version == want_version, "version");
+                TH_FAST_ASSERT(memcmp(tp.trace_id, want_tid, 16) == 0, "trace_id");
+                TH_FAST_ASSERT(memcmp(tp.parent_id, want_pid, 8) == 0, "parent_id");
+                TH_FAST_ASSERT(
+                    tp.flags == (unsigned)(th_hexval(s[53]) << 4 | th_hexval(s[54])), "flags");
             }
         }
     }
@@ -401,7 +340,7 @@ START_TEST(test_parse_args) {
     /* NULL with length 0 is the empty value: malformed, *out zeroed */
     memset(&tp, 0xA5, sizeof(tp));
     ck_assert_int_eq(fg_traceparent_parse(NULL, 0, &tp), FG_EPARSE);
-    ck_assert(is_zero(&tp, sizeof(tp)));
+    ck_assert(th_is_zero(&tp, sizeof(tp)));
 
     /* NULL with a length is a caller error */
     ck_assert_int_eq(fg_traceparent_parse(NULL, 1, &tp), FG_EINVAL);
@@ -481,7 +420,7 @@ START_TEST(test_parse_huge_buffer) {
     const size_t len = 10000;
     uint64_t seed = UINT64_C(0x243F6A8885A308D3);
 
-    for (int p = 0; p < NELEM(prefixes); p++) {
+    for (int p = 0; p < TH_NELEM(prefixes); p++) {
         for (int garbage = 0; garbage < 3; garbage++) {
             char *s = malloc(len);
             fg_traceparent tp;
@@ -495,7 +434,7 @@ START_TEST(test_parse_huge_buffer) {
                     s[i] = 'a';
                     break;
                 case 1:
-                    s[i] = (char)(rng_next(&seed) >> 56);
+                    s[i] = (char)(th_rng_next(&seed) >> 56);
                     break;
                 default:
                     s[i] = (char)0xff;
@@ -506,7 +445,7 @@ START_TEST(test_parse_huge_buffer) {
             int rc = fg_traceparent_parse(s, len, &tp);
             ck_assert_msg(rc == FG_EPARSE, "prefix %d garbage %d: %s", p, garbage,
                           fg_err_name(rc));
-            ck_assert(is_zero(&tp, sizeof(tp)));
+            ck_assert(th_is_zero(&tp, sizeof(tp)));
             free(s);
         }
     }
@@ -519,8 +458,8 @@ static fg_traceparent tp_of(const char *tid, const char *pid, uint8_t version, u
     fg_traceparent tp;
     memset(&tp, 0, sizeof(tp));
     tp.version = version;
-    unhex(tid, tp.trace_id, 16);
-    unhex(pid, tp.parent_id, 8);
+    th_unhex(tid, tp.trace_id, 16);
+    th_unhex(pid, tp.parent_id, 8);
     tp.flags = flags;
     return tp;
 }
@@ -593,7 +532,7 @@ START_TEST(test_format_bounds) {
 
     /* any less: FG_ETOOLONG and not a byte written */
     static const size_t caps[] = {FG_TRACEPARENT_LEN, FG_TRACEPARENT_LEN - 1, 54, 32, 1, 0};
-    for (int i = 0; i < NELEM(caps); i++) {
+    for (int i = 0; i < TH_NELEM(caps); i++) {
         memset(buf, 'Z', sizeof(buf));
         ck_assert_int_eq(fg_traceparent_format(&tp, buf, caps[i]), FG_ETOOLONG);
         for (size_t j = 0; j < sizeof(buf); j++) {
@@ -663,16 +602,16 @@ START_TEST(test_round_trip_random) {
         fg_trace_id_new(tp.trace_id);
         fg_span_id_new(tp.parent_id);
         tp.flags = (uint8_t)i;
-        FAST_ASSERT(fg_traceparent_format(&tp, buf, sizeof(buf)) == 0, "format");
+        TH_FAST_ASSERT(fg_traceparent_format(&tp, buf, sizeof(buf)) == 0, "format");
         for (int j = 0; j < FG_TRACEPARENT_LEN; j++) {
             char ch = buf[j];
             int ok = (j == 2 || j == 35 || j == 52)
                          ? ch == '-'
                          : ((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f'));
-            FAST_ASSERT(ok, "\"%s\": byte %d", buf, j);
+            TH_FAST_ASSERT(ok, "\"%s\": byte %d", buf, j);
         }
-        FAST_ASSERT(parse_exact(buf, FG_TRACEPARENT_LEN, &back) == 0, "parse \"%s\"", buf);
-        FAST_ASSERT(memcmp(&back, &tp, sizeof(tp)) == 0, "round trip of \"%s\"", buf);
+        TH_FAST_ASSERT(parse_exact(buf, FG_TRACEPARENT_LEN, &back) == 0, "parse \"%s\"", buf);
+        TH_FAST_ASSERT(memcmp(&back, &tp, sizeof(tp)) == 0, "round trip of \"%s\"", buf);
     }
 }
 END_TEST
@@ -690,11 +629,11 @@ START_TEST(test_trace_ids_distinct) {
     ck_assert_ptr_nonnull(ids);
     for (int i = 0; i < NIDS; i++) {
         fg_trace_id_new(ids[i]);
-        FAST_ASSERT(!is_zero(ids[i], 16), "trace id %d is all zero", i);
+        TH_FAST_ASSERT(!th_is_zero(ids[i], 16), "trace id %d is all zero", i);
     }
     qsort(ids, NIDS, sizeof(*ids), cmp16);
     for (int i = 1; i < NIDS; i++) {
-        FAST_ASSERT(memcmp(ids[i - 1], ids[i], 16) != 0, "duplicate trace id");
+        TH_FAST_ASSERT(memcmp(ids[i - 1], ids[i], 16) != 0, "duplicate trace id");
     }
     free(ids);
 }
@@ -706,11 +645,11 @@ START_TEST(test_span_ids_distinct) {
     ck_assert_ptr_nonnull(ids);
     for (int i = 0; i < NIDS; i++) {
         fg_span_id_new(ids[i]);
-        FAST_ASSERT(!is_zero(ids[i], 8), "span id %d is all zero", i);
+        TH_FAST_ASSERT(!th_is_zero(ids[i], 8), "span id %d is all zero", i);
     }
     qsort(ids, NIDS, sizeof(*ids), cmp8);
     for (int i = 1; i < NIDS; i++) {
-        FAST_ASSERT(memcmp(ids[i - 1], ids[i], 8) != 0, "duplicate span id");
+        TH_FAST_ASSERT(memcmp(ids[i - 1], ids[i], 8) != 0, "duplicate span id");
     }
     free(ids);
 }
@@ -809,14 +748,14 @@ START_TEST(test_ids_two_threads) {
     ck_assert(memcmp(span[0], span[NTHREAD_IDS], 8) != 0);
 
     for (int i = 0; i < 2 * NTHREAD_IDS; i++) {
-        FAST_ASSERT(!is_zero(trace[i], 16), "zero trace id");
-        FAST_ASSERT(!is_zero(span[i], 8), "zero span id");
+        TH_FAST_ASSERT(!th_is_zero(trace[i], 16), "zero trace id");
+        TH_FAST_ASSERT(!th_is_zero(span[i], 8), "zero span id");
     }
     qsort(trace, 2 * NTHREAD_IDS, sizeof(*trace), cmp16);
     qsort(span, 2 * NTHREAD_IDS, sizeof(*span), cmp8);
     for (int i = 1; i < 2 * NTHREAD_IDS; i++) {
-        FAST_ASSERT(memcmp(trace[i - 1], trace[i], 16) != 0, "duplicate trace id");
-        FAST_ASSERT(memcmp(span[i - 1], span[i], 8) != 0, "duplicate span id");
+        TH_FAST_ASSERT(memcmp(trace[i - 1], trace[i], 16) != 0, "duplicate trace id");
+        TH_FAST_ASSERT(memcmp(span[i - 1], span[i], 8) != 0, "duplicate span id");
     }
     free(trace);
     free(span);
@@ -868,17 +807,17 @@ START_TEST(test_sampler_always) {
     uint64_t seed = 7;
 
     for (int i = 0; i < 1000; i++) {
-        uint64_t a = rng_next(&seed), b = rng_next(&seed);
+        uint64_t a = th_rng_next(&seed), b = th_rng_next(&seed);
         memcpy(id, &a, 8);
         memcpy(id + 8, &b, 8);
         if (i == 0) {
             memset(id, 0, 16); /* even an all-zero id: the sampler does not judge ids */
         }
-        FAST_ASSERT(decide(FG_SAMPLER_ALWAYS_ON, 0.0, id) == 1, "ALWAYS_ON");
-        FAST_ASSERT(decide(FG_SAMPLER_ALWAYS_OFF, 1.0, id) == 0, "ALWAYS_OFF");
-        FAST_ASSERT(decide(FG_SAMPLER_RATIO, 0.0, id) == 0, "ratio 0");
-        FAST_ASSERT(decide(FG_SAMPLER_RATIO, -0.0, id) == 0, "ratio -0");
-        FAST_ASSERT(decide(FG_SAMPLER_RATIO, 1.0, id) == 1, "ratio 1");
+        TH_FAST_ASSERT(decide(FG_SAMPLER_ALWAYS_ON, 0.0, id) == 1, "ALWAYS_ON");
+        TH_FAST_ASSERT(decide(FG_SAMPLER_ALWAYS_OFF, 1.0, id) == 0, "ALWAYS_OFF");
+        TH_FAST_ASSERT(decide(FG_SAMPLER_RATIO, 0.0, id) == 0, "ratio 0");
+        TH_FAST_ASSERT(decide(FG_SAMPLER_RATIO, -0.0, id) == 0, "ratio -0");
+        TH_FAST_ASSERT(decide(FG_SAMPLER_RATIO, 1.0, id) == 1, "ratio 1");
     }
     /* the smallest rightmost 7 bytes */
     id_of(id, 0xff, 0);
@@ -969,7 +908,7 @@ static const double share_ratios[] = {0.01, 0.1, 0.25, 0.5, 0.9};
  */
 START_TEST(test_sampler_ratio_share) {
     uint8_t(*ids)[16] = malloc(sizeof(*ids) * NSAMPLE);
-    long sampled[NELEM(share_ratios)] = {0};
+    long sampled[TH_NELEM(share_ratios)] = {0};
     uint64_t seed = UINT64_C(0x9E3779B97F4A7C15);
 
     ck_assert_ptr_nonnull(ids);
@@ -978,30 +917,31 @@ START_TEST(test_sampler_ratio_share) {
     }
     for (int i = 0; i < NSAMPLE; i++) {
         int prev = 0;
-        for (int r = 0; r < NELEM(share_ratios); r++) {
+        for (int r = 0; r < TH_NELEM(share_ratios); r++) {
             int d = decide(FG_SAMPLER_RATIO, share_ratios[r], ids[i]);
-            FAST_ASSERT(d == 0 || d == 1, "decide: %d", d);
-            FAST_ASSERT(d >= prev, "sampled at a lower ratio but not at %g", share_ratios[r]);
+            TH_FAST_ASSERT(d == 0 || d == 1, "decide: %d", d);
+            TH_FAST_ASSERT(d >= prev, "sampled at a lower ratio but not at %g",
+                           share_ratios[r]);
             prev = d;
             sampled[r] += d;
             if ((i & 63) == 0) {
                 /* the exact rule, consistency, and the leftmost 9 bytes */
                 uint8_t other[16];
                 int want = low56(ids[i]) < ceil_threshold(share_ratios[r]);
-                FAST_ASSERT(d == want, "id %d ratio %g: %d, want %d", i, share_ratios[r], d,
-                            want);
-                FAST_ASSERT(decide(FG_SAMPLER_RATIO, share_ratios[r], ids[i]) == d,
-                            "inconsistent");
+                TH_FAST_ASSERT(d == want, "id %d ratio %g: %d, want %d", i, share_ratios[r], d,
+                               want);
+                TH_FAST_ASSERT(decide(FG_SAMPLER_RATIO, share_ratios[r], ids[i]) == d,
+                               "inconsistent");
                 memcpy(other, ids[i], 16);
-                uint64_t x = rng_next(&seed);
+                uint64_t x = th_rng_next(&seed);
                 memcpy(other, &x, 8);
-                other[8] = (uint8_t)rng_next(&seed);
-                FAST_ASSERT(decide(FG_SAMPLER_RATIO, share_ratios[r], other) == d,
-                            "left bytes changed the decision");
+                other[8] = (uint8_t)th_rng_next(&seed);
+                TH_FAST_ASSERT(decide(FG_SAMPLER_RATIO, share_ratios[r], other) == d,
+                               "left bytes changed the decision");
             }
         }
     }
-    for (int r = 0; r < NELEM(share_ratios); r++) {
+    for (int r = 0; r < TH_NELEM(share_ratios); r++) {
         double share = (double)sampled[r] / NSAMPLE;
         ck_assert_msg(fabs(share - share_ratios[r]) <= 0.01, "ratio %g sampled %.4f",
                       share_ratios[r], share);
@@ -1016,19 +956,19 @@ START_TEST(test_sampler_monotone) {
     uint8_t id[16];
 
     for (int i = 0; i < 20000; i++) {
-        uint64_t a = rng_next(&seed), b = rng_next(&seed);
+        uint64_t a = th_rng_next(&seed), b = th_rng_next(&seed);
         memcpy(id, &a, 8);
         memcpy(id + 8, &b, 8);
         int d01 = decide(FG_SAMPLER_RATIO, 0.1, id);
         int d05 = decide(FG_SAMPLER_RATIO, 0.5, id);
-        FAST_ASSERT(!d01 || d05, "sampled at 0.1, not at 0.5");
+        TH_FAST_ASSERT(!d01 || d05, "sampled at 0.1, not at 0.5");
         int prev = 0;
         for (int k = 0; k <= 100; k++) {
             int d = decide(FG_SAMPLER_RATIO, k / 100.0, id);
-            FAST_ASSERT(d >= prev, "not monotone at ratio %g", k / 100.0);
+            TH_FAST_ASSERT(d >= prev, "not monotone at ratio %g", k / 100.0);
             prev = d;
         }
-        FAST_ASSERT(prev == 1, "ratio 1 did not sample");
+        TH_FAST_ASSERT(prev == 1, "ratio 1 did not sample");
     }
 }
 END_TEST
@@ -1038,7 +978,7 @@ START_TEST(test_sampler_left_bytes_ignored) {
     uint8_t id[16], other[16];
     static const double ratios[] = {0.01, 0.1, 0.25, 0.5, 0.9, 0.999};
 
-    for (int k = 0; k < NELEM(ratios); k++) {
+    for (int k = 0; k < TH_NELEM(ratios); k++) {
         /* near the threshold, either side (the exact boundary is the table's) */
         uint64_t t = ceil_threshold(ratios[k]);
         for (int side = 0; side < 2; side++) {
@@ -1049,8 +989,8 @@ START_TEST(test_sampler_left_bytes_ignored) {
                 for (int v = 0; v < 256; v++) {
                     memcpy(other, id, 16);
                     other[pos] = (uint8_t)v;
-                    FAST_ASSERT(decide(FG_SAMPLER_RATIO, ratios[k], other) == d,
-                                "byte %d = %d changed it", pos, v);
+                    TH_FAST_ASSERT(decide(FG_SAMPLER_RATIO, ratios[k], other) == d,
+                                   "byte %d = %d changed it", pos, v);
                 }
             }
             memcpy(other, id, 16);
@@ -1069,11 +1009,11 @@ START_TEST(test_sampler_parent_based) {
     uint8_t id[16];
 
     for (int i = 0; i < 2000; i++) {
-        uint64_t a = rng_next(&seed), b = rng_next(&seed);
+        uint64_t a = th_rng_next(&seed), b = th_rng_next(&seed);
         memcpy(id, &a, 8);
         memcpy(id + 8, &b, 8);
-        for (int r = 0; r < NELEM(roots); r++) {
-            for (int q = 0; q < NELEM(ratios); q++) {
+        for (int r = 0; r < TH_NELEM(roots); r++) {
+            for (int q = 0; q < TH_NELEM(ratios); q++) {
                 fg_sampler s;
                 memset(&s, 0, sizeof(s));
                 s.kind = FG_SAMPLER_PARENT_BASED;
@@ -1081,22 +1021,23 @@ START_TEST(test_sampler_parent_based) {
                 s.ratio = ratios[q];
 
                 /* with a parent: its flag, whatever the root says */
-                FAST_ASSERT(fg_sampler_decide(&s, id, 1, 1) == 1, "parent sampled, root %d",
-                            r);
-                FAST_ASSERT(fg_sampler_decide(&s, id, 1, 0) == 0,
-                            "parent not sampled, root %d", r);
+                TH_FAST_ASSERT(fg_sampler_decide(&s, id, 1, 1) == 1, "parent sampled, root %d",
+                               r);
+                TH_FAST_ASSERT(fg_sampler_decide(&s, id, 1, 0) == 0,
+                               "parent not sampled, root %d", r);
 
                 /* without one: the root rule, and parent_sampled is ignored */
                 int want = decide(roots[r], ratios[q], id);
-                FAST_ASSERT(want >= 0, "root %d: %d", r, want);
+                TH_FAST_ASSERT(want >= 0, "root %d: %d", r, want);
                 if (roots[r] == FG_SAMPLER_ALWAYS_ON) {
-                    FAST_ASSERT(want == 1, "ALWAYS_ON");
+                    TH_FAST_ASSERT(want == 1, "ALWAYS_ON");
                 } else if (roots[r] == FG_SAMPLER_ALWAYS_OFF) {
-                    FAST_ASSERT(want == 0, "ALWAYS_OFF");
+                    TH_FAST_ASSERT(want == 0, "ALWAYS_OFF");
                 }
-                FAST_ASSERT(fg_sampler_decide(&s, id, 0, 0) == want, "no parent, root %d", r);
-                FAST_ASSERT(fg_sampler_decide(&s, id, 0, 1) == want,
-                            "no parent (flag 1), root %d", r);
+                TH_FAST_ASSERT(fg_sampler_decide(&s, id, 0, 0) == want, "no parent, root %d",
+                               r);
+                TH_FAST_ASSERT(fg_sampler_decide(&s, id, 0, 1) == want,
+                               "no parent (flag 1), root %d", r);
             }
         }
     }
@@ -1258,12 +1199,12 @@ Suite *fg_suite_trace(void) {
     tc = tcase_create("sampler");
     tcase_add_test(tc, test_sampler_always);
     tcase_add_test(tc, test_sampler_ratio_one_all_ones);
-    tcase_add_loop_test(tc, test_sampler_ratio_threshold, 0, NELEM(ratio_cases));
+    tcase_add_loop_test(tc, test_sampler_ratio_threshold, 0, TH_NELEM(ratio_cases));
     tcase_add_test(tc, test_sampler_ratio_share);
     tcase_add_test(tc, test_sampler_monotone);
     tcase_add_test(tc, test_sampler_left_bytes_ignored);
     tcase_add_test(tc, test_sampler_parent_based);
-    tcase_add_loop_test(tc, test_sampler_invalid_table, 0, NELEM(bad_samplers));
+    tcase_add_loop_test(tc, test_sampler_invalid_table, 0, TH_NELEM(bad_samplers));
     tcase_add_test(tc, test_sampler_null_args);
     tcase_set_timeout(tc, 120);
     suite_add_tcase(s, tc);

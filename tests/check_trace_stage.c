@@ -34,6 +34,7 @@
 #include <check.h>
 #include <floodgate.h>
 
+#include "helpers.h"
 #include "suites.h"
 
 /* ---- helpers ------------------------------------------------------------------------- */
@@ -46,55 +47,6 @@
 #define IDS  TID "-" PID
 #define ZTID "00000000000000000000000000000000"
 #define ZPID "0000000000000000"
-
-#define NELEM(a) ((int)(sizeof(a) / sizeof((a)[0])))
-
-/* A failure from a loop of thousands: only calls into Check when it fails. */
-#define FAST_ASSERT(cond, ...)                                                                \
-    do {                                                                                      \
-        if (!(cond)) {                                                                        \
-            ck_abort_msg(__VA_ARGS__);                                                        \
-        }                                                                                     \
-    } while (0)
-
-static int hexval(char c) {
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    ck_abort_msg("bad hex digit in a test vector: 0x%02x", (unsigned)(unsigned char)c);
-    return -1;
-}
-
-/* Decode exactly n bytes of lowercase hex (test vectors only). */
-static void unhex(const char *hex, uint8_t *out, size_t n) {
-    ck_assert_uint_eq(strlen(hex), 2 * n);
-    for (size_t i = 0; i < n; i++) {
-        out[i] = (uint8_t)(hexval(hex[2 * i]) << 4 | hexval(hex[2 * i + 1]));
-    }
-}
-
-/* Lowercase hex of n bytes and a NUL into out (2n + 1 bytes). */
-static void tohex(const uint8_t *in, size_t n, char *out) {
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[in[i] >> 4];
-        out[2 * i + 1] = digits[in[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
-static int is_zero(const void *p, size_t n) {
-    const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++) {
-        if (b[i] != 0) {
-            return 0;
-        }
-    }
-    return 1;
-}
 
 /* Assert that a borrowed slice holds exactly want. */
 #define STR_EQ(s, want) str_eq_at((s), (want), #s, __LINE__)
@@ -337,12 +289,12 @@ static int fx_enter(fx *f, fg_ctx *ctx, const char *const *hdrs) {
 static void assert_continues(const fg_trace_fields *t) {
     uint8_t tid[16], pid[8];
 
-    unhex(TID, tid, 16);
-    unhex(PID, pid, 8);
+    th_unhex(TID, tid, 16);
+    th_unhex(PID, pid, 8);
     ck_assert_int_ne(t->valid, 0);
     ck_assert_mem_eq(t->trace_id, tid, 16);
     ck_assert_mem_eq(t->parent_id, pid, 8);
-    ck_assert(!is_zero(t->span_id, 8));
+    ck_assert(!th_is_zero(t->span_id, 8));
     ck_assert(memcmp(t->span_id, pid, 8) != 0);
 }
 
@@ -350,12 +302,12 @@ static void assert_continues(const fg_trace_fields *t) {
 static void assert_started(const fg_trace_fields *t) {
     uint8_t tid[16];
 
-    unhex(TID, tid, 16);
+    th_unhex(TID, tid, 16);
     ck_assert_int_ne(t->valid, 0);
-    ck_assert(!is_zero(t->trace_id, 16));
+    ck_assert(!th_is_zero(t->trace_id, 16));
     ck_assert(memcmp(t->trace_id, tid, 16) != 0);
-    ck_assert(is_zero(t->parent_id, 8));
-    ck_assert(!is_zero(t->span_id, 8));
+    ck_assert(th_is_zero(t->parent_id, 8));
+    ck_assert(!th_is_zero(t->span_id, 8));
     ck_assert_uint_eq(t->flags & FG_TRACE_FLAG_RANDOM, FG_TRACE_FLAG_RANDOM);
 }
 
@@ -631,7 +583,7 @@ START_TEST(test_invalid_traceparent) {
         ck_assert_int_eq(f->nspans, root_on ? 1 : 0);
         if (root_on) {
             ck_assert_int_eq(f->rec[0].remote_parent, 0);
-            ck_assert(is_zero(f->rec[0].parent_id, 8));
+            ck_assert(th_is_zero(f->rec[0].parent_id, 8));
         }
 
         /* a second request gets other ids */
@@ -730,9 +682,9 @@ START_TEST(test_ratio_extremes) {
             f = fx_new(&o);
             for (int i = 0; i < 200; i++) {
                 ck_assert_int_eq(fx_call_tp(f, &ctx, NULL), 0);
-                FAST_ASSERT((f->h_trace.flags & FG_TRACE_FLAG_SAMPLED) == (one ? 1 : 0),
-                            "ratio %d as_root %d request %d: flags %02x", one, as_root, i,
-                            f->h_trace.flags);
+                TH_FAST_ASSERT((f->h_trace.flags & FG_TRACE_FLAG_SAMPLED) == (one ? 1 : 0),
+                               "ratio %d as_root %d request %d: flags %02x", one, as_root, i,
+                               f->h_trace.flags);
             }
             ck_assert_int_eq(f->h_calls, 200);
             ck_assert_int_eq(f->nspans, one ? 200 : 0);
@@ -757,8 +709,8 @@ START_TEST(test_ratio_matches_decide) {
         int want;
         ck_assert_int_eq(fx_call_tp(f, &ctx, NULL), 0);
         want = fg_sampler_decide(&o.sampler, f->h_trace.trace_id, 0, 0);
-        FAST_ASSERT((f->h_trace.flags & 1) == want, "request %d: flags %02x, decide %d", i,
-                    f->h_trace.flags, want);
+        TH_FAST_ASSERT((f->h_trace.flags & 1) == want, "request %d: flags %02x, decide %d", i,
+                       f->h_trace.flags, want);
         sampled += want;
     }
     ck_assert_int_gt(sampled, 100);
@@ -1044,8 +996,8 @@ END_TEST
 static void want_traceparent(const fg_trace_fields *t, char out[FG_TRACEPARENT_LEN + 1]) {
     char tid[33], sid[17];
 
-    tohex(t->trace_id, 16, tid);
-    tohex(t->span_id, 8, sid);
+    th_tohex(t->trace_id, 16, tid);
+    th_tohex(t->span_id, 8, sid);
     snprintf(out, FG_TRACEPARENT_LEN + 1, "00-%s-%s-%02x", tid, sid, t->flags);
 }
 
@@ -1067,7 +1019,7 @@ START_TEST(test_outgoing_traceparent) {
     fx *f = fx_new(NULL);
     char want[FG_TRACEPARENT_LEN + 1];
 
-    for (int i = 0; i < NELEM(tps); i++) {
+    for (int i = 0; i < TH_NELEM(tps); i++) {
         fg_ctx ctx;
         ck_assert_int_eq(fx_call_tp(f, &ctx, NULL), 0); /* a warm-up request in between */
         f->h_outgoing = 1;
@@ -1142,7 +1094,7 @@ START_TEST(test_outgoing_tracestate) {
     h[n] = NULL;
     ck_assert_int_eq(fx_enter(f, &ctx, h), 0);
     ck_assert_int_eq(fg_trace_outgoing(&ctx, c->vendor, buf, sizeof(buf), &out), 0);
-    tohex(ctx.trace.span_id, 8, sid);
+    th_tohex(ctx.trace.span_id, 8, sid);
     snprintf(want, sizeof(want), c->want, sid);
     want_traceparent(&ctx.trace, tpw);
     STR_EQ(out.traceparent, tpw);
@@ -1254,7 +1206,7 @@ START_TEST(test_outgoing_in_handler) {
     f->h_vendor = "rojo";
     ck_assert_int_eq(fx_call(f, &ctx, h), 0);
     ck_assert_int_eq(f->h_out_rc, 0);
-    tohex(f->h_trace.span_id, 8, sid);
+    th_tohex(f->h_trace.span_id, 8, sid);
     snprintf(want, sizeof(want), "00-" TID "-%s-01", sid);
     STR_EQ(f->h_out.traceparent, want);
     snprintf(want, sizeof(want), "rojo=%s,congo=t61rcWkgMzE", sid);
@@ -1284,7 +1236,7 @@ START_TEST(test_outgoing_einval) {
     char buf[FG_TRACE_HEADERS_MAX];
 
     ck_assert_int_eq(fx_enter(f, &ctx, NULL), 0);
-    for (int i = 0; i < NELEM(bad_vendors); i++) {
+    for (int i = 0; i < TH_NELEM(bad_vendors); i++) {
         ck_assert_msg(fg_trace_outgoing(&ctx, bad_vendors[i], buf, sizeof(buf), &out) ==
                           FG_EINVAL,
                       "vendor key \"%s\" accepted", bad_vendors[i]);
@@ -1318,7 +1270,7 @@ START_TEST(test_outgoing_small_buffers) {
     need = out.traceparent.len + 1 + out.tracestate.len + 1 + out.baggage.len + 1;
 
     const size_t caps[] = {0, 1, 2, 10, 54, 55, 56, 57, 70, need - 20, need - 2, need - 1};
-    for (int i = 0; i < NELEM(caps); i++) {
+    for (int i = 0; i < TH_NELEM(caps); i++) {
         size_t cap = caps[i];
         unsigned char *buf = malloc(cap + 1);
 
@@ -1420,7 +1372,7 @@ START_TEST(test_outgoing_max_fits) {
     ck_assert_ptr_nonnull(buf);
     for (int i = 0; i < 2; i++) {
         hs = all[i];
-        for (int v = 0; v < NELEM(vendors); v++) {
+        for (int v = 0; v < TH_NELEM(vendors); v++) {
             fg_ctx ctx;
             fg_trace_headers out;
             char tpw[FG_TRACEPARENT_LEN + 1];
@@ -1439,7 +1391,7 @@ START_TEST(test_outgoing_max_fits) {
             assert_in_buf(&out, (char *)buf, FG_TRACE_HEADERS_MAX);
             if (vendors[v] != NULL) {
                 char sid[17], want[64];
-                tohex(ctx.trace.span_id, 8, sid);
+                th_tohex(ctx.trace.span_id, 8, sid);
                 snprintf(want, sizeof(want), "%s=%s", vendors[v], sid);
                 ck_assert_msg(out.tracestate.len >= strlen(want) &&
                                   memcmp(out.tracestate.ptr, want, strlen(want)) == 0,
@@ -1582,7 +1534,7 @@ START_TEST(test_keyed_baggage_missing) {
         fg_limit_stats st;
 
         kfx_init(&kf, (fg_key_missing)m);
-        for (int i = 0; i < NELEM(missing_bags); i++) {
+        for (int i = 0; i < TH_NELEM(missing_bags); i++) {
             int rc = kcall(&kf, &ctx, missing_bags[i]);
             int want;
             if (m == FG_KEY_MISSING_ADMIT) {
@@ -1599,7 +1551,7 @@ START_TEST(test_keyed_baggage_missing) {
         /* a request that has the key is limited as usual */
         ck_assert_int_eq(kcall(&kf, &ctx, "tenant=a"), 0);
         ck_assert_int_eq(fg_limit_stage_stats(kf.limit, &st), 0);
-        ck_assert_uint_eq(st.missing_key, NELEM(missing_bags));
+        ck_assert_uint_eq(st.missing_key, TH_NELEM(missing_bags));
         if (m == FG_KEY_MISSING_SHARED) {
             ck_assert_uint_eq(fg_keyed_limiter_tokens(kf.k, "", 0, T0), 0);
         }
@@ -1668,12 +1620,6 @@ static void mt_hook(const fg_span *sp, void *arg) {
     }
 }
 
-static int mt_handler(fg_ctx *ctx, void *arg) {
-    (void)ctx;
-    (void)arg;
-    return 0;
-}
-
 static void *mt_run(void *arg) {
     mt_job *job = arg;
 
@@ -1693,7 +1639,7 @@ static void *mt_run(void *arg) {
                 rc = fg_chain_exit(job->chain, &ctx, 0);
             }
         } else {
-            rc = fg_chain_call(job->chain, &ctx, mt_handler, NULL);
+            rc = fg_chain_call(job->chain, &ctx, th_ok_handler, NULL);
         }
         if (rc != 0 || !ctx.trace.valid || (ctx.trace.flags & 1) == 0) {
             job->bad++;
@@ -1730,7 +1676,7 @@ START_TEST(test_threads) {
         memset(&jobs[t], 0, sizeof(jobs[t]));
         jobs[t].chain = chain;
         jobs[t].start = &start;
-        unhex(TID, jobs[t].tid, 16);
+        th_unhex(TID, jobs[t].tid, 16);
         ck_assert_int_eq(pthread_create(&th[t], NULL, mt_run, &jobs[t]), 0);
     }
     for (int t = 0; t < MT_THREADS; t++) {
@@ -1749,15 +1695,15 @@ START_TEST(test_threads) {
         ck_assert_int_eq(job->nids, MT_SAMPLE);
         qsort(job->ids, MT_SAMPLE, 8, cmp_id);
         for (int i = 1; i < MT_SAMPLE; i++) {
-            FAST_ASSERT(memcmp(job->ids[i - 1], job->ids[i], 8) != 0,
-                        "thread %d: span id repeated", t);
+            TH_FAST_ASSERT(memcmp(job->ids[i - 1], job->ids[i], 8) != 0,
+                           "thread %d: span id repeated", t);
         }
         memcpy((uint8_t *)all + (size_t)t * MT_SAMPLE * 8, job->ids, sizeof(job->ids));
     }
     /* and no two threads produced the same ids */
     qsort(all, MT_THREADS * MT_SAMPLE, 8, cmp_id);
     for (int i = 1; i < MT_THREADS * MT_SAMPLE; i++) {
-        FAST_ASSERT(memcmp(all[i - 1], all[i], 8) != 0, "span id repeated across threads");
+        TH_FAST_ASSERT(memcmp(all[i - 1], all[i], 8) != 0, "span id repeated across threads");
     }
     fg_chain_free(chain);
     fg_fake_clock_free(fc);
@@ -1773,15 +1719,15 @@ Suite *fg_suite_trace_stage(void) {
     tc = tcase_create("build");
     tcase_add_test(tc, test_options_init);
     tcase_add_test(tc, test_defaults_behaviour);
-    tcase_add_loop_test(tc, test_invalid_sampler, 0, NELEM(bad_samplers));
+    tcase_add_loop_test(tc, test_invalid_sampler, 0, TH_NELEM(bad_samplers));
     tcase_add_test(tc, test_build_args);
     tcase_add_test(tc, test_names_copied);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("incoming");
-    tcase_add_loop_test(tc, test_valid_traceparent, 0, NELEM(valid_cases));
+    tcase_add_loop_test(tc, test_valid_traceparent, 0, TH_NELEM(valid_cases));
     tcase_add_test(tc, test_traceparent_first_header);
-    tcase_add_loop_test(tc, test_invalid_traceparent, 0, NELEM(bad_tps));
+    tcase_add_loop_test(tc, test_invalid_traceparent, 0, TH_NELEM(bad_tps));
     tcase_add_test(tc, test_absent_traceparent);
     suite_add_tcase(s, tc);
 
@@ -1805,9 +1751,9 @@ Suite *fg_suite_trace_stage(void) {
 
     tc = tcase_create("outgoing");
     tcase_add_test(tc, test_outgoing_traceparent);
-    tcase_add_loop_test(tc, test_outgoing_tracestate, 0, NELEM(ts_cases));
+    tcase_add_loop_test(tc, test_outgoing_tracestate, 0, TH_NELEM(ts_cases));
     tcase_add_test(tc, test_outgoing_tracestate_dropped);
-    tcase_add_loop_test(tc, test_outgoing_baggage, 0, NELEM(bg_cases));
+    tcase_add_loop_test(tc, test_outgoing_baggage, 0, TH_NELEM(bg_cases));
     tcase_add_test(tc, test_outgoing_in_handler);
     tcase_add_test(tc, test_outgoing_estate);
     tcase_add_test(tc, test_outgoing_einval);

@@ -38,70 +38,15 @@
 #include <check.h>
 #include <floodgate.h>
 
+#include "helpers.h"
 #include "suites.h"
 
 /* ---- helpers ------------------------------------------------------------------------- */
-
-#define NELEM(a) ((int)(sizeof(a) / sizeof((a)[0])))
-
-/* For loops of thousands of checks: only calls into Check when the condition fails. */
-#define FAST_ASSERT(cond, ...)                                                                \
-    do {                                                                                      \
-        if (!(cond)) {                                                                        \
-            ck_abort_msg(__VA_ARGS__);                                                        \
-        }                                                                                     \
-    } while (0)
-
-/* xorshift64*: a fixed-seed generator, the same sequence on every run. */
-static uint64_t rng_next(uint64_t *s) {
-    uint64_t x = *s;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return x * UINT64_C(2685821657736338717);
-}
-
-static size_t rng_below(uint64_t *s, size_t n) { return (size_t)(rng_next(s) >> 33) % n; }
-
-/* A heap copy of exactly len bytes (malloc(1) for len 0), so ASan sees overruns. */
-static char *exact_copy(const char *s, size_t len) {
-    char *p = malloc(len > 0 ? len : 1);
-    ck_assert_ptr_nonnull(p);
-    if (len > 0) {
-        memcpy(p, s, len);
-    }
-    return p;
-}
 
 /* Whether a slice lies entirely inside base[0 .. len). */
 static int slice_inside(fg_str s, const char *base, size_t len) {
     uintptr_t p = (uintptr_t)s.ptr, b = (uintptr_t)base;
     return s.ptr != NULL && p >= b && s.len <= len && p - b <= len - s.len;
-}
-
-static int str_is(fg_str s, const char *want, size_t want_len) {
-    return s.len == want_len && (want_len == 0 || memcmp(s.ptr, want, want_len) == 0);
-}
-
-#define CANARY     0x5C
-#define CANARY_LEN 8
-
-/* A heap buffer of cap bytes (filled with 'Z') followed by CANARY_LEN canary bytes. */
-static char *canary_buf(size_t cap) {
-    char *p = malloc(cap + CANARY_LEN);
-    ck_assert_ptr_nonnull(p);
-    memset(p, 'Z', cap);
-    memset(p + cap, CANARY, CANARY_LEN);
-    return p;
-}
-
-static void assert_canary(const char *p, size_t cap) {
-    for (size_t i = 0; i < CANARY_LEN; i++) {
-        ck_assert_msg((unsigned char)p[cap + i] == CANARY,
-                      "byte %zu past cap %zu was written (0x%02x)", i, cap,
-                      (unsigned)(unsigned char)p[cap + i]);
-    }
 }
 
 /*
@@ -110,11 +55,11 @@ static void assert_canary(const char *p, size_t cap) {
  * copied into out (at least FG_TRACESTATE_PROPAGATE + 1 bytes).
  */
 static int format_checked(const fg_tracestate *ts, size_t cap, char *out, size_t *len) {
-    char *buf = canary_buf(cap);
+    char *buf = th_canary_buf(cap);
     size_t n = (size_t)-1;
     int rc = fg_tracestate_format(ts, buf, cap, &n);
 
-    assert_canary(buf, cap);
+    th_assert_canary(buf, cap, NULL);
     if (rc == 0) {
         ck_assert_uint_lt(n, cap);
         ck_assert_msg(buf[n] == '\0', "no NUL at *len %zu", n);
@@ -129,35 +74,6 @@ static int format_checked(const fg_tracestate *ts, size_t cap, char *out, size_t
     return rc;
 }
 
-/* A context with the usual method and path. */
-static void ctx_new(fg_ctx *ctx) {
-    memset(ctx, 0, sizeof(*ctx));
-    ck_assert_int_eq(fg_ctx_init(ctx, "GET", "/"), 0);
-}
-
-/* Heap copies of header names and values (exact lengths), freed together. */
-typedef struct heap_list {
-    char *p[2 * FG_CTX_MAX_HEADERS + 8];
-    int n;
-} heap_list;
-
-static void add_header(fg_ctx *ctx, heap_list *h, const char *name, const char *value) {
-    size_t nl = strlen(name), vl = strlen(value);
-    char *nb = exact_copy(name, nl), *vb = exact_copy(value, vl);
-
-    ck_assert_int_lt(h->n + 2, NELEM(h->p));
-    h->p[h->n++] = nb;
-    h->p[h->n++] = vb;
-    ck_assert_int_eq(fg_ctx_add_header_n(ctx, nb, nl, vb, vl), 0);
-}
-
-static void heap_free(heap_list *h) {
-    for (int i = 0; i < h->n; i++) {
-        free(h->p[i]);
-    }
-    h->n = 0;
-}
-
 /* ts holds exactly the NULL-terminated key, value, key, value, ... list. */
 static void assert_members(const fg_tracestate *ts, const char *const *want,
                            const char *what) {
@@ -169,10 +85,10 @@ static void assert_members(const fg_tracestate *ts, const char *const *want,
     ck_assert_msg(ts->n == n, "%s: %u members, want %u", what, (unsigned)ts->n, (unsigned)n);
     for (uint32_t i = 0; i < n; i++) {
         const fg_tracestate_member *m = &ts->members[i];
-        ck_assert_msg(str_is(m->key, want[2 * i], strlen(want[2 * i])),
+        ck_assert_msg(th_str_is(m->key, want[2 * i], strlen(want[2 * i])),
                       "%s: member %u key \"%.*s\", want \"%s\"", what, (unsigned)i,
                       (int)m->key.len, m->key.ptr, want[2 * i]);
-        ck_assert_msg(str_is(m->value, want[2 * i + 1], strlen(want[2 * i + 1])),
+        ck_assert_msg(th_str_is(m->value, want[2 * i + 1], strlen(want[2 * i + 1])),
                       "%s: member %u value \"%.*s\", want \"%s\"", what, (unsigned)i,
                       (int)m->value.len, m->value.ptr, want[2 * i + 1]);
     }
@@ -184,14 +100,6 @@ static void assert_inside(const fg_tracestate *ts, const char *base, size_t len)
                       (unsigned)i);
         ck_assert_msg(slice_inside(ts->members[i].value, base, len),
                       "value %u outside the input", (unsigned)i);
-    }
-}
-
-/* Fill dst[0 .. n) cycling through pattern. */
-static void fill(char *dst, size_t n, const char *pattern) {
-    size_t pl = strlen(pattern);
-    for (size_t i = 0; i < n; i++) {
-        dst[i] = pattern[i % pl];
     }
 }
 
@@ -382,12 +290,12 @@ static const ts_case parse_cases[] = {
     TS_BADN("a=1,\0", 5),
 };
 
-#define NPARSE NELEM(parse_cases)
+#define NPARSE TH_NELEM(parse_cases)
 
 START_TEST(test_parse_table) {
     const ts_case *c = &parse_cases[_i];
     size_t len = c->len != 0 ? c->len : strlen(c->in);
-    char *buf = exact_copy(c->in, len);
+    char *buf = th_exact_copy(c->in, len);
     char what[64];
     fg_tracestate ts;
 
@@ -432,7 +340,7 @@ START_TEST(test_parse_replaces) {
     ck_assert_uint_eq(ts.n, 2);
     ck_assert_int_eq(fg_tracestate_parse(&ts, "c=3", 3), 0);
     ck_assert_uint_eq(ts.n, 1);
-    ck_assert(str_is(ts.members[0].key, "c", 1));
+    ck_assert(th_str_is(ts.members[0].key, "c", 1));
     ck_assert_int_eq(fg_tracestate_parse(&ts, "A=1", 3), FG_EPARSE);
     ck_assert_uint_eq(ts.n, 0);
     ck_assert_int_eq(fg_tracestate_parse(&ts, "c=3", 3), 0);
@@ -474,18 +382,18 @@ static size_t build_len_case(const len_case *c, char *s, char *key, size_t *klen
     switch (c->kind) {
     case LK_SIMPLE:
         key[0] = 'k';
-        fill(key + 1, c->len - 1, kpat);
+        th_fill(key + 1, c->len - 1, kpat);
         *klen = c->len;
         break;
     case LK_TENANT:
         key[0] = '7';
-        fill(key + 1, c->len - 1, kpat);
+        th_fill(key + 1, c->len - 1, kpat);
         memcpy(key + c->len, "@s", 2);
         *klen = c->len + 2;
         break;
     case LK_SYSTEM:
         memcpy(key, "t@s", 3);
-        fill(key + 3, c->len - 1, kpat);
+        th_fill(key + 3, c->len - 1, kpat);
         *klen = c->len + 2;
         break;
     default:
@@ -494,7 +402,7 @@ static size_t build_len_case(const len_case *c, char *s, char *key, size_t *klen
         break;
     }
     if (c->kind == LK_VALUE) {
-        fill(value, c->len, "v !~\"x:;");
+        th_fill(value, c->len, "v !~\"x:;");
         value[c->len - 1] = 'Z';
         *vlen = c->len;
     } else {
@@ -518,7 +426,7 @@ START_TEST(test_parse_length_bounds) {
     char s[2048], key[1100], value[1100];
     size_t klen, vlen;
     size_t len = build_len_case(c, s, key, &klen, value, &vlen);
-    char *buf = exact_copy(s, len);
+    char *buf = th_exact_copy(s, len);
     fg_tracestate ts;
 
     int rc = fg_tracestate_parse(&ts, buf, len);
@@ -526,11 +434,11 @@ START_TEST(test_parse_length_bounds) {
                   c->kind, c->len, fg_err_name(rc));
     if (c->ok) {
         ck_assert_uint_eq(ts.n, 3);
-        ck_assert(str_is(ts.members[0].key, "first", 5));
-        ck_assert(str_is(ts.members[1].key, key, klen));
-        ck_assert(str_is(ts.members[1].value, value, vlen));
-        ck_assert(str_is(ts.members[2].key, "last", 4));
-        ck_assert(str_is(ts.members[2].value, "2", 1));
+        ck_assert(th_str_is(ts.members[0].key, "first", 5));
+        ck_assert(th_str_is(ts.members[1].key, key, klen));
+        ck_assert(th_str_is(ts.members[1].value, value, vlen));
+        ck_assert(th_str_is(ts.members[2].key, "last", 4));
+        ck_assert(th_str_is(ts.members[2].value, "2", 1));
         assert_inside(&ts, buf, len);
     } else {
         ck_assert_uint_eq(ts.n, 0);
@@ -551,18 +459,18 @@ START_TEST(test_parse_longest_member) {
     size_t n = 0;
 
     s[n++] = '0';
-    fill(s + n, 240, "a9/");
+    th_fill(s + n, 240, "a9/");
     n += 240;
     s[n++] = '@';
     s[n++] = 'z';
-    fill(s + n, 13, "*_");
+    th_fill(s + n, 13, "*_");
     n += 13;
     ck_assert_uint_eq(n, 256);
     s[n++] = '=';
-    fill(s + n, 256, "~ !");
+    th_fill(s + n, 256, "~ !");
     n += 256;
     s[n - 1] = '!';
-    char *buf = exact_copy(s, n);
+    char *buf = th_exact_copy(s, n);
     fg_tracestate ts;
     ck_assert_int_eq(fg_tracestate_parse(&ts, buf, n), 0);
     ck_assert_uint_eq(ts.n, 1);
@@ -574,10 +482,10 @@ START_TEST(test_parse_longest_member) {
 
     /* a 256-character value that ends in spaces, trimmed as OWS, is 250 long */
     memcpy(s, "k=", 2);
-    fill(s + 2, 250, "x y");
+    th_fill(s + 2, 250, "x y");
     s[251] = 'y';
     memset(s + 252, ' ', 6);
-    buf = exact_copy(s, 258);
+    buf = th_exact_copy(s, 258);
     ck_assert_int_eq(fg_tracestate_parse(&ts, buf, 258), 0);
     ck_assert_uint_eq(ts.n, 1);
     ck_assert_uint_eq(ts.members[0].value.len, 250);
@@ -609,7 +517,7 @@ START_TEST(test_parse_member_count) {
     for (int n = 0; n <= 40; n++) {
         for (int e = 0; e < 2; e++) {
             size_t len = build_list(s, n, e);
-            char *buf = exact_copy(s, len);
+            char *buf = th_exact_copy(s, len);
             int want = n <= FG_TRACESTATE_MAX_MEMBERS ? 0 : FG_EPARSE;
             int rc = fg_tracestate_parse(&ts, buf, len);
 
@@ -620,8 +528,8 @@ START_TEST(test_parse_member_count) {
             for (uint32_t i = 0; i < ts.n; i++) {
                 char k[16];
                 int kl = sprintf(k, "m%u", (unsigned)i);
-                ck_assert(str_is(ts.members[i].key, k, (size_t)kl));
-                ck_assert(str_is(ts.members[i].value, k + 1, (size_t)kl - 1));
+                ck_assert(th_str_is(ts.members[i].key, k, (size_t)kl));
+                ck_assert(th_str_is(ts.members[i].value, k + 1, (size_t)kl - 1));
             }
             free(buf);
         }
@@ -633,21 +541,21 @@ END_TEST
 
 START_TEST(test_parse_ctx_combines) {
     fg_ctx ctx;
-    heap_list h = {0};
+    th_heap_list h = {0};
     fg_tracestate ts;
 
-    ctx_new(&ctx);
-    add_header(&ctx, &h, "traceparent",
-               "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-    add_header(&ctx, &h, "tracestate", "a=1, b=2 ");
-    add_header(&ctx, &h, "x-tracestate", "x=9");
-    add_header(&ctx, &h, "TraceState", "c=3");
-    add_header(&ctx, &h, "tracestatex", "y=9");
-    add_header(&ctx, &h, "tracestat", "z=9");
-    add_header(&ctx, &h, "TRACESTATE", "");
-    add_header(&ctx, &h, "tracestate", " , ");
-    add_header(&ctx, &h, "tRaCeStAtE", ",d@e=4,");
-    add_header(&ctx, &h, "Tracestate", "f=5");
+    th_ctx_new(&ctx);
+    th_add_header(&ctx, &h, "traceparent",
+                  "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    th_add_header(&ctx, &h, "tracestate", "a=1, b=2 ");
+    th_add_header(&ctx, &h, "x-tracestate", "x=9");
+    th_add_header(&ctx, &h, "TraceState", "c=3");
+    th_add_header(&ctx, &h, "tracestatex", "y=9");
+    th_add_header(&ctx, &h, "tracestat", "z=9");
+    th_add_header(&ctx, &h, "TRACESTATE", "");
+    th_add_header(&ctx, &h, "tracestate", " , ");
+    th_add_header(&ctx, &h, "tRaCeStAtE", ",d@e=4,");
+    th_add_header(&ctx, &h, "Tracestate", "f=5");
 
     ck_assert_int_eq(fg_tracestate_parse(&ts, "q=1", 3), 0);
     ck_assert_int_eq(fg_tracestate_parse_ctx(&ts, &ctx), 0);
@@ -661,32 +569,32 @@ START_TEST(test_parse_ctx_combines) {
     ck_assert(slice_inside(ts.members[2].key, ctx.headers[3].value.ptr, 3));
     ck_assert(slice_inside(ts.members[3].value, ctx.headers[8].value.ptr, 7));
     ck_assert(slice_inside(ts.members[4].key, ctx.headers[9].value.ptr, 3));
-    heap_free(&h);
+    th_heap_free(&h);
 }
 END_TEST
 
 /* Members never run across a header boundary: "a=1" + "b=2" is two members. */
 START_TEST(test_parse_ctx_boundaries) {
     fg_ctx ctx;
-    heap_list h = {0};
+    th_heap_list h = {0};
     fg_tracestate ts;
 
-    ctx_new(&ctx);
-    add_header(&ctx, &h, "tracestate", "a=1");
-    add_header(&ctx, &h, "tracestate", "b=2");
-    add_header(&ctx, &h, "tracestate", "c=x y");
+    th_ctx_new(&ctx);
+    th_add_header(&ctx, &h, "tracestate", "a=1");
+    th_add_header(&ctx, &h, "tracestate", "b=2");
+    th_add_header(&ctx, &h, "tracestate", "c=x y");
     ck_assert_int_eq(fg_tracestate_parse_ctx(&ts, &ctx), 0);
     static const char *const want[] = {"a", "1", "b", "2", "c", "x y", NULL};
     assert_members(&ts, want, "boundaries");
-    heap_free(&h);
+    th_heap_free(&h);
 
     /* a header that is only "k" is malformed, even if the next starts "=v" */
-    ctx_new(&ctx);
-    add_header(&ctx, &h, "tracestate", "a=1,k");
-    add_header(&ctx, &h, "tracestate", "=v");
+    th_ctx_new(&ctx);
+    th_add_header(&ctx, &h, "tracestate", "a=1,k");
+    th_add_header(&ctx, &h, "tracestate", "=v");
     ck_assert_int_eq(fg_tracestate_parse_ctx(&ts, &ctx), FG_EPARSE);
     ck_assert_uint_eq(ts.n, 0);
-    heap_free(&h);
+    th_heap_free(&h);
 }
 END_TEST
 
@@ -717,14 +625,14 @@ static const ctx_case ctx_cases[] = {
 START_TEST(test_parse_ctx_table) {
     const ctx_case *c = &ctx_cases[_i];
     fg_ctx ctx;
-    heap_list h = {0};
+    th_heap_list h = {0};
     fg_tracestate ts;
     char what[32];
 
-    ctx_new(&ctx);
-    add_header(&ctx, &h, "accept", "*/*");
-    for (int i = 0; i < NELEM(c->values) && c->values[i] != NULL; i++) {
-        add_header(&ctx, &h, i % 2 ? "TraceState" : "tracestate", c->values[i]);
+    th_ctx_new(&ctx);
+    th_add_header(&ctx, &h, "accept", "*/*");
+    for (int i = 0; i < TH_NELEM(c->values) && c->values[i] != NULL; i++) {
+        th_add_header(&ctx, &h, i % 2 ? "TraceState" : "tracestate", c->values[i]);
     }
     ck_assert_int_eq(fg_tracestate_parse(&ts, "q=1", 3), 0);
     int rc = fg_tracestate_parse_ctx(&ts, &ctx);
@@ -732,7 +640,7 @@ START_TEST(test_parse_ctx_table) {
                   fg_err_name(c->rc));
     snprintf(what, sizeof(what), "ctx case %d", _i);
     assert_members(&ts, c->want, what);
-    heap_free(&h);
+    th_heap_free(&h);
 }
 END_TEST
 
@@ -742,7 +650,7 @@ START_TEST(test_parse_ctx_count) {
 
     for (int second = 10; second <= 14; second++) {
         fg_ctx ctx;
-        heap_list h = {0};
+        th_heap_list h = {0};
         fg_tracestate ts;
         size_t n1 = 0, n2 = 0;
 
@@ -752,19 +660,19 @@ START_TEST(test_parse_ctx_count) {
         for (int i = 0; i < second; i++) {
             n2 += (size_t)sprintf(s2 + n2, "%sb%d=%d", i ? "," : "", i, i);
         }
-        ctx_new(&ctx);
-        add_header(&ctx, &h, "tracestate", s1);
-        add_header(&ctx, &h, "tracestate", "");
-        add_header(&ctx, &h, "Tracestate", s2);
+        th_ctx_new(&ctx);
+        th_add_header(&ctx, &h, "tracestate", s1);
+        th_add_header(&ctx, &h, "tracestate", "");
+        th_add_header(&ctx, &h, "Tracestate", s2);
         int want = 20 + second <= FG_TRACESTATE_MAX_MEMBERS ? 0 : FG_EPARSE;
         int rc = fg_tracestate_parse_ctx(&ts, &ctx);
         ck_assert_msg(rc == want, "20 + %d members: %s", second, fg_err_name(rc));
         ck_assert_uint_eq(ts.n, want == 0 ? (uint32_t)(20 + second) : 0);
         if (want == 0) {
-            ck_assert(str_is(ts.members[19].key, "a19", 3));
-            ck_assert(str_is(ts.members[20].key, "b0", 2));
+            ck_assert(th_str_is(ts.members[19].key, "a19", 3));
+            ck_assert(th_str_is(ts.members[20].key, "b0", 2));
         }
-        heap_free(&h);
+        th_heap_free(&h);
     }
 }
 END_TEST
@@ -778,19 +686,19 @@ START_TEST(test_get) {
 
     ck_assert_int_eq(fg_tracestate_parse(&ts, s, sizeof(s) - 1), 0);
     ck_assert_int_eq(fg_tracestate_get(&ts, "a", 1, &v), 0);
-    ck_assert(str_is(v, "1", 1));
+    ck_assert(th_str_is(v, "1", 1));
     ck_assert_ptr_eq(v.ptr, s + 2);
     ck_assert_int_eq(fg_tracestate_get(&ts, "ab", 2, &v), 0);
-    ck_assert(str_is(v, "2", 1));
+    ck_assert(th_str_is(v, "2", 1));
     ck_assert_int_eq(fg_tracestate_get(&ts, "a@b", 3, &v), 0);
-    ck_assert(str_is(v, "3", 1));
+    ck_assert(th_str_is(v, "3", 1));
     ck_assert_int_eq(fg_tracestate_get(&ts, "b", 1, &v), 0);
-    ck_assert(str_is(v, "x y", 3));
+    ck_assert(th_str_is(v, "x y", 3));
     /* the key length is the caller's */
     ck_assert_int_eq(fg_tracestate_get(&ts, "abc", 1, &v), 0);
-    ck_assert(str_is(v, "1", 1));
+    ck_assert(th_str_is(v, "1", 1));
     ck_assert_int_eq(fg_tracestate_get(&ts, "abc", 2, &v), 0);
-    ck_assert(str_is(v, "2", 1));
+    ck_assert(th_str_is(v, "2", 1));
     /* no prefix or case folding */
     ck_assert_int_eq(fg_tracestate_get(&ts, "abc", 3, &v), FG_ENOTFOUND);
     ck_assert_int_eq(fg_tracestate_get(&ts, "A", 1, &v), FG_ENOTFOUND);
@@ -860,27 +768,27 @@ START_TEST(test_set_full_drops_rightmost) {
     /* a new key: 33 members, so m31 goes */
     ck_assert_int_eq(fg_tracestate_set(&ts, "new", 3, "v", 1), 0);
     ck_assert_uint_eq(ts.n, 32);
-    ck_assert(str_is(ts.members[0].key, "new", 3));
-    ck_assert(str_is(ts.members[1].key, "m0", 2));
-    ck_assert(str_is(ts.members[31].key, "m30", 3));
+    ck_assert(th_str_is(ts.members[0].key, "new", 3));
+    ck_assert(th_str_is(ts.members[1].key, "m0", 2));
+    ck_assert(th_str_is(ts.members[31].key, "m30", 3));
     fg_str v;
     ck_assert_int_eq(fg_tracestate_get(&ts, "m31", 3, &v), FG_ENOTFOUND);
 
     /* an existing key in a full list: moved, nothing dropped */
     ck_assert_int_eq(fg_tracestate_set(&ts, "m30", 3, "w", 1), 0);
     ck_assert_uint_eq(ts.n, 32);
-    ck_assert(str_is(ts.members[0].key, "m30", 3));
-    ck_assert(str_is(ts.members[0].value, "w", 1));
-    ck_assert(str_is(ts.members[1].key, "new", 3));
-    ck_assert(str_is(ts.members[2].key, "m0", 2));
-    ck_assert(str_is(ts.members[31].key, "m29", 3));
+    ck_assert(th_str_is(ts.members[0].key, "m30", 3));
+    ck_assert(th_str_is(ts.members[0].value, "w", 1));
+    ck_assert(th_str_is(ts.members[1].key, "new", 3));
+    ck_assert(th_str_is(ts.members[2].key, "m0", 2));
+    ck_assert(th_str_is(ts.members[31].key, "m29", 3));
     ck_assert_int_eq(fg_tracestate_get(&ts, "m29", 3, &v), 0);
 
     /* and again: another new key drops m29 */
     ck_assert_int_eq(fg_tracestate_set(&ts, "x@y", 3, "1", 1), 0);
     ck_assert_uint_eq(ts.n, 32);
-    ck_assert(str_is(ts.members[0].key, "x@y", 3));
-    ck_assert(str_is(ts.members[31].key, "m28", 3));
+    ck_assert(th_str_is(ts.members[0].key, "x@y", 3));
+    ck_assert(th_str_is(ts.members[31].key, "m28", 3));
     ck_assert_int_eq(fg_tracestate_get(&ts, "m29", 3, &v), FG_ENOTFOUND);
 }
 END_TEST
@@ -908,7 +816,7 @@ START_TEST(test_set_invalid) {
     const kv_case *c = &bad_sets[_i];
     size_t kl = c->klen ? c->klen : strlen(c->key);
     size_t vl = c->vlen ? c->vlen : strlen(c->value);
-    char *k = exact_copy(c->key, kl), *v = exact_copy(c->value, vl);
+    char *k = th_exact_copy(c->key, kl), *v = th_exact_copy(c->value, vl);
     fg_tracestate ts, before;
 
     memset(&ts, 0, sizeof(ts));
@@ -958,10 +866,10 @@ START_TEST(test_remove) {
     ck_assert_int_eq(fg_tracestate_parse(&ts, s, len), 0);
     ck_assert_int_eq(fg_tracestate_remove(&ts, "m5", 2), 0);
     ck_assert_uint_eq(ts.n, 31);
-    ck_assert(str_is(ts.members[5].key, "m6", 2));
+    ck_assert(th_str_is(ts.members[5].key, "m6", 2));
     ck_assert_int_eq(fg_tracestate_set(&ts, "z", 1, "1", 1), 0);
     ck_assert_uint_eq(ts.n, 32);
-    ck_assert(str_is(ts.members[31].key, "m31", 3)); /* nothing dropped */
+    ck_assert(th_str_is(ts.members[31].key, "m31", 3)); /* nothing dropped */
 }
 END_TEST
 
@@ -980,7 +888,7 @@ START_TEST(test_format_basic) {
 
     /* OWS and empty members are not kept; the order is */
     static const char in[] = " \trojo=00f067aa0ba902b7 ,, congo=t61rcWkgMzE\t, a@b=x y ,";
-    char *buf = exact_copy(in, sizeof(in) - 1);
+    char *buf = th_exact_copy(in, sizeof(in) - 1);
     ck_assert_int_eq(fg_tracestate_parse(&ts, buf, sizeof(in) - 1), 0);
     ck_assert_int_eq(format_checked(&ts, sizeof(out), out, &len), 0);
     ck_assert_str_eq(out, "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE,a@b=x y");
@@ -1031,7 +939,7 @@ static size_t make_member(char *dst, int i, size_t total) {
     dst[1] = (char)('a' + i / 26);
     dst[2] = (char)('a' + i % 26);
     dst[3] = '=';
-    fill(dst + 4, total - 4, "Vv0~");
+    th_fill(dst + 4, total - 4, "Vv0~");
     return total;
 }
 
@@ -1112,7 +1020,7 @@ static void run_trunc_case(const trunc_case *c, int idx) {
     want[wn] = '\0';
     ck_assert_uint_le(wn, FG_TRACESTATE_PROPAGATE);
 
-    char *buf = exact_copy(s, n);
+    char *buf = th_exact_copy(s, n);
     ck_assert_int_eq(fg_tracestate_parse(&ts, buf, n), 0);
     ck_assert_uint_eq(ts.n, (uint32_t)count);
 
@@ -1149,13 +1057,13 @@ START_TEST(test_format_single_huge_member) {
     fg_tracestate ts;
 
     s[n++] = 'k';
-    fill(s + n, 255, "ab");
+    th_fill(s + n, 255, "ab");
     n += 255;
     s[n++] = '=';
-    fill(s + n, 256, "xy");
+    th_fill(s + n, 256, "xy");
     n += 256;
     ck_assert_uint_eq(n, 513);
-    char *buf = exact_copy(s, n);
+    char *buf = th_exact_copy(s, n);
     ck_assert_int_eq(fg_tracestate_parse(&ts, buf, n), 0);
     ck_assert_uint_eq(ts.n, 1);
 
@@ -1192,7 +1100,7 @@ START_TEST(test_null_args) {
     ck_assert_int_eq(fg_tracestate_parse(&ts, NULL, 0), 0);
     ck_assert_uint_eq(ts.n, 0);
 
-    ctx_new(&ctx);
+    th_ctx_new(&ctx);
     ck_assert_int_eq(fg_tracestate_parse_ctx(NULL, &ctx), FG_EINVAL);
     ck_assert_int_eq(fg_tracestate_parse_ctx(&ts, NULL), FG_EINVAL);
     ck_assert_int_eq(fg_tracestate_parse_ctx(NULL, NULL), FG_EINVAL);
@@ -1311,7 +1219,7 @@ static int ref_parse(const char *s, size_t len, ref_list *r) {
                 return FG_EPARSE;
             }
             for (uint32_t m = 0; m < r->n; m++) {
-                if (str_is(r->key[m], s + a, e - a)) {
+                if (th_str_is(r->key[m], s + a, e - a)) {
                     return FG_EPARSE;
                 }
             }
@@ -1396,29 +1304,29 @@ static const char noise_alpha[] = "abz09_-*/@=,=, , \t\tAZ!~.;\x01\x7f\x80\xff\n
 
 static size_t gen_key(uint64_t *seed, char *s) {
     size_t n = 0;
-    size_t r = rng_below(seed, 40);
-    size_t len = r == 0 ? 250 + rng_below(seed, 10) : 1 + rng_below(seed, 4);
+    size_t r = th_rng_below(seed, 40);
+    size_t len = r == 0 ? 250 + th_rng_below(seed, 10) : 1 + th_rng_below(seed, 4);
 
-    if (rng_below(seed, 8) == 0) {
+    if (th_rng_below(seed, 8) == 0) {
         /* multi-tenant; sometimes at or past the bounds */
-        size_t tl =
-            rng_below(seed, 30) == 0 ? 238 + rng_below(seed, 6) : 1 + rng_below(seed, 3);
-        size_t sl =
-            rng_below(seed, 10) == 0 ? 12 + rng_below(seed, 5) : 1 + rng_below(seed, 3);
-        s[n++] = key_alpha[rng_below(seed, 36)];
+        size_t tl = th_rng_below(seed, 30) == 0 ? 238 + th_rng_below(seed, 6)
+                                                : 1 + th_rng_below(seed, 3);
+        size_t sl = th_rng_below(seed, 10) == 0 ? 12 + th_rng_below(seed, 5)
+                                                : 1 + th_rng_below(seed, 3);
+        s[n++] = key_alpha[th_rng_below(seed, 36)];
         for (size_t i = 1; i < tl; i++) {
-            s[n++] = key_alpha[rng_below(seed, sizeof(key_alpha) - 1)];
+            s[n++] = key_alpha[th_rng_below(seed, sizeof(key_alpha) - 1)];
         }
         s[n++] = '@';
-        s[n++] = (char)('a' + rng_below(seed, 26));
+        s[n++] = (char)('a' + th_rng_below(seed, 26));
         for (size_t i = 1; i < sl; i++) {
-            s[n++] = key_alpha[rng_below(seed, sizeof(key_alpha) - 1)];
+            s[n++] = key_alpha[th_rng_below(seed, sizeof(key_alpha) - 1)];
         }
         return n;
     }
-    s[n++] = (char)('a' + rng_below(seed, 26));
+    s[n++] = (char)('a' + th_rng_below(seed, 26));
     for (size_t i = 1; i < len; i++) {
-        s[n++] = key_alpha[rng_below(seed, sizeof(key_alpha) - 1)];
+        s[n++] = key_alpha[th_rng_below(seed, sizeof(key_alpha) - 1)];
     }
     return n;
 }
@@ -1427,36 +1335,39 @@ static size_t gen_input(uint64_t *seed, char *s, int structured) {
     size_t n = 0;
 
     if (!structured) {
-        size_t len = rng_below(seed, 40);
+        size_t len = th_rng_below(seed, 40);
         for (size_t i = 0; i < len; i++) {
-            s[n++] = noise_alpha[rng_below(seed, sizeof(noise_alpha) - 1)];
+            s[n++] = noise_alpha[th_rng_below(seed, sizeof(noise_alpha) - 1)];
         }
         return n;
     }
-    size_t members = rng_below(seed, 4) == 0 ? 25 + rng_below(seed, 11) : rng_below(seed, 9);
+    size_t members =
+        th_rng_below(seed, 4) == 0 ? 25 + th_rng_below(seed, 11) : th_rng_below(seed, 9);
     for (size_t m = 0; m < members; m++) {
         if (m > 0) {
             s[n++] = ',';
         }
-        for (size_t w = rng_below(seed, 3); w > 0; w--) {
-            s[n++] = " \t"[rng_below(seed, 2)];
+        for (size_t w = th_rng_below(seed, 3); w > 0; w--) {
+            s[n++] = " \t"[th_rng_below(seed, 2)];
         }
-        if (rng_below(seed, 10) == 0) {
+        if (th_rng_below(seed, 10) == 0) {
             continue; /* an empty member */
         }
         n += gen_key(seed, s + n);
         s[n++] = '=';
-        size_t r = rng_below(seed, 40);
-        size_t vl = r == 0 ? 250 + rng_below(seed, 10) : r == 1 ? 0 : 1 + rng_below(seed, 6);
+        size_t r = th_rng_below(seed, 40);
+        size_t vl = r == 0   ? 250 + th_rng_below(seed, 10)
+                    : r == 1 ? 0
+                             : 1 + th_rng_below(seed, 6);
         for (size_t i = 0; i < vl; i++) {
-            s[n++] = value_alpha[rng_below(seed, sizeof(value_alpha) - 1)];
+            s[n++] = value_alpha[th_rng_below(seed, sizeof(value_alpha) - 1)];
         }
-        for (size_t w = rng_below(seed, 3); w > 0; w--) {
-            s[n++] = " \t"[rng_below(seed, 2)];
+        for (size_t w = th_rng_below(seed, 3); w > 0; w--) {
+            s[n++] = " \t"[th_rng_below(seed, 2)];
         }
     }
-    if (n > 0 && rng_below(seed, 6) == 0) {
-        s[rng_below(seed, n)] = noise_alpha[rng_below(seed, sizeof(noise_alpha) - 1)];
+    if (n > 0 && th_rng_below(seed, 6) == 0) {
+        s[th_rng_below(seed, n)] = noise_alpha[th_rng_below(seed, sizeof(noise_alpha) - 1)];
     }
     return n;
 }
@@ -1470,37 +1381,37 @@ START_TEST(test_garbage_in) {
 
     for (int iter = 0; iter < NGARBAGE; iter++) {
         size_t len = gen_input(&seed, s, iter % 4 != 0);
-        char *buf = exact_copy(s, len);
+        char *buf = th_exact_copy(s, len);
         fg_tracestate ts;
         ref_list ref;
         int want = ref_parse(buf, len, &ref);
         int rc = fg_tracestate_parse(&ts, buf, len);
 
-        FAST_ASSERT(rc == 0 || rc == FG_EPARSE, "input %d: %s", iter, fg_err_name(rc));
-        FAST_ASSERT(rc == want, "input %d \"%.*s\": %s, the grammar says %s", iter, (int)len,
-                    buf, fg_err_name(rc), fg_err_name(want));
+        TH_FAST_ASSERT(rc == 0 || rc == FG_EPARSE, "input %d: %s", iter, fg_err_name(rc));
+        TH_FAST_ASSERT(rc == want, "input %d \"%.*s\": %s, the grammar says %s", iter,
+                       (int)len, buf, fg_err_name(rc), fg_err_name(want));
         if (rc != 0) {
-            FAST_ASSERT(ts.n == 0, "input %d: n %u after FG_EPARSE", iter, (unsigned)ts.n);
+            TH_FAST_ASSERT(ts.n == 0, "input %d: n %u after FG_EPARSE", iter, (unsigned)ts.n);
             rejected++;
             free(buf);
             continue;
         }
         accepted++;
-        FAST_ASSERT(ts.n == ref.n, "input %d: %u members, want %u", iter, (unsigned)ts.n,
-                    (unsigned)ref.n);
+        TH_FAST_ASSERT(ts.n == ref.n, "input %d: %u members, want %u", iter, (unsigned)ts.n,
+                       (unsigned)ref.n);
         for (uint32_t i = 0; i < ts.n; i++) {
             const fg_tracestate_member *m = &ts.members[i];
-            FAST_ASSERT(slice_inside(m->key, buf, len) && slice_inside(m->value, buf, len),
-                        "input %d member %u outside the input", iter, (unsigned)i);
-            FAST_ASSERT(m->key.ptr == ref.key[i].ptr && m->key.len == ref.key[i].len,
-                        "input %d member %u key", iter, (unsigned)i);
-            FAST_ASSERT(m->value.ptr == ref.value[i].ptr && m->value.len == ref.value[i].len,
-                        "input %d member %u value \"%.*s\", want \"%.*s\"", iter, (unsigned)i,
-                        (int)m->value.len, m->value.ptr, (int)ref.value[i].len,
-                        ref.value[i].ptr);
-            FAST_ASSERT(ref_key_ok(m->key.ptr, m->key.len) &&
-                            ref_value_ok(m->value.ptr, m->value.len),
-                        "input %d member %u breaks the grammar", iter, (unsigned)i);
+            TH_FAST_ASSERT(slice_inside(m->key, buf, len) && slice_inside(m->value, buf, len),
+                           "input %d member %u outside the input", iter, (unsigned)i);
+            TH_FAST_ASSERT(m->key.ptr == ref.key[i].ptr && m->key.len == ref.key[i].len,
+                           "input %d member %u key", iter, (unsigned)i);
+            TH_FAST_ASSERT(
+                m->value.ptr == ref.value[i].ptr && m->value.len == ref.value[i].len,
+                "input %d member %u value \"%.*s\", want \"%.*s\"", iter, (unsigned)i,
+                (int)m->value.len, m->value.ptr, (int)ref.value[i].len, ref.value[i].ptr);
+            TH_FAST_ASSERT(ref_key_ok(m->key.ptr, m->key.len) &&
+                               ref_value_ok(m->value.ptr, m->value.len),
+                           "input %d member %u breaks the grammar", iter, (unsigned)i);
         }
 
         /*
@@ -1517,20 +1428,20 @@ START_TEST(test_garbage_in) {
         size_t an = ref_format(&ref, keep_needed, alt_out);
         ambiguous += an != wn || memcmp(want_out, alt_out, wn) != 0;
 
-        char out[FG_TRACESTATE_PROPAGATE + 1 + CANARY_LEN];
+        char out[FG_TRACESTATE_PROPAGATE + 1 + TH_CANARY_LEN];
         size_t olen = 0;
-        memset(out, CANARY, sizeof(out));
+        memset(out, TH_CANARY, sizeof(out));
         rc = fg_tracestate_format(&ts, out, FG_TRACESTATE_PROPAGATE + 1, &olen);
-        FAST_ASSERT(rc == 0, "input %d: format %s", iter, fg_err_name(rc));
-        for (int c = 0; c < CANARY_LEN; c++) {
-            FAST_ASSERT((unsigned char)out[FG_TRACESTATE_PROPAGATE + 1 + c] == CANARY,
-                        "input %d: format wrote past cap", iter);
+        TH_FAST_ASSERT(rc == 0, "input %d: format %s", iter, fg_err_name(rc));
+        for (int c = 0; c < TH_CANARY_LEN; c++) {
+            TH_FAST_ASSERT((unsigned char)out[FG_TRACESTATE_PROPAGATE + 1 + c] == TH_CANARY,
+                           "input %d: format wrote past cap", iter);
         }
         if (olen == an && memcmp(out, alt_out, an + 1) == 0) {
             keep = keep_needed;
         } else {
-            FAST_ASSERT(olen == wn && memcmp(out, want_out, wn + 1) == 0,
-                        "input %d: format \"%s\", want \"%s\"", iter, out, want_out);
+            TH_FAST_ASSERT(olen == wn && memcmp(out, want_out, wn + 1) == 0,
+                           "input %d: format \"%s\", want \"%s\"", iter, out, want_out);
         }
         uint32_t nkept = 0;
         for (uint32_t i = 0; i < ref.n; i++) {
@@ -1538,18 +1449,19 @@ START_TEST(test_garbage_in) {
         }
         truncated += nkept < ref.n;
 
-        char *again = exact_copy(out, olen);
+        char *again = th_exact_copy(out, olen);
         fg_tracestate ts2;
         rc = fg_tracestate_parse(&ts2, again, olen);
-        FAST_ASSERT(rc == 0 && ts2.n == nkept, "input %d: re-parse %s, %u members", iter,
-                    fg_err_name(rc), (unsigned)ts2.n);
+        TH_FAST_ASSERT(rc == 0 && ts2.n == nkept, "input %d: re-parse %s, %u members", iter,
+                       fg_err_name(rc), (unsigned)ts2.n);
         for (uint32_t i = 0, k = 0; i < ref.n; i++) {
             if (!keep[i]) {
                 continue;
             }
-            FAST_ASSERT(str_is(ts2.members[k].key, ref.key[i].ptr, ref.key[i].len) &&
-                            str_is(ts2.members[k].value, ref.value[i].ptr, ref.value[i].len),
-                        "input %d: re-parsed member %u differs", iter, (unsigned)k);
+            TH_FAST_ASSERT(
+                th_str_is(ts2.members[k].key, ref.key[i].ptr, ref.key[i].len) &&
+                    th_str_is(ts2.members[k].value, ref.value[i].ptr, ref.value[i].len),
+                "input %d: re-parsed member %u differs", iter, (unsigned)k);
             k++;
         }
         free(again);
@@ -1573,7 +1485,7 @@ Suite *fg_suite_tracestate(void) {
     tcase_add_loop_test(tc, test_parse_table, 0, NPARSE);
     tcase_add_test(tc, test_parse_length_is_callers);
     tcase_add_test(tc, test_parse_replaces);
-    tcase_add_loop_test(tc, test_parse_length_bounds, 0, NELEM(len_cases));
+    tcase_add_loop_test(tc, test_parse_length_bounds, 0, TH_NELEM(len_cases));
     tcase_add_test(tc, test_parse_longest_member);
     tcase_add_test(tc, test_parse_member_count);
     suite_add_tcase(s, tc);
@@ -1581,7 +1493,7 @@ Suite *fg_suite_tracestate(void) {
     tc = tcase_create("parse_ctx");
     tcase_add_test(tc, test_parse_ctx_combines);
     tcase_add_test(tc, test_parse_ctx_boundaries);
-    tcase_add_loop_test(tc, test_parse_ctx_table, 0, NELEM(ctx_cases));
+    tcase_add_loop_test(tc, test_parse_ctx_table, 0, TH_NELEM(ctx_cases));
     tcase_add_test(tc, test_parse_ctx_count);
     suite_add_tcase(s, tc);
 
@@ -1589,15 +1501,15 @@ Suite *fg_suite_tracestate(void) {
     tcase_add_test(tc, test_get);
     tcase_add_test(tc, test_set_front_and_update);
     tcase_add_test(tc, test_set_full_drops_rightmost);
-    tcase_add_loop_test(tc, test_set_invalid, 0, NELEM(bad_sets));
+    tcase_add_loop_test(tc, test_set_invalid, 0, TH_NELEM(bad_sets));
     tcase_add_test(tc, test_remove);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("format");
     tcase_add_test(tc, test_format_basic);
     tcase_add_test(tc, test_format_caps);
-    tcase_add_loop_test(tc, test_format_truncate, 0, NELEM(trunc_cases));
-    tcase_add_loop_test(tc, test_format_truncate_large, 0, NELEM(trunc_large_cases));
+    tcase_add_loop_test(tc, test_format_truncate, 0, TH_NELEM(trunc_cases));
+    tcase_add_loop_test(tc, test_format_truncate_large, 0, TH_NELEM(trunc_large_cases));
     tcase_add_test(tc, test_format_single_huge_member);
     suite_add_tcase(s, tc);
 

@@ -27,6 +27,7 @@
 #include <check.h>
 #include <floodgate.h>
 
+#include "helpers.h"
 #include "suites.h"
 
 #define DEBOUNCE_NS 20000000u /* 20 ms */
@@ -499,24 +500,6 @@ END_TEST
 
 /* ---- out of memory: fail the Nth allocation ------------------------------------------ */
 
-static long oom_attempts, oom_allocs, oom_frees, oom_fail_at;
-
-static void *oom_malloc(size_t size) {
-    long n = __atomic_add_fetch(&oom_attempts, 1, __ATOMIC_RELAXED);
-    if (n == __atomic_load_n(&oom_fail_at, __ATOMIC_RELAXED))
-        return NULL;
-    void *p = malloc(size);
-    if (p != NULL)
-        __atomic_add_fetch(&oom_allocs, 1, __ATOMIC_RELAXED);
-    return p;
-}
-
-static void oom_free(void *p) {
-    if (p != NULL)
-        __atomic_add_fetch(&oom_frees, 1, __ATOMIC_RELAXED);
-    free(p);
-}
-
 static int oom_errors; /* errors->count of the last failed attempt */
 
 static void oom_reload(fg_runtime *rt, int rc, const fg_config_errors *errors, void *arg) {
@@ -531,10 +514,10 @@ START_TEST(test_oom) {
     o.on_reload = oom_reload;
     int done = 0;
     for (long n = 1; n < 100000 && !done; n++) {
-        oom_attempts = oom_allocs = oom_frees = 0;
-        oom_fail_at = n;
+        th_alloc_reset();
+        th_alloc.fail_at = n;
         oom_errors = -1;
-        ck_assert_int_eq(fg_set_alloc_funcs(oom_malloc, oom_free), 0);
+        ck_assert_int_eq(fg_set_alloc_funcs(th_count_malloc, th_count_free), 0);
         fg_registry *reg = NULL;
         fg_runtime *rt = NULL;
         fg_watch *w = NULL;
@@ -556,8 +539,8 @@ START_TEST(test_oom) {
         fg_runtime_free(rt);
         fg_registry_free(reg);
         ck_assert_int_eq(fg_set_alloc_funcs(NULL, NULL), 0);
-        ck_assert_int_eq(oom_allocs, oom_frees);
-        done = oom_attempts < n; /* the failure was never reached: every path walked */
+        ck_assert_int_eq(th_alloc.allocs, th_alloc.frees);
+        done = th_alloc.attempts < n; /* the failure was never reached: every path walked */
         if (done)
             ck_assert_int_eq(rc, 0);
     }
