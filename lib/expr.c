@@ -145,17 +145,6 @@ static int fg_num_cmp(const fg_num *x, const fg_num *y) {
     return (x->d > y->d) - (x->d < y->d);
 }
 
-/* Equality of n bytes; rule keys and values are short, so an inline loop
- * beats a call into the library's memcmp. */
-static inline int fg_memeq(const char *a, const char *b, size_t n) {
-    if (n > 32)
-        return memcmp(a, b, n) == 0;
-    unsigned char diff = 0;
-    for (size_t i = 0; i < n; i++)
-        diff |= (unsigned char)(a[i] ^ b[i]);
-    return diff == 0;
-}
-
 /* ---- the compiler ------------------------------------------------------------------ */
 
 enum fg_tok {
@@ -885,20 +874,6 @@ typedef struct fg_val {
 #define FG_EXPR_VALUE_BUF (FG_BAGGAGE_MAX_BYTES + 1)
 #define FG_LEAF           __attribute__((noinline))
 
-/* A meta entry: exact names over the ctx's table, inline (the common
- * case of rules). Returns 1 and *out, or 0. */
-static inline int fg_meta(const fg_ctx *ctx, const fg_str *key, fg_str *out) {
-    uint32_t nh = ctx->nheaders <= FG_CTX_MAX_HEADERS ? ctx->nheaders : FG_CTX_MAX_HEADERS;
-    for (uint32_t i = 0; i < nh; i++) {
-        const fg_str *name = &ctx->headers[i].name;
-        if (name->len == key->len && fg_memeq(name->ptr, key->ptr, key->len)) {
-            *out = ctx->headers[i].value;
-            return 1;
-        }
-    }
-    return 0;
-}
-
 /* Read the value of a FG_N_GET, FG_N_PATH, FG_N_METHOD, FG_N_STR or
  * FG_N_NUM node. buf holds a decoded baggage value. */
 static void fg_eval_value(const fg_expr *e, int n, const fg_ctx *ctx, fg_val *v, char *buf) {
@@ -922,7 +897,7 @@ static void fg_eval_value(const fg_expr *e, int n, const fg_ctx *ctx, fg_val *v,
         return;
     case FG_N_GET:
         if (node->op == FG_SOURCE_META) {
-            v->present = fg_meta(ctx, &node->str, &v->str);
+            v->present = fg__meta(ctx, &node->str, &v->str);
             return;
         }
         v->present = fg__request_value(ctx, node->op, node->str.ptr, node->str.len, &v->str,
@@ -966,7 +941,7 @@ static int fg_compare(int op, const fg_val *a, const fg_val *b) {
     if (!a->present || !b->present)
         return 0;
     if ((op == FG_CMP_EQ || op == FG_CMP_NE) && !a->is_num && !b->is_num) {
-        int eq = a->str.len == b->str.len && fg_memeq(a->str.ptr, b->str.ptr, a->str.len);
+        int eq = a->str.len == b->str.len && fg__memeq(a->str.ptr, b->str.ptr, a->str.len);
         return op == FG_CMP_EQ ? eq : !eq;
     }
     if (a->is_num || b->is_num) {
@@ -1069,15 +1044,15 @@ static int fg_eval(const fg_expr *e, int n, const fg_ctx *ctx) {
         if (node->fast == FG_FAST_META_STR) {
             fg_str v;
             const fg_str *lit = &e->nodes[node->b].str;
-            if (!fg_meta(ctx, &e->nodes[node->a].str, &v))
+            if (!fg__meta(ctx, &e->nodes[node->a].str, &v))
                 return 0; /* absent: false, whatever the operator */
-            int eq = v.len == lit->len && fg_memeq(v.ptr, lit->ptr, v.len);
+            int eq = v.len == lit->len && fg__memeq(v.ptr, lit->ptr, v.len);
             return node->op == FG_CMP_EQ ? eq : !eq;
         }
         if (node->fast == FG_FAST_META_NUM) {
             fg_str v;
             fg_num x;
-            if (!fg_meta(ctx, &e->nodes[node->a].str, &v) ||
+            if (!fg__meta(ctx, &e->nodes[node->a].str, &v) ||
                 fg_parse_num(v.ptr, v.len, &x) != 0)
                 return 0;
             return fg_cmp_result(node->op, fg_num_cmp(&x, &e->nodes[node->b].num));

@@ -154,15 +154,8 @@ int fg__request_value(const fg_ctx *ctx, int source, const char *name, size_t na
     case FG_SOURCE_HEADER:
         return fg_ctx_header_n(ctx, name, name_len, out);
     case FG_SOURCE_META: {
-        uint32_t n = ctx->nheaders <= FG_CTX_MAX_HEADERS ? ctx->nheaders : FG_CTX_MAX_HEADERS;
-        for (uint32_t i = 0; i < n; i++) {
-            const fg_header *h = &ctx->headers[i];
-            if (h->name.len == name_len && memcmp(h->name.ptr, name, name_len) == 0) {
-                *out = h->value;
-                return 0;
-            }
-        }
-        return FG_ENOTFOUND;
+        fg_str key = {name, name_len};
+        return fg__meta(ctx, &key, out) ? 0 : FG_ENOTFOUND;
     }
     case FG_SOURCE_QUERY: {
         const char *q = ctx->path.len ? memchr(ctx->path.ptr, '?', ctx->path.len) : NULL;

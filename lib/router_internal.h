@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "floodgate/ctx.h"
 
@@ -40,6 +41,31 @@ int fg__request_value(const fg_ctx *ctx, int source, const char *name, size_t na
 /* Parse a decimal number ([+-]digits[.digits], whole string), the way rule
  * expressions read request values. Returns 0 and *out, or -1. */
 int fg__parse_double(const char *s, size_t n, double *out);
+
+/* Equality of n bytes; rule keys and values are short, so an inline loop
+ * beats a call into the library's memcmp. */
+static inline int fg__memeq(const char *a, const char *b, size_t n) {
+    if (n > 32)
+        return memcmp(a, b, n) == 0;
+    unsigned char diff = 0;
+    for (size_t i = 0; i < n; i++)
+        diff |= (unsigned char)(a[i] ^ b[i]);
+    return diff == 0;
+}
+
+/* A meta entry: exact names over the ctx's table, inline (the common
+ * case of rules). Returns 1 and *out, or 0. */
+static inline int fg__meta(const fg_ctx *ctx, const fg_str *key, fg_str *out) {
+    uint32_t nh = ctx->nheaders <= FG_CTX_MAX_HEADERS ? ctx->nheaders : FG_CTX_MAX_HEADERS;
+    for (uint32_t i = 0; i < nh; i++) {
+        const fg_str *name = &ctx->headers[i].name;
+        if (name->len == key->len && fg__memeq(name->ptr, key->ptr, key->len)) {
+            *out = ctx->headers[i].value;
+            return 1;
+        }
+    }
+    return 0;
+}
 
 /* Whether stage is a router stage (fg_stage_router). */
 int fg__is_router_stage(const fg_stage *stage);
