@@ -705,6 +705,68 @@ int fg_breaker_reset(fg_breaker *b) {
     return 0;
 }
 
+/* Whether two breakers' windows map outcomes to the same slots. */
+static int fg_same_window(const fg_breaker *a, const fg_breaker *b) {
+    if (a->window != b->window)
+        return 0;
+    if (a->window == FG_BREAKER_WINDOW_COUNT)
+        return a->ring_size == b->ring_size;
+    return a->nbuckets == b->nbuckets && a->bucket_ns == b->bucket_ns;
+}
+
+static void fg_copy_u64(uint64_t *to, const uint64_t *from) {
+    fg__store_u64(to, fg__load_u64(from));
+}
+
+int fg_breaker_carry(fg_breaker *to, fg_breaker *from, uint64_t now_ns) {
+    if (to == NULL || from == NULL || to == from)
+        return FG_EINVAL;
+    uint64_t now = fg__time_clamp(now_ns);
+    /* The lock holds transitions still: the word and the fields that
+     * describe its state are read as one. Outcomes may still be recorded
+     * meanwhile; the window is copied slot by slot as it stands. */
+    if (pthread_mutex_lock(&from->lock) != 0)
+        return FG_ESYS;
+    uint64_t w = fg__load_u64(&from->word);
+    unsigned state = FG_W_STATE(w);
+    uint64_t gen = fg__load_u64(&from->generation);
+    if (state == FG_BREAKER_OPEN) {
+        fg_copy_u64(&to->open_until, &from->open_until);
+        fg_copy_u64(&to->open_now_ns, &from->open_now_ns);
+    } else if (state == FG_BREAKER_HALF_OPEN) {
+        fg__store_u64(&to->half_open_since, now);
+    }
+    to->reopens = from->reopens;
+    fg_copy_u64(&to->consecutive, &from->consecutive);
+    if (fg_same_window(to, from)) {
+        if (to->window == FG_BREAKER_WINDOW_COUNT) {
+            for (uint32_t i = 0; i < to->ring_size; i++)
+                (void)fg__xchg_u8(&to->ring[i], fg__load_u8(&from->ring[i]));
+            fg_copy_u64(&to->calls, &from->calls);
+            fg_copy_u64(&to->fails, &from->fails);
+            fg_copy_u64(&to->slow, &from->slow);
+            fg__store_u32(&to->head, fg__load_u32(&from->head));
+        } else {
+            for (uint32_t j = 0; j < to->nbuckets; j++)
+                fg_copy_u64(&to->buckets[j], &from->buckets[j]);
+            fg_copy_u64(&to->cur_idx, &from->cur_idx);
+            fg_copy_u64(&to->last_rotation, &from->last_rotation);
+        }
+    }
+    pthread_mutex_unlock(&from->lock);
+    uint64_t *const counters[][2] = {
+        {&to->rejected, &from->rejected},       {&to->shadow_rejected, &from->shadow_rejected},
+        {&to->discarded, &from->discarded},     {&to->opened, &from->opened},
+        {&to->half_opened, &from->half_opened}, {&to->closed, &from->closed}};
+    for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++)
+        fg_copy_u64(counters[i][0], counters[i][1]);
+    /* Published last, with fresh probe slots: the release orders the fields
+     * above before it for whoever later reads `to`'s word. */
+    fg__store_u64(&to->generation, gen);
+    fg__store_u64(&to->word, fg_word(state, FG_W_MODE(w), 0, 0, gen));
+    return 0;
+}
+
 /* Names, indexed by the enums' values (which are 0, 1, 2, ...). */
 static const char *const fg_state_names[] = {"closed", "open", "half_open"};
 static const char *const fg_reason_names[] = {

@@ -291,6 +291,9 @@ struct fg_def {
     /* pending in-place changes on a carried-over limiter */
     int set_rate, set_burst, burst_first;
     uint64_t rate, period_ns, burst;
+    /* a changed breaker: the old one, whose state it takes at commit
+     * (borrowed from the runtime's table, alive under the load lock) */
+    struct fg_comp *carry;
 };
 
 struct fg_build {
@@ -958,8 +961,9 @@ static void fg_parse_breaker(struct fg_build *b, const char *path, const json_t 
         o.listener_arg = c;
     }
     int rc = fg_breaker_new(&o, &c->breaker);
-    /* Shadow: the state machine runs and counts, nothing is rejected. */
-    if (rc == 0 && shadow)
+    /* Shadow: the state machine runs and counts, nothing is rejected. A
+     * carried breaker gets its mode at commit, with its state. */
+    if (rc == 0 && shadow && old == NULL)
         rc = fg_breaker_set_mode(c->breaker, FG_BREAKER_DISABLED);
     if (rc != 0) {
         if (rc == FG_ENOMEM)
@@ -972,7 +976,22 @@ static void fg_parse_breaker(struct fg_build *b, const char *path, const json_t 
         return;
     }
     d->comp = c;
+    d->carry = old;
     d->ok = 1;
+}
+
+/* At commit: a changed breaker takes the old one's state (the mode too,
+ * unless "shadow" changed: shadow is the DISABLED mode). */
+static void fg_breaker_commit(const struct fg_build *b, const struct fg_def *d) {
+    fg_breaker *nb = d->comp->breaker;
+    uint64_t now = fg_clock_read(&b->clock);
+    (void)fg_breaker_carry(nb, d->carry->breaker, now);
+    fg_breaker_stats st;
+    (void)fg_breaker_snapshot(nb, now, &st);
+    if (d->comp->bshadow && st.mode != FG_BREAKER_DISABLED)
+        (void)fg_breaker_set_mode(nb, FG_BREAKER_DISABLED);
+    else if (!d->comp->bshadow && d->carry->bshadow && st.mode == FG_BREAKER_DISABLED)
+        (void)fg_breaker_set_mode(nb, FG_BREAKER_AUTO);
 }
 
 static void fg_parse_defs(struct fg_build *b, const char *section, const json_t *v,
@@ -1875,6 +1894,8 @@ int fg_runtime_load_json(fg_runtime *rt, const fg_registry *registry, const char
         snap->v[snap->n++] = c;
         fg_comp_ref(c);
         table->v[table->n++] = c;
+        if (c->kind == FG_COMP_BREAKER && d->carry != NULL)
+            fg_breaker_commit(&b, d);
         if (c->kind == FG_COMP_BREAKER || !(d->set_rate || d->set_burst))
             continue;
         for (int step = 0; step < 2; step++) {

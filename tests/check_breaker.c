@@ -1664,6 +1664,140 @@ START_TEST(test_reset) {
 END_TEST
 
 /*
+ * fg_breaker_carry: a breaker built with new thresholds takes the old one's
+ * state. A window of the same shape keeps its outcomes (and the new
+ * thresholds judge them); an OPEN breaker stays open until the same
+ * moment; counters and generations continue; no listener is called.
+ */
+START_TEST(test_carry_count_window) {
+    evlog log;
+    fg_breaker_options o = FG_BREAKER_OPTIONS_INIT;
+    o.window_size = 10;
+    o.min_requests = 10;
+    o.failure_ratio = 0.5;
+    o.open_for_ns = SEC;
+    fg_breaker *a = mk(&o);
+    CALLS(a, T0, SUCCESS, 3);
+    CALLS(a, T0, FAILURE, 4);
+    WINDOW_EQ(a, T0, 7, 4, 0);
+    /* Same window, lower min_requests: 4 of 7 failed already trips. */
+    o.min_requests = 8;
+    listen(&o, &log);
+    fg_breaker *b = mk(&o);
+    ck_assert_int_eq(fg_breaker_carry(b, a, T0), 0);
+    ck_assert_int_eq(log.n, 0);
+    WINDOW_EQ(b, T0, 7, 4, 0);
+    STATE_EQ(b, CLOSED);
+    ck_assert_uint_eq(snap(b, T0).generation, snap(a, T0).generation);
+    CALL(b, T0, SUCCESS); /* 8 calls, 4 failed: 50% */
+    STATE_EQ(b, OPEN);
+    ck_assert_int_eq(log.n, 1);
+    ck_assert_int_eq(log.ev[0].reason, FG_BREAKER_REASON_FAILURE_RATIO);
+    /* The ring positions continue too: 10 calls later the old ones are gone. */
+    fg_breaker_free(a);
+
+    /* OPEN carried with its end; counters kept; the next period follows
+     * the new settings. */
+    o.open_for_ns = 4 * SEC;
+    o.max_open_ns = 40 * SEC;
+    fg_breaker *c = mk(&o);
+    ENTER_REJ(b, T0 + 100, SEC - 100);
+    fg_breaker_stats before = snap(b, T0 + 100);
+    ck_assert_int_eq(fg_breaker_carry(c, b, T0 + 100), 0);
+    fg_breaker_stats after = snap(c, T0 + 100);
+    ck_assert_int_eq(after.state, OPEN);
+    ck_assert_uint_eq(after.open_until_ns, T0 + SEC);
+    ck_assert_uint_eq(after.opened, before.opened);
+    ck_assert_uint_eq(after.rejected, before.rejected);
+    ck_assert_uint_eq(after.generation, before.generation);
+    ENTER_REJ(c, T0 + 200, SEC - 200);
+    /* Half-open at the old end, then a failed probe: 4 s, the new open_for. */
+    uint64_t p = ENTER_OK(c, T0 + SEC);
+    EXIT_EQ(c, p, T0 + SEC, FAILURE, 0);
+    STATE_EQ(c, OPEN);
+    ck_assert_uint_eq(snap(c, T0 + SEC).open_until_ns, T0 + SEC + 4 * SEC * 1);
+    fg_breaker_free(b);
+    fg_breaker_free(c);
+}
+END_TEST
+
+/* A window of another shape starts empty; the state is still carried. A
+ * HALF-OPEN breaker stays half-open with fresh probe slots. */
+START_TEST(test_carry_shape_and_half_open) {
+    fg_breaker_options o = FG_BREAKER_OPTIONS_INIT;
+    o.window = FG_BREAKER_WINDOW_TIME;
+    o.window_ns = 10 * SEC;
+    o.window_buckets = 10;
+    o.min_requests = 5;
+    o.open_for_ns = SEC;
+    o.half_open_probes = 2;
+    fg_breaker *a = mk(&o);
+    CALLS(a, T0, FAILURE, 2);
+    /* Same shape (TIME, 10 x 1 s): the buckets are carried. */
+    o.failure_ratio = 0.9;
+    fg_breaker *b = mk(&o);
+    ck_assert_int_eq(fg_breaker_carry(b, a, T0), 0);
+    WINDOW_EQ(b, T0, 2, 2, 0);
+    CALLS(b, T0 + SEC, FAILURE, 2);
+    WINDOW_EQ(b, T0 + SEC, 4, 4, 0);
+    /* Another bucket length: empty. */
+    o.window_ns = 20 * SEC;
+    fg_breaker *c = mk(&o);
+    ck_assert_int_eq(fg_breaker_carry(c, b, T0 + SEC), 0);
+    WINDOW_EQ(c, T0 + SEC, 0, 0, 0);
+    /* A COUNT window from a TIME one: empty as well. */
+    fg_breaker_options oc = o;
+    oc.window = FG_BREAKER_WINDOW_COUNT;
+    oc.window_size = 10;
+    fg_breaker *d = mk(&oc);
+    ck_assert_int_eq(fg_breaker_carry(d, b, T0 + SEC), 0);
+    WINDOW_EQ(d, T0 + SEC, 0, 0, 0);
+    fg_breaker_free(d);
+
+    /* Half-open with one probe taken: the new breaker has both slots. */
+    CALL(b, T0 + SEC, FAILURE); /* 5 calls, all failed: opens */
+    STATE_EQ(b, OPEN);
+    uint64_t p = ENTER_OK(b, T0 + 2 * SEC);
+    STATE_EQ(b, HALF_OPEN);
+    ck_assert_uint_eq(snap(b, T0 + 2 * SEC).probes_admitted, 1);
+    fg_breaker *e = mk(&o);
+    ck_assert_int_eq(fg_breaker_carry(e, b, T0 + 2 * SEC + 5), 0);
+    STATE_EQ(e, HALF_OPEN);
+    ck_assert_uint_eq(snap(e, T0 + 2 * SEC).probes_admitted, 0);
+    uint64_t p1 = ENTER_OK(e, T0 + 2 * SEC + 6);
+    uint64_t p2 = ENTER_OK(e, T0 + 2 * SEC + 6);
+    ENTER_REJ(e, T0 + 2 * SEC + 6, 0);
+    EXIT_EQ(e, p1, T0 + 2 * SEC + 7, SUCCESS, 0);
+    EXIT_EQ(e, p2, T0 + 2 * SEC + 7, SUCCESS, 0);
+    STATE_EQ(e, CLOSED);
+    EXIT_EQ(b, p, T0 + 2 * SEC + 7, SUCCESS, 0); /* the old probe reports to the old one */
+    fg_breaker_free(a);
+    fg_breaker_free(b);
+    fg_breaker_free(c);
+    fg_breaker_free(e);
+}
+END_TEST
+
+/* The mode is carried (a forced-open breaker stays forced open); bad
+ * arguments are refused. */
+START_TEST(test_carry_mode_and_args) {
+    fg_breaker_options o = FG_BREAKER_OPTIONS_INIT;
+    fg_breaker *a = mk(&o);
+    ck_assert_int_eq(fg_breaker_set_mode(a, FG_BREAKER_FORCED_OPEN), 0);
+    o.min_requests = 7;
+    fg_breaker *b = mk(&o);
+    ck_assert_int_eq(fg_breaker_carry(NULL, a, T0), FG_EINVAL);
+    ck_assert_int_eq(fg_breaker_carry(b, NULL, T0), FG_EINVAL);
+    ck_assert_int_eq(fg_breaker_carry(a, a, T0), FG_EINVAL);
+    ck_assert_int_eq(fg_breaker_carry(b, a, T0), 0);
+    ck_assert_int_eq(snap(b, T0).mode, FG_BREAKER_FORCED_OPEN);
+    ENTER_REJ(b, T0, 0);
+    fg_breaker_free(a);
+    fg_breaker_free(b);
+}
+END_TEST
+
+/*
  * Every change, once, in order: each reason, the mode after it, the time
  * that caused it, the open time of each opening, generations strictly
  * rising, and the snapshot's generation that of the last change.
@@ -3131,6 +3265,9 @@ Suite *fg_suite_breaker(void) {
     tcase_add_test(tc, test_forced_closed);
     tcase_add_test(tc, test_disabled_shadow);
     tcase_add_test(tc, test_reset);
+    tcase_add_test(tc, test_carry_count_window);
+    tcase_add_test(tc, test_carry_shape_and_half_open);
+    tcase_add_test(tc, test_carry_mode_and_args);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("listener");

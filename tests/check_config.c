@@ -472,7 +472,7 @@ START_TEST(test_carry_over) {
     ck_assert_int_eq(
         load(rt, r, "{\"version\": \"z\", \"chain\": [], \"handler\": \"a\"}", &errs), 0);
     ck_assert_uint_eq(fg__config_live_components(), live0);
-    /* a keyed limiter and a breaker carried; a breaker with new thresholds is fresh */
+    /* a keyed limiter carried with a new rate; a breaker with a new threshold */
     const char *k1 = "{\"version\": \"k\", \"limiters\": {\"u\": {\"rate\": \"1/h\", "
                      "\"burst\": 2, \"key\": \"path\", \"max_keys\": 10}}, \"breakers\": "
                      "{\"b\": {\"min_requests\": 5}}, \"chain\": [{\"limiter\": \"u\"}, "
@@ -540,9 +540,10 @@ static const char *stress_a =
 static const char *stress_b =
     "{\"version\": \"B\", \"limiters\": {\"l\": {\"rate\": \"2000/s\", \"burst\": 20},"
     " \"m\": {\"rate\": \"10/ms\", \"burst\": 5, \"max_wait\": \"1ms\"}},"
+    " \"breakers\": {\"b\": {\"min_requests\": 7}},"
     " \"chain\": [{\"limiter\": \"l\"}], \"routes\": ["
     " {\"name\": \"one\", \"match\": {\"path\": {\"prefix\": \"/one\"}}, \"stages\": "
-    "[{\"limiter\": \"m\"}], \"handler\": \"b\"}]}";
+    "[{\"limiter\": \"m\"}, {\"breaker\": \"b\"}], \"handler\": \"b\"}]}";
 static const char *stress_bad =
     "{\"version\": \"BAD\", \"limiters\": {\"l\": {\"rate\": \"fast\", \"burst\": 0}},"
     " \"chain\": [], \"handler\": \"a\"}";
@@ -592,14 +593,16 @@ static int h_fail(fg_ctx *ctx, void *arg) {
 }
 
 struct events {
-    int opened;
+    int opened, modes;
     char name[16];
 };
 
 static void on_breaker(const char *name, const fg_breaker_event *ev, void *arg) {
     struct events *e = arg;
-    if (ev->to == FG_BREAKER_OPEN)
+    if (ev->to == FG_BREAKER_OPEN && ev->from != FG_BREAKER_OPEN)
         e->opened++;
+    if (ev->reason == FG_BREAKER_REASON_MANUAL)
+        e->modes++;
     snprintf(e->name, sizeof(e->name), "%s", name);
 }
 
@@ -617,7 +620,7 @@ START_TEST(test_breaker_shadow) {
         ck_assert_int_eq(fg_registry_add_handler(r, "fail", h_fail, NULL), 0);
         fg_runtime *rt = NULL;
         ck_assert_int_eq(fg_runtime_new(&rt), 0);
-        struct events ev = {0, ""};
+        struct events ev = {0, 0, ""};
         ck_assert_int_eq(fg_runtime_set_breaker_listener(rt, on_breaker, &ev), 0);
         char text[512];
         snprintf(text, sizeof(text), fmt, shadow ? "true" : "false");
@@ -642,6 +645,65 @@ START_TEST(test_breaker_shadow) {
         fg_runtime_free(rt);
         fg_registry_free(r);
     }
+}
+END_TEST
+
+/*
+ * A breaker keeps its state and window across a reload that changes its
+ * thresholds, its window's shape or its shadow mark; the runtime's listener
+ * hears of no change the reload did not make.
+ */
+START_TEST(test_breaker_carry) {
+    static const char *fmt =
+        "{\"version\": \"c\", \"breakers\": {\"b\": {\"min_requests\": %d, \"failure_ratio\": "
+        "0.5, \"window\": {\"count\": %d}, \"open_for\": \"%s\", \"shadow\": %s}}, "
+        "\"chain\": [{\"breaker\": \"b\"}], \"handler\": \"fail\"}";
+    fg_fake_clock *fake = NULL;
+    ck_assert_int_eq(fg_fake_clock_new(UINT64_C(1000000000), &fake), 0);
+    fg_registry *r = NULL;
+    ck_assert_int_eq(fg_registry_new(&r), 0);
+    ck_assert_int_eq(fg_registry_add_handler(r, "fail", h_fail, NULL), 0);
+    fg_runtime *rt = NULL;
+    ck_assert_int_eq(fg_runtime_new(&rt), 0);
+    ck_assert_int_eq(fg_runtime_set_clock(rt, fg_fake_clock_as_clock(fake)), 0);
+    struct events ev = {0, 0, ""};
+    ck_assert_int_eq(fg_runtime_set_breaker_listener(rt, on_breaker, &ev), 0);
+    char text[512];
+    fg_config_errors errs;
+#define LOAD_B(min, count, open_for, shadow)                                                  \
+    do {                                                                                      \
+        snprintf(text, sizeof(text), fmt, (min), (count), (open_for), (shadow));              \
+        ck_assert_int_eq(load(rt, r, text, &errs), 0);                                        \
+    } while (0)
+    LOAD_B(10, 10, "1h", "false");
+    for (int i = 0; i < 4; i++)
+        ck_assert_int_eq(call(rt, "GET", "/", NULL, NULL, NULL, NULL), FG_EHANDLER);
+    /* min_requests 10 -> 6: the 4 failures are still in the window, so the
+     * breaker opens after 2 more calls, not after 6. */
+    LOAD_B(6, 10, "1h", "false");
+    ck_assert_int_eq(call(rt, "GET", "/", NULL, NULL, NULL, NULL), FG_EHANDLER);
+    ck_assert_int_eq(ev.opened, 0);
+    ck_assert_int_eq(call(rt, "GET", "/", NULL, NULL, NULL, NULL), FG_EHANDLER);
+    ck_assert_int_eq(ev.opened, 1);
+    ck_assert_int_eq(call(rt, "GET", "/", NULL, NULL, NULL, NULL), FG_EBREAKER);
+    /* Another window size and open time: still open, until the old end. */
+    LOAD_B(6, 20, "1m", "false");
+    ck_assert_int_eq(call(rt, "GET", "/", NULL, NULL, NULL, NULL), FG_EBREAKER);
+    /* Shadow: admitted (and failing), the state machine still open. */
+    LOAD_B(6, 20, "1m", "true");
+    ck_assert_int_eq(call(rt, "GET", "/", NULL, NULL, NULL, NULL), FG_EHANDLER);
+    /* Enforced again: rejected, since the hour is not over. */
+    LOAD_B(6, 20, "1m", "false");
+    ck_assert_int_eq(call(rt, "GET", "/", NULL, NULL, NULL, NULL), FG_EBREAKER);
+    fg_fake_clock_advance(fake, UINT64_C(3600) * FG_NS_PER_S);
+    ck_assert_int_eq(call(rt, "GET", "/", NULL, NULL, NULL, NULL), FG_EHANDLER); /* a probe */
+    ck_assert_int_eq(call(rt, "GET", "/", NULL, NULL, NULL, NULL), FG_EBREAKER);
+    ck_assert_int_eq(ev.opened, 2); /* the failed probe reopened it */
+    ck_assert_int_eq(ev.modes, 2);  /* shadow on, shadow off */
+#undef LOAD_B
+    fg_runtime_free(rt);
+    fg_registry_free(r);
+    fg_fake_clock_free(fake);
 }
 END_TEST
 
@@ -687,6 +749,7 @@ Suite *fg_suite_config(void) {
     tcase_add_test(tc, test_handler_only);
     tcase_add_test(tc, test_limits_and_files);
     tcase_add_test(tc, test_breaker_shadow);
+    tcase_add_test(tc, test_breaker_carry);
     tcase_add_test(tc, test_runtime_clock);
     suite_add_tcase(s, tc);
     tc = tcase_create("errors");

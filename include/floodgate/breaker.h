@@ -261,6 +261,32 @@ FG_API int fg_breaker_set_mode(fg_breaker *breaker, fg_breaker_mode mode);
 FG_API int fg_breaker_reset(fg_breaker *breaker);
 
 /*
+ * fg_breaker_carry - give `to`, a breaker nobody uses yet, the state of
+ * `from`: how a breaker keeps its state when its settings change (the
+ * config layer builds the new breaker aside with the new thresholds and
+ * carries the old one's state into it just before the swap).
+ *
+ * Carried: the state and mode; an OPEN breaker's end of the open period and
+ * its reopen count (the open time promised to clients stands; the next one
+ * follows the new settings); a HALF-OPEN breaker stays half-open with fresh
+ * probe slots from now_ns (probes in flight on `from` report to `from`);
+ * the run of consecutive failures; the counters of fg_breaker_stats, so
+ * they never go backwards; the transition count, so listener generations
+ * keep increasing; and the window's outcomes when both windows have the
+ * same shape (COUNT: same window_size; TIME: same bucket count and bucket
+ * length). A window of another shape starts empty: recorded outcomes cannot
+ * be mapped onto it. Outcomes `from` records after the call are not carried.
+ * No listener is called. Both breakers must read the same clock.
+ *
+ * Returns: 0; FG_EINVAL for NULL or to == from; FG_ESYS when a transition
+ * mutex cannot be taken.
+ * Ownership: neither breaker is taken. Thread-safety: `from` may be in use
+ * by any thread; `to` must not be in use by any other thread until the
+ * call returns (publish it afterwards, e.g. with a snapshot swap).
+ */
+FG_API int fg_breaker_carry(fg_breaker *to, fg_breaker *from, uint64_t now_ns);
+
+/*
  * A classifier: turns a chain outcome into what the breaker counts. The
  * default (NULL) counts FG_OUTCOME_OK as success, FG_OUTCOME_FAILED as
  * failure, and a rejection by a later stage as IGNORE (that was not the
