@@ -148,7 +148,8 @@ test-unit: $(B)/tests/check_floodgate
 # Shell tests: the exported-symbol list, C++ and standalone header builds,
 # and (release only: sanitizer builds cannot be linked by a plain cc) the
 # install + out-of-tree build of examples/hello and a quick benchmark run
-# that checks every figure is printed in the stable format.
+# that checks every figure is printed in the stable format (replay_throughput
+# too, from bench/replay.sh on a small trace through $(TOOL)).
 test-shell: lib $(TOOL)
 	sh tests/test_exports.sh $(B)/libfloodgate.so $(VARIANT)
 	sh tests/test_cli.sh $(TOOL)
@@ -156,7 +157,7 @@ test-shell: lib $(TOOL)
 ifeq ($(VARIANT),release)
 	sh tests/test_install.sh
 	$(MAKE) --no-print-directory $(B)/bench/bench
-	sh tests/test_bench.sh $(B)/bench/bench
+	sh tests/test_bench.sh $(B)/bench/bench $(TOOL)
 endif
 
 # ---- examples, demo ----------------------------------------------------------
@@ -179,8 +180,18 @@ $(B)/bench/bench: $(BENCH_SRCS) $(wildcard bench/*.h) $(STATIC) $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(APP_CFLAGS) -Ilib $(LDFLAGS) -o $@ $(BENCH_SRCS) $(STATIC) $(DEP_LIBS)
 
-bench-run: $(B)/bench/bench
+# replay_throughput comes from bench/replay.sh (a trace through the tool),
+# after the bench binary, reading the same BENCH_ARGS: --quick replays
+# 100,000 lines instead of 1,000,000, and --filter X runs it only when X is a
+# substring of "replay_throughput", as the binary matches its figures.
+bench-run: $(B)/bench/bench $(TOOL)
 	$(B)/bench/bench $(BENCH_ARGS)
+	@set -- $(BENCH_ARGS); lines=1000000; filter=; \
+	while [ $$# -gt 0 ]; do \
+	    case $$1 in --quick) lines=100000 ;; --filter) filter=$${2-}; [ $$# -gt 1 ] && shift ;; esac; \
+	    shift; \
+	done; \
+	case replay_throughput in *"$$filter"*) sh bench/replay.sh $(TOOL) $$lines ;; esac
 
 # Peers: the same operations in other libraries, side by side with ours
 # (bench/peers/). Needs Go and golang.org/x/time from Debian, which

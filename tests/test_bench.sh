@@ -4,13 +4,20 @@
 # stable `bench=<name> threads=<n> ns_per_op=<x>` format, with zero
 # allocations per request. (Speed itself is judged by `make bench`, never
 # here: this machine is shared and noisy. The target=... met=yes|no fields
-# must be there, whatever they say.)
+# must be there, whatever they say.) Then bench/replay.sh replays a 20,000-line
+# trace through the floodgate tool and must print its replay_throughput line.
+#
+# Usage: sh tests/test_bench.sh BENCH_BINARY FLOODGATE_BINARY
 set -eu
 bench=$1
+tool=$2
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 if ! "$bench" --quick >"$out"; then
     echo "FAIL bench: $bench --quick exited non-zero"; cat "$out"; exit 1
+fi
+if ! sh "$(dirname "$0")/../bench/replay.sh" "$tool" 20000 >>"$out"; then
+    echo "FAIL bench: bench/replay.sh $tool 20000 exited non-zero"; cat "$out"; exit 1
 fi
 fail=0
 expect() { # expect <name> <threads> [<field regex> ...]: the line, with these fields
@@ -74,6 +81,7 @@ for threads in 1 2; do
     expect split_sticky "$threads" "ratio_cas=$num" "allocs_per_op=$num" "canary_share=$num"
 done
 expect route_match_1000 1 'target=2xroute_match_10' "$met"
+expect replay_throughput 1 'rps=[0-9]+' 'lines=20000' 'config=full.json'
 if ! grep -Eq '^bench=keyed_bytes_per_key threads=1 ns_per_op=0\.00 ' "$out"; then
     echo "FAIL bench: keyed_bytes_per_key is not ns_per_op=0.00"; fail=1
 fi
