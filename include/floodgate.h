@@ -25,6 +25,7 @@
 #include "floodgate/breaker.h"
 #include "floodgate/trace.h"
 #include "floodgate/router.h"
+#include "floodgate/fault.h"
 #include "floodgate/runtime.h"
 #include "floodgate/config.h"
 
