@@ -28,13 +28,14 @@ Suite *fg_suite_router(void);
 Suite *fg_suite_runtime(void);
 Suite *fg_suite_config(void);
 Suite *fg_suite_watch(void);
+Suite *fg_suite_fault(void);
 
 /* One suite per X. */
 /* clang-format off */
 #define FG_TEST_SUITES(X) \
     X(error) X(alloc) X(clock) X(ctx) X(stage) X(chain) X(limiter) X(keyed) \
     X(breaker) X(trace) X(tracestate) X(baggage) X(trace_stage) X(errval) \
-    X(expr) X(router) X(runtime) X(config) X(watch)
+    X(expr) X(router) X(runtime) X(config) X(watch) X(fault)
 /* clang-format on */
 
 #endif
