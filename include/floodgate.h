@@ -28,5 +28,6 @@
 #include "floodgate/fault.h"
 #include "floodgate/runtime.h"
 #include "floodgate/config.h"
+#include "floodgate/histogram.h"
 
 #endif /* FLOODGATE_H */
