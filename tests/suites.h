@@ -28,6 +28,7 @@ Suite *fg_suite_router(void);
 Suite *fg_suite_runtime(void);
 Suite *fg_suite_config(void);
 Suite *fg_suite_watch(void);
+Suite *fg_suite_histogram(void);
 Suite *fg_suite_fault(void);
 
 /* One suite per X. */
@@ -35,7 +36,7 @@ Suite *fg_suite_fault(void);
 #define FG_TEST_SUITES(X) \
     X(error) X(alloc) X(clock) X(ctx) X(stage) X(chain) X(limiter) X(keyed) \
     X(breaker) X(trace) X(tracestate) X(baggage) X(trace_stage) X(errval) \
-    X(expr) X(router) X(runtime) X(config) X(watch) X(fault)
+    X(expr) X(router) X(runtime) X(config) X(watch) X(histogram) X(fault)
 /* clang-format on */
 
 #endif
