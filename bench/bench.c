@@ -22,6 +22,7 @@
  *     route_match_1000 threads=1       ns_per_op <= 2 x route_match_10's
  *                                      (ratio_route_match_10=, on every
  *                                      route_match_<n> line after the 10's)
+ *     histogram_record threads=1       ns_per_op <= 15
  * The single-bucket and closed-breaker targets are uncontended costs, so
  * they are judged on threads=1 only; the threads=2 lines are two threads on
  * one shared object and report what contention costs.
@@ -1366,6 +1367,109 @@ static int bench_split_sticky(const char *name) {
     return rc;
 }
 
+/* ---- counters and histograms ----------------------------------------------- */
+
+/* counter_inc: fg_counter_add(c, 1) on one counter that every thread
+ * shares (each thread adds to its own shard). The run is checked: the
+ * counter must hold every add of every repetition. */
+static uint64_t loop_counter_inc(void *arg, int index, uint64_t ops) {
+    fg_counter *c = arg;
+    (void)index;
+    for (uint64_t i = 0; i < ops; i++)
+        fg_counter_add(c, 1);
+    return 0;
+}
+
+/* Returns 0, or -1 when the counter lost or invented an add. */
+static int bench_counter(const char *name) {
+    if (!selected(name))
+        return 0;
+    fg_counter *c;
+    if (fg_counter_new(&c) != 0)
+        abort();
+    void *args[MAX_THREADS] = {c, c};
+    uint64_t want = 0;
+    int rc = 0;
+    for (int threads = 1; threads <= MAX_THREADS && rc == 0; threads++) {
+        double ns, allocs;
+        rc = measure(name, loop_counter_inc, args, threads, &ns, &allocs);
+        if (rc != 0)
+            break;
+        want += (uint64_t)REPS * ops_per_thread * (uint64_t)threads;
+        char extra[160];
+        (void)snprintf(extra, sizeof(extra), "ratio_cas=%.2f allocs_per_op=%.4f",
+                       ns / floor_cas_ns, allocs);
+        report(name, threads, ns, extra);
+    }
+    if (rc == 0 && fg_counter_read(c) != want) {
+        (void)fprintf(stderr, "bench: %s: counter %llu, %llu adds\n", name,
+                      (unsigned long long)fg_counter_read(c), (unsigned long long)want);
+        rc = -1;
+    }
+    fg_counter_free(c);
+    return rc;
+}
+
+/* histogram_record: fg_histogram_record into one histogram that every
+ * thread shares, of latencies cycled from a table drawn before timing:
+ * log-uniform over about 1 us .. 260 ms (a mantissa in [1000, 2000) shifted
+ * by 0 .. 17 bits), so records spread over 1,115 buckets as a real
+ * service's do. Budget: at most 15 ns on one thread. */
+#define TARGET_HIST_RECORD_NS 15.0
+#define HIST_LATENCIES        4096 /* a power of 2 */
+
+static uint64_t hist_latencies[HIST_LATENCIES];
+
+static uint64_t loop_histogram_record(void *arg, int index, uint64_t ops) {
+    fg_histogram *h = arg;
+    uint64_t at = (uint64_t)index * (HIST_LATENCIES / MAX_THREADS);
+    for (uint64_t i = 0; i < ops; i++)
+        fg_histogram_record(h, hist_latencies[(at + i) & (HIST_LATENCIES - 1)]);
+    return 0;
+}
+
+/* Returns 0, or -1 when the histogram's count is not the records made. */
+static int bench_histogram(const char *name) {
+    if (!selected(name))
+        return 0;
+    uint64_t seed = UINT64_C(0x2545f4914f6cdd1d);
+    for (int i = 0; i < HIST_LATENCIES; i++) {
+        uint64_t r = xorshift64(&seed);
+        hist_latencies[i] = (1000 + r % 1000) << ((r >> 32) % 18);
+    }
+    fg_histogram *h;
+    if (fg_histogram_new(&h) != 0)
+        abort();
+    void *args[MAX_THREADS] = {h, h};
+    uint64_t want = 0;
+    int rc = 0;
+    for (int threads = 1; threads <= MAX_THREADS && rc == 0; threads++) {
+        double ns, allocs;
+        rc = measure(name, loop_histogram_record, args, threads, &ns, &allocs);
+        if (rc != 0)
+            break;
+        want += (uint64_t)REPS * ops_per_thread * (uint64_t)threads;
+        char extra[160];
+        if (threads == 1)
+            (void)snprintf(extra, sizeof(extra),
+                           "ratio_cas=%.2f allocs_per_op=%.4f target=%.0fns met=%s",
+                           ns / floor_cas_ns, allocs, TARGET_HIST_RECORD_NS,
+                           yes_no(ns <= TARGET_HIST_RECORD_NS));
+        else
+            (void)snprintf(extra, sizeof(extra), "ratio_cas=%.2f allocs_per_op=%.4f",
+                           ns / floor_cas_ns, allocs);
+        report(name, threads, ns, extra);
+    }
+    fg_histogram_stats st;
+    if (rc == 0 && (fg_histogram_snapshot(h, &st) != 0 || st.count != want)) {
+        (void)fprintf(stderr, "bench: %s: count %llu, %llu records\n", name,
+                      (unsigned long long)st.count, (unsigned long long)want);
+        rc = -1;
+    }
+    fg_histogram_free(h);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0) {
@@ -1423,5 +1527,7 @@ int main(int argc, char **argv) {
     rc |= bench_rule_eval("rule_eval_geo_age");
     rc |= bench_config_compile("config_compile_1000routes");
     rc |= bench_split_sticky("split_sticky");
+    rc |= bench_counter("counter_inc");
+    rc |= bench_histogram("histogram_record");
     return rc ? 1 : 0;
 }

@@ -81,6 +81,11 @@ for threads in 1 2; do
     expect split_sticky "$threads" "ratio_cas=$num" "allocs_per_op=$num" "canary_share=$num"
 done
 expect route_match_1000 1 'target=2xroute_match_10' "$met"
+for threads in 1 2; do
+    expect counter_inc "$threads" "ratio_cas=$num" "allocs_per_op=$num"
+    expect histogram_record "$threads" "ratio_cas=$num" "allocs_per_op=$num"
+done
+expect histogram_record 1 'target=15ns' "$met"
 expect replay_throughput 1 'rps=[0-9]+' 'lines=20000' 'config=full.json'
 if ! grep -Eq '^bench=keyed_bytes_per_key threads=1 ns_per_op=0\.00 ' "$out"; then
     echo "FAIL bench: keyed_bytes_per_key is not ns_per_op=0.00"; fail=1
