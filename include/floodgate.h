@@ -29,5 +29,6 @@
 #include "floodgate/runtime.h"
 #include "floodgate/config.h"
 #include "floodgate/histogram.h"
+#include "floodgate/metrics.h"
 
 #endif /* FLOODGATE_H */

@@ -45,6 +45,33 @@ int fg_err_is_outcome(int code) {
     }
 }
 
+const char *fg_outcome_name(int code) {
+    switch (code) {
+    case 0:
+        return "ok";
+    case FG_ELIMITED:
+        return "rate_limited";
+    case FG_EBREAKER:
+        return "breaker_open";
+    case FG_ENOROUTE:
+        return "no_route";
+    case FG_ETIMEDOUT:
+        return "timed_out";
+    case FG_EOVERLOADED:
+        return "overloaded";
+    case FG_EINJECTED:
+        return "fault_injected";
+    case FG_EHANDLER:
+        return "handler_failed";
+    case FG_ECANCELED:
+        return "canceled";
+    case FG_EREJECTED:
+        return "rejected";
+    default:
+        return NULL;
+    }
+}
+
 unsigned fg_version(void) { return FG_VERSION_NUMBER; }
 
 const char *fg_version_string(void) { return FG_VERSION_STRING; }

@@ -1208,6 +1208,10 @@ long fg_router_shadowed_by(const fg_router *router, size_t i) {
 
 size_t fg_router_count(const fg_router *router) { return router ? router->nroutes : 0; }
 
+const char *fg_router_route_name(const fg_router *router, size_t i) {
+    return router != NULL && i < router->nroutes ? router->routes[i].name : NULL;
+}
+
 /* ---- explain ------------------------------------------------------------------------ */
 
 /* Whether route r's path matches the request's segments: the one-route

@@ -71,6 +71,7 @@ struct fg_runtime {
     fg_clock clock; /* for compiled configs; under load_lock */
     fg_runtime_breaker_fn breaker_fn;
     void *breaker_arg;
+    fg_metrics *metrics; /* every config's metrics stage counts here */
 };
 
 /* ---- live runtimes, for threads giving records back ----------------------------- */
@@ -194,7 +195,8 @@ int fg_runtime_new(fg_runtime **out) {
     ck_epoch_init(&rt->epoch);
     rt->clock = fg_clock_monotonic();
     rt->writer = fg__aligned_calloc(sizeof(*rt->writer), 64);
-    if (rt->writer == NULL) {
+    if (rt->writer == NULL || fg_metrics_new(&rt->clock, &rt->metrics) != 0) {
+        fg__aligned_free(rt->writer);
         pthread_mutex_destroy(&rt->load_lock);
         pthread_mutex_destroy(&rt->lock);
         fg__free(rt);
@@ -211,7 +213,11 @@ int fg_runtime_new(fg_runtime **out) {
 }
 
 int fg_runtime_swap(fg_runtime *rt, fg_chain *chain, const char *version) {
-    return fg__runtime_swap_with(rt, chain, version, NULL, NULL);
+    int rc = fg__runtime_swap_with(rt, chain, version, NULL, NULL);
+    if (rt != NULL)
+        (void)fg_metrics_reload(rt->metrics, rc == 0,
+                                rc == 0 ? (version ? version : "") : NULL);
+    return rc;
 }
 
 int fg__runtime_swap_with(fg_runtime *rt, fg_chain *chain, const char *version,
@@ -365,6 +371,7 @@ void fg_runtime_free(fg_runtime *rt) {
     fg__aligned_free(rt->writer);
     if (rt->config_state_free != NULL)
         rt->config_state_free(rt->config_state);
+    fg_metrics_free(rt->metrics); /* after every snapshot: their stages used it */
     pthread_mutex_destroy(&rt->load_lock);
     pthread_mutex_destroy(&rt->lock);
     fg__free(rt);
@@ -386,11 +393,15 @@ int fg_runtime_set_clock(fg_runtime *rt, fg_clock clock) {
         return FG_EINVAL;
     pthread_mutex_lock(&rt->load_lock);
     int rc = rt->config_state != NULL || fg_rt_current(rt) != NULL ? FG_ESTATE : 0;
-    if (rc == 0)
+    if (rc == 0) {
         rt->clock = clock;
+        fg__metrics_set_clock(rt->metrics, clock);
+    }
     pthread_mutex_unlock(&rt->load_lock);
     return rc;
 }
+
+fg_metrics *fg_runtime_metrics(fg_runtime *rt) { return rt != NULL ? rt->metrics : NULL; }
 
 fg_runtime_breaker_fn fg__runtime_breaker_listener(fg_runtime *rt, void **arg) {
     *arg = rt->breaker_arg;

@@ -10,6 +10,7 @@
 
 #include <pthread.h>
 
+#include "floodgate/metrics.h"
 #include "floodgate/runtime.h"
 
 /*
@@ -34,5 +35,8 @@ fg_clock fg__runtime_clock(fg_runtime *rt);
 
 /* The breaker listener configs compiled for rt attach (may be NULL). */
 fg_runtime_breaker_fn fg__runtime_breaker_listener(fg_runtime *rt, void **arg);
+
+/* The registry's clock follows the runtime's (lib/metrics.c). */
+void fg__metrics_set_clock(fg_metrics *m, fg_clock clock);
 
 #endif /* FG_LIB_RUNTIME_INTERNAL_H */

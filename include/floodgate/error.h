@@ -88,6 +88,17 @@ FG_API const char *fg_err_name(int code);
  */
 FG_API int fg_err_is_outcome(int code);
 
+/*
+ * fg_outcome_name - the short name of how a request ended, as logs, metrics
+ * labels and `floodgate replay` write it: "ok" for 0, then "rate_limited",
+ * "breaker_open", "no_route", "timed_out", "overloaded", "fault_injected",
+ * "handler_failed", "canceled", "rejected" for the outcome codes.
+ *
+ * Returns: a static string; NULL for any other code (an API error is not an
+ * outcome). Thread-safety: MT-safe.
+ */
+FG_API const char *fg_outcome_name(int code);
+
 /* ---- error values ------------------------------------------------------------- */
 
 #define FG_ERROR_MESSAGE_MAX 1024 /* bytes of message kept; longer ones are cut */

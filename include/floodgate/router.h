@@ -241,6 +241,15 @@ FG_API long fg_router_shadowed_by(const fg_router *router, size_t i);
 /* fg_router_count - the number of routes. */
 FG_API size_t fg_router_count(const fg_router *router);
 
+/*
+ * fg_router_route_name - the name of route i (in the order added): the very
+ * pointer the router writes into ctx->route when route i matches, so a
+ * stage can key per-route data by pointer (the metrics stage does).
+ * Returns NULL for a NULL router or i out of range. Valid while the router
+ * lives. Thread-safety: MT-safe.
+ */
+FG_API const char *fg_router_route_name(const fg_router *router, size_t i);
+
 /* The result of a match. */
 typedef struct fg_route_match {
     int route;  /* index in the order added */
