@@ -30,11 +30,14 @@
 #include "floodgate/breaker.h"
 #include "floodgate/config.h"
 #include "floodgate/error.h"
+#include "floodgate/fault.h"
 #include "floodgate/limiter.h"
+#include "floodgate/metrics.h"
 #include "floodgate/router.h"
 #include "floodgate/trace.h"
 
 #include "alloc.h"
+#include "internal.h"
 #include "runtime_internal.h"
 
 #define FG_CFG_VERSION_MAX 256  /* what fg_runtime_swap accepts */
@@ -193,7 +196,16 @@ size_t fg_config_errors_format(const fg_config_errors *errors, char *buf, size_t
 
 /* ---- components ------------------------------------------------------------------- */
 
-enum fg_comp_kind { FG_COMP_LIMITER, FG_COMP_KEYED, FG_COMP_BREAKER };
+enum fg_comp_kind { FG_COMP_LIMITER, FG_COMP_KEYED, FG_COMP_BREAKER, FG_COMP_FAULT };
+
+/* The sections definitions come from; a name is unique within one. */
+enum fg_section { FG_SEC_LIMITERS, FG_SEC_BREAKERS, FG_SEC_FAULTS };
+
+static enum fg_section fg_comp_section(enum fg_comp_kind k) {
+    return k == FG_COMP_BREAKER ? FG_SEC_BREAKERS
+           : k == FG_COMP_FAULT ? FG_SEC_FAULTS
+                                : FG_SEC_LIMITERS;
+}
 
 /* What identifies a keyed limiter's table besides its options: where keys
  * come from (another source makes a fresh table). */
@@ -216,6 +228,8 @@ struct fg_comp {
     int bshadow;                    /* BREAKER: made in shadow mode (FG_BREAKER_DISABLED) */
     fg_runtime_breaker_fn on_event; /* BREAKER: the runtime's listener, with its arg */
     void *on_event_arg;
+    fg_metrics *metrics;    /* BREAKER: the runtime's registry, or NULL */
+    fg_fault_options fopts; /* FAULT: header strings and rule owned here */
 };
 
 /* Components alive in the process: a test hook for "a removed limiter is
@@ -239,6 +253,9 @@ static void fg_comp_unref(struct fg_comp *c) {
     fg_limiter_free(c->limiter);
     fg_keyed_limiter_free(c->keyed);
     fg_breaker_free(c->breaker);
+    fg_expr_free((fg_expr *)c->fopts.when);
+    fg__free((char *)c->fopts.header);
+    fg__free((char *)c->fopts.header_value);
     fg__free(c->name);
     fg__free(c);
     __atomic_fetch_sub(&fg_comps_live, 1, __ATOMIC_RELAXED);
@@ -262,10 +279,9 @@ static void fg_comp_list_free(void *arg) {
 }
 
 static struct fg_comp *fg_table_find(const struct fg_comp_list *t, const char *name,
-                                     int breaker) {
+                                     enum fg_section sect) {
     for (size_t i = 0; t != NULL && i < t->n; i++)
-        if ((t->v[i]->kind == FG_COMP_BREAKER) == (breaker != 0) &&
-            strcmp(t->v[i]->name, name) == 0)
+        if (fg_comp_section(t->v[i]->kind) == sect && strcmp(t->v[i]->name, name) == 0)
             return t->v[i];
     return NULL;
 }
@@ -280,10 +296,16 @@ struct fg_err_item {
     fg_config_error e;
 };
 
+/* A route's SLO, kept until commit. */
+struct fg_route_slo {
+    char *route;
+    fg_slo_options o;
+};
+
 /* One limiter or breaker of the config being compiled. */
 struct fg_def {
     char *name; /* borrowed from the JSON */
-    int breaker;
+    enum fg_section sect;
     int ok;               /* parsed and built without error */
     struct fg_comp *comp; /* the build's reference */
     /* limiter stages */
@@ -317,6 +339,10 @@ struct fg_build {
     fg_clock clock;      /* the runtime's: chains, limiters and breakers read it */
     fg_runtime_breaker_fn on_breaker; /* the runtime's breaker listener, or NULL */
     void *on_breaker_arg;
+    fg_metrics *metrics;       /* the runtime's registry (NULL: checking only) */
+    const fg_router *routes;   /* the router, once the chain owns it */
+    struct fg_route_slo *slos; /* routes' "slo", applied at commit */
+    size_t nslos;
 };
 
 FG_PRINTF_(3, 4)
@@ -667,7 +693,7 @@ static void fg_limiter_build(struct fg_build *b, const char *path, struct fg_def
         fg_err(b, path, "%s", fg_range_hint);
         return;
     }
-    struct fg_comp *old = fg_table_find(b->old, d->name, 0);
+    struct fg_comp *old = fg_table_find(b->old, d->name, FG_SEC_LIMITERS);
     enum fg_comp_kind kind = keyed ? FG_COMP_KEYED : FG_COMP_LIMITER;
     if (old != NULL && old->kind == kind && fg_limiter_same_except_rate(&old->lopts, lo) &&
         (!keyed ||
@@ -844,7 +870,10 @@ static void fg_comp_breaker_event(fg_breaker *breaker, const fg_breaker_event *e
                                   void *arg) {
     const struct fg_comp *c = arg;
     (void)breaker;
-    c->on_event(c->name, event, c->on_event_arg);
+    if (c->metrics != NULL)
+        (void)fg_metrics_breaker_event(c->metrics, c->name, event);
+    if (c->on_event != NULL)
+        c->on_event(c->name, event, c->on_event_arg);
 }
 
 static int fg_breaker_same(const fg_breaker_options *a, const fg_breaker_options *b) {
@@ -938,7 +967,7 @@ static void fg_parse_breaker(struct fg_build *b, const char *path, const json_t 
     }
     if (fg_nerrs(b) != before)
         return;
-    struct fg_comp *old = fg_table_find(b->old, d->name, 1);
+    struct fg_comp *old = fg_table_find(b->old, d->name, FG_SEC_BREAKERS);
     if (old != NULL && fg_breaker_same(&old->bopts, &o) && old->bshadow == shadow) {
         fg_comp_ref(old);
         d->comp = old;
@@ -953,10 +982,11 @@ static void fg_parse_breaker(struct fg_build *b, const char *path, const json_t 
     c->bopts = o;
     c->bshadow = shadow;
     o.clock = b->clock;
-    if (b->on_breaker != NULL) {
+    if (b->on_breaker != NULL || b->metrics != NULL) {
         /* The breaker knows no names: the component, which does, relays. */
         c->on_event = b->on_breaker;
         c->on_event_arg = b->on_breaker_arg;
+        c->metrics = b->metrics;
         o.listener = fg_comp_breaker_event;
         o.listener_arg = c;
     }
@@ -994,8 +1024,172 @@ static void fg_breaker_commit(const struct fg_build *b, const struct fg_def *d) 
         (void)fg_breaker_set_mode(nb, FG_BREAKER_AUTO);
 }
 
+/* ---- faults ------------------------------------------------------------------------- */
+
+#define FAULT_KEYS "delay, abort, header, when, seed, shadow"
+
+/* An outcome name ("overloaded", ...) to its code; 0 when unknown. */
+static int fg_outcome_code(const char *name) {
+    for (int code = FG_ELIMITED; code >= FG_EREJECTED; code--) {
+        const char *n = fg_outcome_name(code);
+        if (n != NULL && strcmp(n, name) == 0)
+            return code;
+    }
+    return 0;
+}
+
+static void fg_parse_fault_delay(struct fg_build *b, const char *path, const json_t *v,
+                                 fg_fault_options *o) {
+    char p[PATH_CAP];
+    if (fg_expect_object(b, path, v) != 0)
+        return;
+    int have_duration = 0;
+    const char *k;
+    json_t *x;
+    json_object_foreach((json_t *)v, k, x) {
+        KEY(p, path, k);
+        if (strcmp(k, "percent") == 0)
+            (void)fg_get_number(b, p, x, 0, 100, &o->delay_percent);
+        else if (strcmp(k, "duration") == 0)
+            have_duration = fg_get_duration(b, p, x, &o->delay_ns) == 0;
+        else if (strcmp(k, "max") == 0)
+            (void)fg_get_duration(b, p, x, &o->delay_max_ns);
+        else
+            fg_unknown_key(b, path, k, "percent, duration, max");
+    }
+    if (!have_duration && json_object_get(v, "duration") == NULL)
+        fg_err(b, KEY(p, path, "duration"), "required");
+    else if (o->delay_max_ns != 0 && o->delay_max_ns < o->delay_ns)
+        fg_err(b, KEY(p, path, "max"), "must be >= duration");
+}
+
+static void fg_parse_fault_abort(struct fg_build *b, const char *path, const json_t *v,
+                                 fg_fault_options *o) {
+    char p[PATH_CAP];
+    if (fg_expect_object(b, path, v) != 0)
+        return;
+    const char *k;
+    json_t *x;
+    json_object_foreach((json_t *)v, k, x) {
+        KEY(p, path, k);
+        if (strcmp(k, "percent") == 0) {
+            (void)fg_get_number(b, p, x, 0, 100, &o->abort_percent);
+        } else if (strcmp(k, "code") == 0) {
+            const char *c;
+            if (fg_get_string(b, p, x, &c) != 0)
+                continue;
+            o->abort_code = fg_outcome_code(c);
+            if (o->abort_code == 0 || o->abort_code == FG_EHANDLER)
+                fg_err(b, p,
+                       "unknown code \"%s\" (expected one of: rate_limited, breaker_open, "
+                       "no_route, timed_out, overloaded, fault_injected, canceled, rejected)",
+                       c);
+        } else if (strcmp(k, "retry_after") == 0) {
+            (void)fg_get_duration(b, p, x, &o->abort_retry_after_ns);
+        } else {
+            fg_unknown_key(b, path, k, "percent, code, retry_after");
+        }
+    }
+}
+
+static void fg_parse_fault(struct fg_build *b, const char *path, const json_t *v,
+                           struct fg_def *d) {
+    char p[PATH_CAP];
+    if (fg_expect_object(b, path, v) != 0)
+        return;
+    size_t before = fg_nerrs(b);
+    fg_fault_options o = FG_FAULT_OPTIONS_INIT;
+    const char *hname = NULL, *hvalue = NULL, *rule = NULL;
+    const char *k;
+    json_t *x;
+    json_object_foreach((json_t *)v, k, x) {
+        KEY(p, path, k);
+        if (strcmp(k, "delay") == 0) {
+            fg_parse_fault_delay(b, p, x, &o);
+        } else if (strcmp(k, "abort") == 0) {
+            fg_parse_fault_abort(b, p, x, &o);
+        } else if (strcmp(k, "header") == 0) {
+            if (fg_expect_object(b, p, x) != 0)
+                continue;
+            char q[PATH_CAP];
+            const char *hk;
+            json_t *hx;
+            json_object_foreach(x, hk, hx) {
+                KEY(q, p, hk);
+                if (strcmp(hk, "name") == 0) {
+                    if (fg_get_string(b, q, hx, &hname) == 0 &&
+                        (hname[0] == '\0' || !fg__is_token(hname, strlen(hname))))
+                        fg_err(b, q, "must be a header name (an HTTP token)");
+                } else if (strcmp(hk, "value") == 0) {
+                    (void)fg_get_string(b, q, hx, &hvalue);
+                } else {
+                    fg_unknown_key(b, p, hk, "name, value");
+                }
+            }
+            if (hname == NULL && json_object_get(x, "name") == NULL)
+                fg_err(b, KEY(p, path, "header.name"), "required");
+            KEY(p, path, k);
+        } else if (strcmp(k, "when") == 0) {
+            (void)fg_get_string(b, p, x, &rule);
+        } else if (strcmp(k, "seed") == 0) {
+            (void)fg_get_uint(b, p, x, 0, UINT64_MAX, &o.seed);
+        } else if (strcmp(k, "shadow") == 0) {
+            (void)fg_get_bool(b, p, x, &o.shadow);
+        } else {
+            fg_unknown_key(b, path, k, FAULT_KEYS);
+        }
+    }
+    if (fg_nerrs(b) == before && o.delay_percent == 0 && o.abort_percent == 0 &&
+        json_object_get(v, "delay") == NULL && json_object_get(v, "abort") == NULL)
+        fg_err(b, path, "needs \"delay\" or \"abort\"");
+    fg_expr *when = NULL;
+    if (rule != NULL) { /* even after other errors: report this one too */
+        fg_parse_error pe;
+        memset(&pe, 0, sizeof(pe));
+        int rc = fg_expr_compile(rule, strlen(rule), &when, &pe);
+        if (rc == FG_ENOMEM)
+            b->oom = 1;
+        else if (rc != 0)
+            fg_err(b, KEY(p, path, "when"), "at %zu: %s", pe.column, pe.message);
+    }
+    if (fg_nerrs(b) != before || b->oom) {
+        fg_expr_free(when);
+        return;
+    }
+    struct fg_comp *c = fg_comp_new(d->name, FG_COMP_FAULT);
+    if (c == NULL) {
+        fg_expr_free(when);
+        b->oom = 1;
+        return;
+    }
+    c->fopts = o;
+    c->fopts.when = when; /* owned by the component from here */
+    c->fopts.header = hname ? fg__strndup(hname, strlen(hname)) : NULL;
+    c->fopts.header_value = hvalue ? fg__strndup(hvalue, strlen(hvalue)) : NULL;
+    if ((hname != NULL && c->fopts.header == NULL) ||
+        (hvalue != NULL && c->fopts.header_value == NULL)) {
+        b->oom = 1;
+        fg_comp_unref(c);
+        return;
+    }
+    /* A trial stage: the options fg_stage_fault refuses are reported here. */
+    fg_stage *trial = NULL;
+    int rc = fg_stage_fault(&c->fopts, d->name, &trial);
+    fg_stage_unref(trial);
+    if (rc != 0) {
+        if (rc == FG_ENOMEM)
+            b->oom = 1;
+        else
+            fg_err(b, path, "options refused: %s", fg_strerror(rc));
+        fg_comp_unref(c);
+        return;
+    }
+    d->comp = c;
+    d->ok = 1;
+}
+
 static void fg_parse_defs(struct fg_build *b, const char *section, const json_t *v,
-                          int breaker) {
+                          enum fg_section sect) {
     char p[PATH_CAP];
     if (fg_expect_object(b, section, v) != 0)
         return;
@@ -1005,14 +1199,16 @@ static void fg_parse_defs(struct fg_build *b, const char *section, const json_t 
         struct fg_def *d = &b->defs[b->ndefs++];
         memset(d, 0, sizeof(*d));
         d->name = (char *)k;
-        d->breaker = breaker;
+        d->sect = sect;
         KEY(p, section, k);
         if (k[0] == '\0' || strlen(k) > FG_CONFIG_NAME_MAX) {
             fg_err(b, p, "a name must have 1 to %d bytes", FG_CONFIG_NAME_MAX);
             continue;
         }
-        if (breaker)
+        if (sect == FG_SEC_BREAKERS)
             fg_parse_breaker(b, p, x, d);
+        else if (sect == FG_SEC_FAULTS)
+            fg_parse_fault(b, p, x, d);
         else
             fg_parse_limiter(b, p, x, d);
     }
@@ -1086,9 +1282,9 @@ static void fg_parse_trace(struct fg_build *b, const json_t *v) {
 
 /* ---- stages ----------------------------------------------------------------------------- */
 
-static struct fg_def *fg_find_def(struct fg_build *b, const char *name, int breaker) {
+static struct fg_def *fg_find_def(struct fg_build *b, const char *name, enum fg_section sect) {
     for (size_t i = 0; i < b->ndefs; i++)
-        if (b->defs[i].breaker == breaker && strcmp(b->defs[i].name, name) == 0)
+        if (b->defs[i].sect == sect && strcmp(b->defs[i].name, name) == 0)
             return &b->defs[i];
     return NULL;
 }
@@ -1109,29 +1305,37 @@ static void fg_make_stage(struct fg_build *b, const char *path, const json_t *v,
     }
     const json_t *lim = json_object_get(v, "limiter");
     const json_t *brk = json_object_get(v, "breaker");
+    const json_t *flt = json_object_get(v, "fault");
     const json_t *cus = json_object_get(v, "custom");
-    if (!json_is_object(v) || (lim != NULL) + (brk != NULL) + (cus != NULL) != 1) {
+    if (!json_is_object(v) ||
+        (lim != NULL) + (brk != NULL) + (flt != NULL) + (cus != NULL) != 1) {
         fg_err(b, path,
-               "must be \"trace\", {\"limiter\": name}, {\"breaker\": name} or "
-               "{\"custom\": name, \"options\": {...}}");
+               "must be \"trace\", {\"limiter\": name}, {\"breaker\": name}, "
+               "{\"fault\": name} or {\"custom\": name, \"options\": {...}}");
         return;
     }
     int bad = 0;
     const char *k;
     json_t *x;
     json_object_foreach((json_t *)v, k, x) {
-        if (strcmp(k, "limiter") == 0 || strcmp(k, "breaker") == 0 || strcmp(k, "custom") == 0)
+        if (strcmp(k, "limiter") == 0 || strcmp(k, "breaker") == 0 ||
+            strcmp(k, "fault") == 0 || strcmp(k, "custom") == 0)
             continue;
         if (cus != NULL && strcmp(k, "options") == 0) {
             bad |= fg_expect_object(b, KEY(p, path, k), x);
             continue;
         }
-        fg_unknown_key(b, path, k, cus ? "custom, options" : lim ? "limiter" : "breaker");
+        fg_unknown_key(b, path, k,
+                       cus   ? "custom, options"
+                       : lim ? "limiter"
+                       : brk ? "breaker"
+                             : "fault");
         bad = -1;
     }
     const char *name;
-    const char *kind = lim ? "limiter" : brk ? "breaker" : "custom";
-    if (fg_get_name(b, KEY(p, path, kind), lim ? lim : brk ? brk : cus, &name) != 0 || bad)
+    const char *kind = lim ? "limiter" : brk ? "breaker" : flt ? "fault" : "custom";
+    const json_t *ref = lim ? lim : brk ? brk : flt ? flt : cus;
+    if (fg_get_name(b, KEY(p, path, kind), ref, &name) != 0 || bad)
         return;
     int rc = 0;
     if (cus != NULL) {
@@ -1164,7 +1368,10 @@ static void fg_make_stage(struct fg_build *b, const char *path, const json_t *v,
         }
         return;
     }
-    struct fg_def *d = fg_find_def(b, name, brk != NULL);
+    struct fg_def *d = fg_find_def(b, name,
+                                   brk   ? FG_SEC_BREAKERS
+                                   : flt ? FG_SEC_FAULTS
+                                         : FG_SEC_LIMITERS);
     if (d == NULL) {
         fg_err(b, p, "unknown %s \"%s\"", kind, name);
         return;
@@ -1173,6 +1380,8 @@ static void fg_make_stage(struct fg_build *b, const char *path, const json_t *v,
         return; /* its definition's errors are reported there */
     if (brk != NULL) {
         rc = fg_stage_breaker(d->comp->breaker, NULL, NULL, name, out);
+    } else if (flt != NULL) {
+        rc = fg_stage_fault(&d->comp->fopts, name, out);
     } else {
         fg_limit_stage_options so = d->sopts;
         so.name = name;
@@ -1518,6 +1727,60 @@ static const char *fg_router_err_path(char *buf, size_t cap, const char *route,
     return fg_key_path(buf, cap, route, "");
 }
 
+#define SLO_KEYS "latency, latency_target, error_rate, window"
+
+/* A route's "slo": kept in b->slos for the commit (name NULL: the route has
+ * none, which is an error of its own). */
+static void fg_parse_slo(struct fg_build *b, const char *path, const json_t *v,
+                         const char *name) {
+    char p[PATH_CAP];
+    if (fg_expect_object(b, path, v) != 0)
+        return;
+    size_t before = fg_nerrs(b);
+    fg_slo_options o = FG_SLO_OPTIONS_INIT;
+    const char *k;
+    json_t *x;
+    json_object_foreach((json_t *)v, k, x) {
+        KEY(p, path, k);
+        if (strcmp(k, "latency") == 0) {
+            if (fg_get_duration(b, p, x, &o.latency_ns) == 0 && o.latency_ns == 0)
+                fg_err(b, p, "must be > 0");
+        } else if (strcmp(k, "latency_target") == 0) {
+            if (fg_get_number(b, p, x, 0, 1, &o.latency_target) == 0 &&
+                (o.latency_target <= 0 || o.latency_target >= 1))
+                fg_err(b, p, "must be between 0 and 1, exclusive (0.99: 99%% within latency)");
+        } else if (strcmp(k, "error_rate") == 0) {
+            if (fg_get_number(b, p, x, 0, 1, &o.error_rate) == 0 &&
+                (o.error_rate <= 0 || o.error_rate >= 1))
+                fg_err(b, p, "must be between 0 and 1, exclusive (0.001: 0.1%% errors)");
+        } else if (strcmp(k, "window") == 0) {
+            if (fg_get_duration(b, p, x, &o.window_ns) == 0 && o.window_ns < 60)
+                fg_err(b, p, "must be at least 60ns");
+        } else {
+            fg_unknown_key(b, path, k, SLO_KEYS);
+        }
+    }
+    if (fg_nerrs(b) == before && o.latency_ns == 0 && o.error_rate == 0)
+        fg_err(b, path, "needs \"latency\" or \"error_rate\"");
+    if (fg_nerrs(b) != before || b->check_only || name == NULL)
+        return;
+    struct fg_route_slo *g = fg__malloc((b->nslos + 1) * sizeof(*g));
+    char *copy = name ? fg__strndup(name, strlen(name)) : NULL;
+    if (g == NULL || (name != NULL && copy == NULL)) {
+        fg__free(g);
+        fg__free(copy);
+        b->oom = 1;
+        return;
+    }
+    if (b->nslos)
+        memcpy(g, b->slos, b->nslos * sizeof(*g));
+    fg__free(b->slos);
+    b->slos = g;
+    b->slos[b->nslos].route = copy;
+    b->slos[b->nslos].o = o;
+    b->nslos++;
+}
+
 static void fg_parse_route(struct fg_build *b, const char *path, const json_t *v,
                            struct fg_route_work *w, const json_t *routes, size_t index) {
     (void)routes; /* duplicates are found through b->route_names */
@@ -1531,6 +1794,7 @@ static void fg_parse_route(struct fg_build *b, const char *path, const json_t *v
         return;
     size_t before = fg_nerrs(b);
     int have_name = 0, have_handler = 0, have_split = 0, have_stages = 0;
+    const json_t *slo = NULL;
     fg_route_target *single = &w->targets[0];
     memset(single, 0, sizeof(*single));
     const char *k;
@@ -1575,12 +1839,16 @@ static void fg_parse_route(struct fg_build *b, const char *path, const json_t *v
                 continue;
             }
             fg_parse_split(b, p, x, w);
+        } else if (strcmp(k, "slo") == 0) {
+            slo = x; /* once the name is known */
         } else {
-            fg_unknown_key(b, path, k, "name, match, stages, handler, split");
+            fg_unknown_key(b, path, k, "name, match, stages, handler, split, slo");
         }
     }
     if (!have_name)
         fg_err(b, KEY(p, path, "name"), "required");
+    if (slo != NULL)
+        fg_parse_slo(b, KEY(p, path, "slo"), slo, w->spec.name);
     if (have_handler && have_split)
         fg_err(b, path, "has both \"handler\" and \"split\": give one");
     else if (!have_handler && !have_split)
@@ -1674,6 +1942,25 @@ static void fg_make_chain(struct fg_build *b, const json_t *chain, int chain_sec
             b->oom = 1;
         return;
     }
+    if (b->metrics != NULL) {
+        /* First: its exit sees every request's final outcome and latency. */
+        fg_stage *ms = NULL;
+        int rc = fg_stage_metrics(b->metrics, b->router, "main", "metrics", &ms);
+        if (rc == 0)
+            rc = fg_chain_use(b->chain, ms);
+        if (rc == FG_ETOOMANY) {
+            b->section = routes ? routes_section : handler_section;
+            fg_err(b, routes ? "routes" : "handler",
+                   "more routes than the metrics registry holds (%d series in all)",
+                   FG_METRICS_MAX_SERIES);
+        } else if (rc != 0) {
+            b->oom = 1;
+        }
+        if (rc != 0) {
+            fg_unref_stages(stages, n);
+            return;
+        }
+    }
     for (size_t i = 0; i < n; i++) {
         int rc = fg_chain_use(b->chain, stages[i]); /* takes the stage */
         if (rc != 0) {
@@ -1682,6 +1969,7 @@ static void fg_make_chain(struct fg_build *b, const json_t *chain, int chain_sec
             return;
         }
     }
+    b->routes = b->router;
     int rc = fg_router_build(b->router);
     fg_stage *rs = NULL;
     if (rc == 0) {
@@ -1708,7 +1996,7 @@ static int fg_err_cmp(const void *a, const void *b) {
     return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
-#define TOP_KEYS "version, limiters, breakers, trace, chain, routes, handler"
+#define TOP_KEYS "version, limiters, breakers, faults, trace, chain, routes, handler"
 
 /* Compile text into b: components, chain, version. Returns 0, FG_ECONFIG
  * or FG_ENOMEM; errors are in b. */
@@ -1735,7 +2023,9 @@ static int fg_compile(struct fg_build *b, const char *text, size_t len) {
     int sec_chain = 0, sec_routes = 0, sec_handler = 0, have_version = 0;
     size_t ndefs = 0;
     json_object_foreach(root, k, x) {
-        if ((strcmp(k, "limiters") == 0 || strcmp(k, "breakers") == 0) && json_is_object(x))
+        if ((strcmp(k, "limiters") == 0 || strcmp(k, "breakers") == 0 ||
+             strcmp(k, "faults") == 0) &&
+            json_is_object(x))
             ndefs += json_object_size(x);
     }
     b->defs = fg__calloc(ndefs + 1, sizeof(*b->defs));
@@ -1759,9 +2049,11 @@ static int fg_compile(struct fg_build *b, const char *text, size_t len) {
             else
                 memcpy(b->version, v, strlen(v) + 1);
         } else if (strcmp(k, "limiters") == 0) {
-            fg_parse_defs(b, "limiters", x, 0);
+            fg_parse_defs(b, "limiters", x, FG_SEC_LIMITERS);
         } else if (strcmp(k, "breakers") == 0) {
-            fg_parse_defs(b, "breakers", x, 1);
+            fg_parse_defs(b, "breakers", x, FG_SEC_BREAKERS);
+        } else if (strcmp(k, "faults") == 0) {
+            fg_parse_defs(b, "faults", x, FG_SEC_FAULTS);
         } else if (strcmp(k, "trace") == 0) {
             fg_parse_trace(b, x);
         } else if (strcmp(k, "chain") == 0) {
@@ -1807,7 +2099,24 @@ static void fg_build_free(struct fg_build *b, int keep_chain) {
             fg_comp_unref(b->defs[i].comp);
     fg__free(b->defs);
     fg__free(b->errs);
+    for (size_t i = 0; i < b->nslos; i++)
+        fg__free(b->slos[i].route);
+    fg__free(b->slos);
     json_decref(b->route_names);
+}
+
+/* At commit: every route of the new config gets its SLO, or loses the one
+ * a previous config gave it. */
+static void fg_slo_commit(const struct fg_build *b) {
+    size_t n = fg_router_count(b->routes);
+    for (size_t i = 0; b->metrics != NULL && i < n; i++) {
+        const char *name = fg_router_route_name(b->routes, i);
+        const fg_slo_options *o = NULL;
+        for (size_t j = 0; j < b->nslos && o == NULL; j++)
+            if (strcmp(b->slos[j].route, name) == 0)
+                o = &b->slos[j].o;
+        (void)fg_metrics_set_slo(b->metrics, "main", name, o);
+    }
 }
 
 static void fg_errors_out(struct fg_build *b, fg_config_errors *errors) {
@@ -1863,6 +2172,7 @@ int fg_runtime_load_json(fg_runtime *rt, const fg_registry *registry, const char
     b.old = fg__runtime_config_state(rt);
     b.clock = fg__runtime_clock(rt);
     b.on_breaker = fg__runtime_breaker_listener(rt, &b.on_breaker_arg);
+    b.metrics = fg_runtime_metrics(rt);
     int rc = fg_compile(&b, text ? text : "", len);
     struct fg_comp_list *table = NULL, *snap = NULL;
     if (rc == 0) {
@@ -1883,6 +2193,7 @@ int fg_runtime_load_json(fg_runtime *rt, const fg_registry *registry, const char
     if (rc != 0) {
         fg_errors_out(&b, errors);
         fg_build_free(&b, 0);
+        (void)fg_metrics_reload(b.metrics, 0, NULL);
         pthread_mutex_unlock(lock);
         return rc;
     }
@@ -1913,7 +2224,9 @@ int fg_runtime_load_json(fg_runtime *rt, const fg_registry *registry, const char
         c->lopts.period_ns = d->period_ns;
         c->lopts.burst = d->burst;
     }
+    fg_slo_commit(&b);
     rc = fg__runtime_swap_with(rt, b.chain, b.version, fg_comp_list_free, snap);
+    (void)fg_metrics_reload(b.metrics, rc == 0, rc == 0 ? b.version : NULL);
     if (rc == 0) {
         struct fg_comp_list *old = fg__runtime_config_state(rt);
         fg__runtime_set_config_state(rt, table, fg_comp_list_free);

@@ -707,6 +707,91 @@ START_TEST(test_breaker_carry) {
 }
 END_TEST
 
+/* The handler's view of the clock, to see an injected delay. */
+static uint64_t seen_ns;
+static fg_fake_clock *seen_clock;
+static int h_time(fg_ctx *ctx, void *arg) {
+    (void)ctx;
+    (void)arg;
+    seen_ns = fg_fake_clock_now(seen_clock);
+    return 0;
+}
+
+/*
+ * Fault stages from a config: an abort aimed by header, with its code and
+ * retry-after; a delay the sync chain sleeps on the runtime's clock; the
+ * shadow mark; and a seed that makes a 50% choice reproducible.
+ */
+START_TEST(test_fault_config) {
+    ck_assert_int_eq(fg_fake_clock_new(UINT64_C(1000000000), &seen_clock), 0);
+    fg_registry *r = NULL;
+    ck_assert_int_eq(fg_registry_new(&r), 0);
+    ck_assert_int_eq(fg_registry_add_handler(r, "t", h_time, NULL), 0);
+    fg_runtime *rt = NULL;
+    ck_assert_int_eq(fg_runtime_new(&rt), 0);
+    ck_assert_int_eq(fg_runtime_set_clock(rt, fg_fake_clock_as_clock(seen_clock)), 0);
+    fg_config_errors errs;
+    const char *cfg =
+        "{\"version\": \"f\", \"faults\": {"
+        " \"gray\": {\"abort\": {\"percent\": 100, \"code\": \"overloaded\", \"retry_after\": "
+        "\"2s\"}, \"header\": {\"name\": \"x-env\", \"value\": \"gray\"}},"
+        " \"slow\": {\"delay\": {\"percent\": 100, \"duration\": \"5ms\"}, \"when\": "
+        "\"method == 'POST'\"}},"
+        " \"chain\": [{\"fault\": \"gray\"}, {\"fault\": \"slow\"}], \"handler\": \"t\"}";
+    ck_assert_msg(load(rt, r, cfg, &errs) == 0, "%s", errs_text(&errs));
+    fg_ctx ctx;
+    ck_assert_int_eq(fg_ctx_init(&ctx, "GET", "/"), 0);
+    ck_assert_int_eq(fg_ctx_add_header(&ctx, "x-env", "gray"), 0);
+    ck_assert_int_eq(fg_runtime_call(rt, &ctx, NULL, NULL), FG_EOVERLOADED);
+    ck_assert_uint_eq(ctx.retry_after_ns, 2 * FG_NS_PER_S);
+    ck_assert_str_eq(fg_stage_name(ctx.rejected_by), "gray");
+    ck_assert_int_eq(call(rt, "GET", "/", "x-env", "blue", NULL, NULL), 0);
+    uint64_t t0 = fg_fake_clock_now(seen_clock);
+    ck_assert_int_eq(call(rt, "GET", "/", NULL, NULL, NULL, NULL), 0);
+    ck_assert_uint_eq(seen_ns, t0); /* GET: not delayed */
+    ck_assert_int_eq(call(rt, "POST", "/", NULL, NULL, NULL, NULL), 0);
+    ck_assert_uint_eq(seen_ns, t0 + 5 * FG_NS_PER_MS);
+    /* The metrics saw it: one overloaded rejection by "gray", one delay. */
+    fg_metrics *m = fg_runtime_metrics(rt);
+    ck_assert_uint_eq(fg_metrics_stage_rejections(m, "gray", FG_EOVERLOADED), 1);
+    fg_route_stats rs;
+    ck_assert_int_eq(fg_metrics_route(m, "main", "default", &rs), 0);
+    ck_assert_uint_eq(rs.delayed, 1);
+    ck_assert_uint_eq(rs.delay_ns, 5 * FG_NS_PER_MS);
+
+    /* Shadow: nothing injected. */
+    const char *shadow =
+        "{\"version\": \"s\", \"faults\": {\"gray\": {\"abort\": {\"percent\": "
+        "100}, \"shadow\": true}}, \"chain\": [{\"fault\": \"gray\"}], "
+        "\"handler\": \"t\"}";
+    ck_assert_msg(load(rt, r, shadow, &errs) == 0, "%s", errs_text(&errs));
+    ck_assert_int_eq(call(rt, "GET", "/", NULL, NULL, NULL, NULL), 0);
+
+    /* A seed: two runtimes make the same 50% choices, request by request. */
+    const char *seeded =
+        "{\"version\": \"d\", \"faults\": {\"half\": {\"abort\": {\"percent\": "
+        "50}, \"seed\": 12345}}, \"chain\": [{\"fault\": \"half\"}], "
+        "\"handler\": \"t\"}";
+    fg_runtime *rt2 = NULL;
+    ck_assert_int_eq(fg_runtime_new(&rt2), 0);
+    ck_assert_int_eq(load(rt, r, seeded, &errs), 0);
+    ck_assert_int_eq(load(rt2, r, seeded, &errs), 0);
+    int aborted = 0;
+    for (int i = 0; i < 200; i++) {
+        int a = call(rt, "GET", "/", NULL, NULL, NULL, NULL);
+        int b = call(rt2, "GET", "/", NULL, NULL, NULL, NULL);
+        ck_assert_int_eq(a, b);
+        aborted += a == FG_EINJECTED;
+    }
+    ck_assert_int_gt(aborted, 60); /* 100 expected; 60 is 5.7 sigma below */
+    ck_assert_int_lt(aborted, 140);
+    fg_runtime_free(rt2);
+    fg_runtime_free(rt);
+    fg_registry_free(r);
+    fg_fake_clock_free(seen_clock);
+}
+END_TEST
+
 /* Configs compiled for a runtime read its clock: a fake one makes a
  * limiter's refill exact. The clock is fixed once anything is loaded. */
 START_TEST(test_runtime_clock) {
@@ -750,6 +835,7 @@ Suite *fg_suite_config(void) {
     tcase_add_test(tc, test_limits_and_files);
     tcase_add_test(tc, test_breaker_shadow);
     tcase_add_test(tc, test_breaker_carry);
+    tcase_add_test(tc, test_fault_config);
     tcase_add_test(tc, test_runtime_clock);
     suite_add_tcase(s, tc);
     tc = tcase_create("errors");
