@@ -3,7 +3,8 @@
  *
  *   floodgate check CONFIG...   validate configs; print every error as
  *                               "CONFIG: path: message"; exit 1 on any
- *   floodgate replay [--summary] [--quiet] [--svg FILE] CONFIG TRACE.jsonl
+ *   floodgate replay [--summary] [--quiet] [--svg FILE] [--metrics FILE] CONFIG
+ *                    TRACE.jsonl
  *                               run a traffic trace through a config on a
  *                               virtual clock; one JSON decision per request
  *   floodgate version           print the library version
@@ -33,7 +34,8 @@
 static void usage(FILE *out) {
     (void)fputs(
         "usage: floodgate check CONFIG...\n"
-        "       floodgate replay [--summary] [--quiet] [--svg FILE] CONFIG TRACE.jsonl\n"
+        "       floodgate replay [--summary] [--quiet] [--svg FILE] [--metrics FILE]\n"
+        "                        CONFIG TRACE.jsonl\n"
         "       floodgate version\n"
         "\n"
         "  check    validate each JSON config: syntax (with line and column), every\n"
@@ -47,6 +49,9 @@ static void usage(FILE *out) {
         "                       breaker transition, on standard error\n"
         "           --quiet     no per-request output\n"
         "           --svg FILE  write a timeline of the replay as SVG\n"
+        "           --metrics FILE  write what the replay counted (requests, rejections,\n"
+        "                       latency histograms, breaker transitions) in the\n"
+        "                       Prometheus text format\n"
         "  version  print the floodgate library version\n",
         out);
 }
@@ -681,30 +686,9 @@ static int rp_collect_names(rp_state *st, const char *text, size_t len) {
 
 /* The output name of a code: "ok", "rate_limited", ... */
 static const char *rp_code_name(int rc, char *buf, size_t cap) {
-    switch (rc) {
-    case 0:
-        return "ok";
-    case FG_ELIMITED:
-        return "rate_limited";
-    case FG_EBREAKER:
-        return "breaker_open";
-    case FG_ENOROUTE:
-        return "no_route";
-    case FG_ETIMEDOUT:
-        return "timed_out";
-    case FG_EOVERLOADED:
-        return "overloaded";
-    case FG_EINJECTED:
-        return "fault_injected";
-    case FG_EHANDLER:
-        return "handler_failed";
-    case FG_ECANCELED:
-        return "canceled";
-    case FG_EREJECTED:
-        return "rejected";
-    default:
-        break;
-    }
+    const char *name = fg_outcome_name(rc);
+    if (name != NULL)
+        return name;
     const char *n = fg_err_name(rc); /* "FG_E<NAME>" */
     if (strncmp(n, "FG_E", 4) == 0)
         n += 4;
@@ -766,10 +750,25 @@ static void rp_summary(const rp_state *st, size_t nreqs) {
     static const char *const roles[] = {"route", "target", "stage"};
     for (int role = 0; role < 3; role++) {
         for (size_t i = 0; i < st->nnames; i++) {
+            /* One line per name: several stages (or targets of different
+             * routes) can share one, like a limiter named in three routes. */
+            uint64_t n = 0;
+            int first = 1;
+            for (size_t j = 0; j < st->nnames; j++) {
+                const rp_name *e = &st->names[j];
+                int same =
+                    e->ptr == st->names[i].ptr ||
+                    (e->ptr && st->names[i].ptr && strcmp(e->ptr, st->names[i].ptr) == 0);
+                uint64_t c = role == 0 ? e->as_route : role == 1 ? e->as_target : e->as_stage;
+                if (same && j < i && c > 0)
+                    first = 0;
+                if (same)
+                    n += c;
+            }
             const rp_name *e = &st->names[i];
-            uint64_t n = role == 0 ? e->as_route : role == 1 ? e->as_target : e->as_stage;
+            uint64_t mine = role == 0 ? e->as_route : role == 1 ? e->as_target : e->as_stage;
             /* A rejecting stage of none is every admitted request: not listed. */
-            if (n > 0 && !(role == 2 && e->ptr == NULL))
+            if (first && mine > 0 && !(role == 2 && e->ptr == NULL))
                 (void)fprintf(o, "%s %s %" PRIu64 "\n", roles[role],
                               e->ptr ? e->ptr : "(none)", n);
         }
@@ -911,7 +910,7 @@ static void rp_svg(FILE *f, const rp_state *st, const uint64_t (*buckets)[2], ui
 
 typedef struct rp_opts {
     int summary, quiet;
-    const char *svg, *config, *trace;
+    const char *svg, *metrics, *config, *trace;
 } rp_opts;
 
 static int rp_parse_args(int argc, char **argv, rp_opts *o) {
@@ -931,6 +930,10 @@ static int rp_parse_args(int argc, char **argv, rp_opts *o) {
             o->svg = argv[++i];
         else if (!opts_done && strncmp(a, "--svg=", 6) == 0 && a[6] != '\0')
             o->svg = a + 6;
+        else if (!opts_done && strcmp(a, "--metrics") == 0 && i + 1 < argc)
+            o->metrics = argv[++i];
+        else if (!opts_done && strncmp(a, "--metrics=", 10) == 0 && a[10] != '\0')
+            o->metrics = a + 10;
         else if (!opts_done && a[0] == '-' && a[1] != '\0') {
             (void)fprintf(stderr, "floodgate replay: unknown option %s\n", a);
             return 2;
@@ -940,9 +943,10 @@ static int rp_parse_args(int argc, char **argv, rp_opts *o) {
             npos++;
     }
     if (npos != 2) {
-        (void)fputs("usage: floodgate replay [--summary] [--quiet] [--svg FILE] CONFIG "
-                    "TRACE.jsonl\n",
-                    stderr);
+        (void)fputs(
+            "usage: floodgate replay [--summary] [--quiet] [--svg FILE] [--metrics FILE] "
+            "CONFIG TRACE.jsonl\n",
+            stderr);
         return 2;
     }
     o->config = pos[0];
@@ -1083,6 +1087,74 @@ static int rp_write_error(const char *path) {
     return 1;
 }
 
+/* An output file written whole or not at all: opened as PATH.tmp before
+ * the replay (so a path that cannot be written fails with nothing on
+ * standard output), renamed over PATH at the end. */
+typedef struct rp_file {
+    const char *path;
+    char *tmp;
+    FILE *f;
+} rp_file;
+
+static int rp_file_open(rp_file *o, const char *path) {
+    o->path = path;
+    size_t n = strlen(path);
+    o->tmp = malloc(n + 5);
+    if (o->tmp == NULL) {
+        (void)fputs("floodgate replay: out of memory\n", stderr);
+        return 1;
+    }
+    memcpy(o->tmp, path, n);
+    memcpy(o->tmp + n, ".tmp", 5);
+    o->f = fopen(o->tmp, "wb");
+    return o->f == NULL ? rp_write_error(path) : 0;
+}
+
+static int rp_file_commit(rp_file *o) {
+    int bad = ferror(o->f) || fflush(o->f) != 0 || fsync(fileno(o->f)) != 0;
+    bad |= fclose(o->f) != 0;
+    o->f = NULL;
+    if (bad || rename(o->tmp, o->path) != 0)
+        return rp_write_error(o->path);
+    free(o->tmp);
+    o->tmp = NULL;
+    return 0;
+}
+
+static void rp_file_drop(rp_file *o) {
+    if (o->f != NULL)
+        (void)fclose(o->f);
+    if (o->tmp != NULL)
+        (void)unlink(o->tmp);
+    free(o->tmp);
+}
+
+/* The Prometheus exposition of everything the replay counted. */
+static int rp_write_metrics(fg_runtime *rt, rp_file *o) {
+    fg_metrics *m = fg_runtime_metrics(rt);
+    size_t need = 0;
+    char *buf = NULL;
+    int rc = fg_metrics_prometheus(m, NULL, 0, &need);
+    for (int tries = 0; rc == FG_ETOOLONG && tries < 4; tries++) {
+        free(buf);
+        buf = malloc(need + 4096); /* room for a figure that grew meanwhile */
+        if (buf == NULL)
+            break;
+        rc = fg_metrics_prometheus(m, buf, need + 4096, &need);
+    }
+    if (rc != 0 || buf == NULL) {
+        free(buf);
+        (void)fprintf(stderr, "floodgate replay: metrics: %s\n",
+                      fg_strerror(rc != 0 ? rc : FG_ENOMEM));
+        return 1;
+    }
+    int bad = fwrite(buf, 1, need, o->f) != need;
+    free(buf);
+    if (bad)
+        return rp_write_error(o->path);
+    return rp_file_commit(o);
+}
+
 static int replay(int argc, char **argv) {
     rp_opts o;
     int rc = rp_parse_args(argc, argv, &o);
@@ -1092,8 +1164,7 @@ static int replay(int argc, char **argv) {
     rp_trace tr = {0};
     fg_registry *reg = NULL;
     fg_runtime *rt = NULL;
-    FILE *svg = NULL;
-    char *tmp = NULL;
+    rp_file svg = {NULL, NULL, NULL}, metrics = {NULL, NULL, NULL};
     uint64_t(*buckets)[2] = NULL;
     if (rp_state_init(&st) != 0 || fg_registry_new(&reg) != 0 || fg_runtime_new(&rt) != 0) {
         (void)fputs("floodgate replay: out of memory\n", stderr);
@@ -1104,51 +1175,31 @@ static int replay(int argc, char **argv) {
     if (rc == 0)
         rc = rp_load_trace(o.trace, &tr);
     if (rc == 0 && o.svg != NULL) {
-        /* Opened before the replay, so a path that cannot be written fails
-         * with nothing on standard output; renamed over FILE at the end. */
-        size_t n = strlen(o.svg);
-        tmp = malloc(n + 5);
         buckets = calloc(RP_SVG_BUCKETS, sizeof(*buckets));
-        if (tmp == NULL || buckets == NULL) {
+        rc = buckets == NULL ? 1 : rp_file_open(&svg, o.svg);
+        if (buckets == NULL)
             (void)fputs("floodgate replay: out of memory\n", stderr);
-            rc = 1;
-            goto out;
-        }
-        memcpy(tmp, o.svg, n);
-        memcpy(tmp + n, ".tmp", 5);
-        svg = fopen(tmp, "wb");
-        if (svg == NULL) {
-            rc = rp_write_error(o.svg);
-            goto out;
-        }
     }
+    if (rc == 0 && o.metrics != NULL)
+        rc = rp_file_open(&metrics, o.metrics);
     if (rc == 0)
         rc = rp_run(&tr, &st, rt, o.quiet, buckets);
     if (rc == 0 && o.summary)
         rp_summary(&st, tr.nreqs);
-    if (rc == 0 && svg != NULL) {
+    if (rc == 0 && svg.f != NULL) {
         uint64_t t0 = tr.nreqs ? tr.reqs[0].t_ns : 0;
         uint64_t t1 = tr.nreqs ? tr.reqs[tr.nreqs - 1].t_ns : 0;
         for (size_t i = 0; i < st.ntransitions; i++)
             if (st.transitions[i].at_ns > t1)
                 t1 = st.transitions[i].at_ns;
-        rp_svg(svg, &st, (const uint64_t(*)[2])buckets, t0, t1, o.config, o.trace);
-        int bad = ferror(svg) || fflush(svg) != 0 || fsync(fileno(svg)) != 0;
-        bad |= fclose(svg) != 0;
-        svg = NULL;
-        if (bad || rename(tmp, o.svg) != 0) {
-            rc = rp_write_error(o.svg);
-            goto out;
-        }
-        free(tmp);
-        tmp = NULL;
+        rp_svg(svg.f, &st, (const uint64_t(*)[2])buckets, t0, t1, o.config, o.trace);
+        rc = rp_file_commit(&svg);
     }
+    if (rc == 0 && metrics.f != NULL)
+        rc = rp_write_metrics(rt, &metrics);
 out:
-    if (svg != NULL)
-        (void)fclose(svg);
-    if (tmp != NULL)
-        (void)unlink(tmp);
-    free(tmp);
+    rp_file_drop(&svg);
+    rp_file_drop(&metrics);
     free(buckets);
     fg_runtime_free(rt); /* before the registry and the clock it calls */
     fg_registry_free(reg);
