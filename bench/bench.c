@@ -1470,6 +1470,183 @@ static int bench_histogram(const char *name) {
     return rc;
 }
 
+/* ---- the full chain ---------------------------------------------------------------- */
+
+/*
+ * chain_full: what a request costs through the default chain a gateway
+ * would run: metrics (first), trace (an incoming traceparent: a child
+ * span), a global limiter, a limiter keyed on x-user-id (1,000 users), a
+ * router of 100 prefix routes each behind its own breaker, and the
+ * handler. Limits are set so high that nothing is rejected: the figure is
+ * the admitted path. Each request is built from scratch (fg_ctx_init and
+ * two headers) as a server would. Target: threads=1 at most
+ * 5 x (floor_clock + floor_cas); threads=2 at least 1.6x the throughput.
+ */
+#define FULL_ROUTES      100
+#define FULL_USERS       1000
+#define FULL_REQS        4096
+#define TARGET_FULL      5.0
+#define TARGET_FULL_SCALE 1.6
+
+struct full_req {
+    char path[48];
+    char user[16];
+};
+
+struct full_bench {
+    fg_chain *chain;
+    fg_metrics *metrics;
+    fg_limiter *global;
+    fg_keyed_limiter *keyed;
+    fg_breaker *breakers[FULL_ROUTES];
+    struct full_req reqs[FULL_REQS];
+    const char *traceparent;
+};
+
+static uint64_t loop_full(void *arg, int index, uint64_t ops, int split) {
+    const struct full_bench *fb = arg;
+    uint64_t failures = 0;
+    uint32_t j = (uint32_t)index * 7919u;
+    for (uint64_t i = 0; i < ops; i++, j++) {
+        const struct full_req *r = &fb->reqs[j % FULL_REQS];
+        fg_ctx ctx;
+        fg_ctx_init(&ctx, "GET", r->path);
+        fg_ctx_add_header(&ctx, "x-user-id", r->user);
+        fg_ctx_add_header(&ctx, "traceparent", fb->traceparent);
+        if (split) {
+            failures += fg_chain_enter(fb->chain, &ctx) != 0;
+            failures += fg_route_dispatch(&ctx) != 0;
+            failures += fg_chain_exit(fb->chain, &ctx, 0) != 0;
+        } else {
+            failures += fg_chain_call(fb->chain, &ctx, NULL, NULL) != 0;
+        }
+    }
+    return failures;
+}
+
+static uint64_t loop_full_call(void *arg, int index, uint64_t ops) {
+    return loop_full(arg, index, ops, 0);
+}
+
+static uint64_t loop_full_split(void *arg, int index, uint64_t ops) {
+    return loop_full(arg, index, ops, 1);
+}
+
+static void full_check(int rc, const char *what) {
+    if (rc != 0) {
+        (void)fprintf(stderr, "bench: chain_full: %s: %s\n", what, fg_strerror(rc));
+        abort();
+    }
+}
+
+static struct full_bench *full_make(void) {
+    struct full_bench *fb = calloc(1, sizeof(*fb));
+    if (fb == NULL)
+        abort();
+    fb->traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    fg_limiter_options lo = FG_LIMITER_OPTIONS_INIT;
+    lo.rate = UINT64_C(1000000000); /* 1e9/s: never the bottleneck */
+    lo.burst = UINT64_C(1000000000);
+    full_check(fg_limiter_new(&lo, &fb->global), "limiter");
+    fg_keyed_limiter_options ko = FG_KEYED_LIMITER_OPTIONS_INIT;
+    ko.bucket = lo;
+    ko.max_keys = 4 * FULL_USERS;
+    full_check(fg_keyed_limiter_new(&ko, &fb->keyed), "keyed limiter");
+    fg_router *router = NULL;
+    full_check(fg_router_new(&router), "router");
+    for (int r = 0; r < FULL_ROUTES; r++) {
+        fg_breaker_options bo = FG_BREAKER_OPTIONS_INIT;
+        full_check(fg_breaker_new(&bo, &fb->breakers[r]), "breaker");
+        fg_stage *bs = NULL;
+        full_check(fg_stage_breaker(fb->breakers[r], NULL, NULL, "backend", &bs), "stage");
+        char name[16], path[32];
+        (void)snprintf(name, sizeof(name), "svc%d", r);
+        (void)snprintf(path, sizeof(path), "/api/svc%d", r);
+        fg_route_target t = {NULL, 0, ok_handler, NULL, &bs, 1};
+        fg_route_spec spec = FG_ROUTE_SPEC_INIT;
+        spec.name = name;
+        spec.path_kind = FG_PATH_PREFIX;
+        spec.path = path;
+        spec.targets = &t;
+        spec.ntargets = 1;
+        full_check(fg_router_add(router, &spec, NULL), "route");
+    }
+    full_check(fg_router_build(router), "router build");
+    full_check(fg_metrics_new(NULL, &fb->metrics), "metrics");
+    fg_chain_options co = FG_CHAIN_OPTIONS_INIT;
+    full_check(fg_chain_new(&co, &fb->chain), "chain");
+    fg_stage *st = NULL;
+    full_check(fg_stage_metrics(fb->metrics, router, "bench", NULL, &st), "metrics stage");
+    full_check(fg_chain_use(fb->chain, st), "use");
+    fg_trace_options to = FG_TRACE_OPTIONS_INIT;
+    full_check(fg_stage_trace(&to, &st), "trace stage");
+    full_check(fg_chain_use(fb->chain, st), "use");
+    fg_limit_stage_options so = FG_LIMIT_STAGE_OPTIONS_INIT;
+    so.name = "global";
+    full_check(fg_stage_limit(fb->global, &so, &st), "limit stage");
+    full_check(fg_chain_use(fb->chain, st), "use");
+    so.name = "per_user";
+    so.key_source = FG_KEY_HEADER;
+    so.key_name = "x-user-id";
+    full_check(fg_stage_limit_keyed(fb->keyed, &so, &st), "keyed stage");
+    full_check(fg_chain_use(fb->chain, st), "use");
+    full_check(fg_stage_router(router, "router", &st), "router stage");
+    full_check(fg_chain_use(fb->chain, st), "use");
+    for (uint32_t j = 0; j < FULL_REQS; j++) {
+        uint32_t h = j * 2654435761u;
+        (void)snprintf(fb->reqs[j].path, sizeof(fb->reqs[j].path), "/api/svc%u/items/%u",
+                       (h >> 8) % FULL_ROUTES, j);
+        (void)snprintf(fb->reqs[j].user, sizeof(fb->reqs[j].user), "u%u", (h >> 4) % FULL_USERS);
+    }
+    return fb;
+}
+
+static void full_free(struct full_bench *fb) {
+    fg_chain_free(fb->chain);
+    fg_metrics_free(fb->metrics);
+    fg_limiter_free(fb->global);
+    fg_keyed_limiter_free(fb->keyed);
+    for (int r = 0; r < FULL_ROUTES; r++)
+        fg_breaker_free(fb->breakers[r]);
+    free(fb);
+}
+
+static int bench_chain_full(const char *name, op_loop loop) {
+    if (!selected(name))
+        return 0;
+    struct full_bench *fb = full_make();
+    void *args[MAX_THREADS] = {fb, fb};
+    int rc = 0;
+    double one = 0;
+    for (int threads = 1; threads <= MAX_THREADS && rc == 0; threads++) {
+        double ns, allocs;
+        rc = measure(name, loop, args, threads, &ns, &allocs);
+        if (rc != 0)
+            break;
+        char extra[200];
+        double budget = ns / (floor_clock_ns + floor_cas_ns);
+        if (threads == 1) {
+            one = ns;
+            (void)snprintf(extra, sizeof(extra),
+                           "ratio_clock_cas=%.2f allocs_per_op=%.4f target=%.0fx(floor_clock+"
+                           "floor_cas) met=%s",
+                           budget, allocs, TARGET_FULL, yes_no(budget <= TARGET_FULL));
+        } else {
+            /* ns is wall time per request over both threads: throughput
+             * relative to one thread is one / ns. */
+            double scale = one / ns;
+            (void)snprintf(extra, sizeof(extra),
+                           "ratio_clock_cas=%.2f allocs_per_op=%.4f throughput_vs_1=%.2f "
+                           "target=%.1fx met=%s",
+                           budget, allocs, scale, TARGET_FULL_SCALE,
+                           yes_no(scale >= TARGET_FULL_SCALE));
+        }
+        report(name, threads, ns, extra);
+    }
+    full_free(fb);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0) {
@@ -1527,6 +1704,8 @@ int main(int argc, char **argv) {
     rc |= bench_rule_eval("rule_eval_geo_age");
     rc |= bench_config_compile("config_compile_1000routes");
     rc |= bench_split_sticky("split_sticky");
+    rc |= bench_chain_full("chain_full", loop_full_call);
+    rc |= bench_chain_full("chain_full_split", loop_full_split);
     rc |= bench_counter("counter_inc");
     rc |= bench_histogram("histogram_record");
     return rc ? 1 : 0;

@@ -86,6 +86,10 @@ for threads in 1 2; do
     expect histogram_record "$threads" "ratio_cas=$num" "allocs_per_op=$num"
 done
 expect histogram_record 1 'target=15ns' "$met"
+for name in chain_full chain_full_split; do
+    expect "$name" 1 "ratio_clock_cas=$num" "allocs_per_op=$num" 'target=5x\(floor_clock\+floor_cas\)' "$met"
+    expect "$name" 2 "ratio_clock_cas=$num" "allocs_per_op=$num" "throughput_vs_1=$num" 'target=1\.6x' "$met"
+done
 expect replay_throughput 1 'rps=[0-9]+' 'lines=20000' 'config=full.json'
 if ! grep -Eq '^bench=keyed_bytes_per_key threads=1 ns_per_op=0\.00 ' "$out"; then
     echo "FAIL bench: keyed_bytes_per_key is not ns_per_op=0.00"; fail=1
