@@ -1482,10 +1482,10 @@ static int bench_histogram(const char *name) {
  * two headers) as a server would. Target: threads=1 at most
  * 5 x (floor_clock + floor_cas); threads=2 at least 1.6x the throughput.
  */
-#define FULL_ROUTES      100
-#define FULL_USERS       1000
-#define FULL_REQS        4096
-#define TARGET_FULL      5.0
+#define FULL_ROUTES       100
+#define FULL_USERS        1000
+#define FULL_REQS         4096
+#define TARGET_FULL       5.0
 #define TARGET_FULL_SCALE 1.6
 
 struct full_req {
@@ -1596,7 +1596,8 @@ static struct full_bench *full_make(void) {
         uint32_t h = j * 2654435761u;
         (void)snprintf(fb->reqs[j].path, sizeof(fb->reqs[j].path), "/api/svc%u/items/%u",
                        (h >> 8) % FULL_ROUTES, j);
-        (void)snprintf(fb->reqs[j].user, sizeof(fb->reqs[j].user), "u%u", (h >> 4) % FULL_USERS);
+        (void)snprintf(fb->reqs[j].user, sizeof(fb->reqs[j].user), "u%u",
+                       (h >> 4) % FULL_USERS);
     }
     return fb;
 }

@@ -129,7 +129,7 @@ struct fg_stage_entry {
     uint64_t count[FG_M_LANES]; /* by lane: L_REJ0 .. L_OTHER */
 };
 
-#define FG_M_STAGE_SLOTS  (FG_METRICS_MAX_STAGES * 2) /* open addressing, half full */
+#define FG_M_STAGE_SLOTS  ((size_t)FG_METRICS_MAX_STAGES * 2) /* open addressing, half full */
 #define FG_M_MAX_BREAKERS 256
 
 struct fg_breaker_entry {
@@ -175,7 +175,9 @@ static void fg_series_free(struct fg_series *s) {
     fg__aligned_free(s);
 }
 
-static int fg_label_ok(const char *s) { return strnlen(s, FG_METRICS_NAME_MAX + 1) <= FG_METRICS_NAME_MAX; }
+static int fg_label_ok(const char *s) {
+    return strnlen(s, FG_METRICS_NAME_MAX + 1) <= FG_METRICS_NAME_MAX;
+}
 
 /* The series of (chain, route), created when absent. Under m->lock. */
 static int fg_series_get(fg_metrics *m, const char *chain, const char *route, int create,
@@ -560,6 +562,7 @@ static void fg_slo_start(const struct fg_series *s, uint64_t idx, unsigned k,
         uint64_t seq;
         do { /* a consistent copy */
             seq = fg__load_u64(&mk->seq);
+            c.seq = seq;
             c.gen = fg__load_u64(&mk->gen);
             c.idx = fg__load_u64(&mk->idx);
             c.requests = fg__load_u64(&mk->requests);

@@ -41,11 +41,12 @@ FG_BEGIN_DECLS
 
 typedef struct fg_metrics fg_metrics;
 
-#define FG_METRICS_NAME_MAX    128  /* at most this many bytes in a chain, route, stage or
+#define FG_METRICS_NAME_MAX                                                                   \
+    128                             /* at most this many bytes in a chain, route, stage or    \
                                        breaker label (a longer stage name is cut) */
 #define FG_METRICS_VERSION_MAX 256  /* bytes of the config version label kept */
-#define FG_METRICS_MAX_SERIES 4096 /* (chain, route) series alive at once */
-#define FG_METRICS_MAX_STAGES 1024 /* stage names counted as rejecting */
+#define FG_METRICS_MAX_SERIES  4096 /* (chain, route) series alive at once */
+#define FG_METRICS_MAX_STAGES  1024 /* stage names counted as rejecting */
 
 /*
  * fg_metrics_new - an empty registry reading `clock` (NULL: monotonic) for
