@@ -30,13 +30,15 @@ Suite *fg_suite_config(void);
 Suite *fg_suite_watch(void);
 Suite *fg_suite_histogram(void);
 Suite *fg_suite_fault(void);
+Suite *fg_suite_metrics(void);
 
 /* One suite per X. */
 /* clang-format off */
 #define FG_TEST_SUITES(X) \
     X(error) X(alloc) X(clock) X(ctx) X(stage) X(chain) X(limiter) X(keyed) \
     X(breaker) X(trace) X(tracestate) X(baggage) X(trace_stage) X(errval) \
-    X(expr) X(router) X(runtime) X(config) X(watch) X(histogram) X(fault)
+    X(expr) X(router) X(runtime) X(config) X(watch) X(histogram) X(fault) \
+    X(metrics)
 /* clang-format on */
 
 #endif
