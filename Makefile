@@ -84,15 +84,17 @@ SHARED := $(B)/libfloodgate.so.$(VERSION)
 # skips it (packagers, offline builds).
 ifeq ($(FG_NO_DEPS),1)
 DEPS_STEP :=
+PROMTOOL_STEP :=
 else
 DEPS_STEP := deps
+PROMTOOL_STEP := deps-promtool
 endif
 
 .PHONY: fuzz fuzz-build
 TOOL := $(B)/tools/floodgate
 
-.PHONY: all lib tools deps deps-lint check test-unit test-shell bench bench-run examples demo \
-        install uninstall lint format format-check tidy cppcheck clean
+.PHONY: all lib tools deps deps-lint deps-promtool check test-unit test-shell bench bench-run \
+        examples demo install uninstall lint format format-check tidy cppcheck clean
 
 all: lib tools
 
@@ -103,6 +105,9 @@ deps:
 
 deps-lint:
 	@scripts/deps.sh lint
+
+deps-promtool:
+	@scripts/deps.sh promtool
 
 $(B)/lib/%.o: lib/%.c $(HEADERS) $(wildcard lib/*.h) | $(DEPS_STEP)
 	@mkdir -p $(dir $@)
@@ -140,6 +145,12 @@ $(B)/tests/%.o: tests/%.c $(HEADERS) tests/suites.h tests/helpers.h | $(DEPS_STE
 $(B)/tests/check_floodgate: $(TEST_OBJS) $(STATIC)
 	$(CC) $(SAN) $(LDFLAGS) -o $@ $(TEST_OBJS) $(STATIC) $(CHECK_LIBS) $(DEP_LIBS)
 
+# A program that writes a Prometheus exposition of every metric family, for
+# tests/test_promtool.sh; linked as the examples are.
+$(B)/tests/prom_sample: tests/prom_sample.c $(STATIC) $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(APP_CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(DEP_LIBS)
+
 check: test-unit test-shell
 
 test-unit: $(B)/tests/check_floodgate
@@ -147,15 +158,21 @@ test-unit: $(B)/tests/check_floodgate
 
 # Shell tests: the exported-symbol list, C++ and standalone header builds,
 # and (release only: sanitizer builds cannot be linked by a plain cc) the
-# install + out-of-tree build of examples/hello and a quick benchmark run
-# that checks every figure is printed in the stable format (replay_throughput
-# too, from bench/replay.sh on a small trace through $(TOOL)).
+# install + out-of-tree build of examples/hello, `promtool check metrics` on
+# the Prometheus exposition (tests/prom_sample and `floodgate replay
+# --metrics`; promtool from scripts/deps.sh promtool) and a quick benchmark
+# run that checks every figure is printed in the stable format
+# (replay_throughput too, from bench/replay.sh on a small trace through $(TOOL)).
+ifeq ($(VARIANT),release)
+test-shell: $(B)/tests/prom_sample | $(PROMTOOL_STEP)
+endif
 test-shell: lib $(TOOL)
 	sh tests/test_exports.sh $(B)/libfloodgate.so $(VARIANT)
 	sh tests/test_cli.sh $(TOOL)
 	sh tests/test_headers.sh
 ifeq ($(VARIANT),release)
 	sh tests/test_install.sh
+	FG_NO_DEPS=$(FG_NO_DEPS) sh tests/test_promtool.sh $(B)/tests/prom_sample $(TOOL)
 	$(MAKE) --no-print-directory $(B)/bench/bench
 	sh tests/test_bench.sh $(B)/bench/bench $(TOOL)
 endif

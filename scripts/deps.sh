@@ -1,9 +1,11 @@
 #!/bin/sh
 # scripts/deps.sh - install the Debian packages floodgate needs, only if missing.
 #
-# Usage: scripts/deps.sh [build|lint|peers|all]
+# Usage: scripts/deps.sh [build|lint|promtool|peers|all]
 #   build: pkg-config, Concurrency Kit, jansson, Check (what `make` and `make check` need)
 #   lint:  clang-tidy, cppcheck, clang-format (what `make lint` needs)
+#   promtool: Prometheus's promtool, which `make check` (release) runs on the
+#          metrics exposition (tests/test_promtool.sh)
 #   peers: Go and golang.org/x/time/rate, used offline in GOPATH mode by
 #          `make bench-peers` (never by `make check`)
 # It asks pkg-config (or the PATH, for tools) first and calls apt-get only for
@@ -40,6 +42,11 @@ lint | all)
     need_cmd clang-tidy clang-tidy
     need_cmd cppcheck cppcheck
     need_cmd clang-format clang-format
+    ;;
+esac
+case "$want" in
+promtool | all)
+    need_cmd promtool prometheus
     ;;
 esac
 case "$want" in
