@@ -580,14 +580,21 @@ static void fg_slo_start(const struct fg_series *s, uint64_t idx, unsigned k,
 static double fg_ratio(uint64_t a, uint64_t b) { return b ? (double)a / (double)b : 0; }
 
 /* (bad / all) / (ppb / 10^9): a burn rate; 0 with no traffic. */
-static double fg_burn(uint64_t bad, uint64_t all, uint64_t ppb) {
-    if (all == 0 || ppb == 0)
+/* (bad / all) / share: a burn rate; 0 with no traffic. A share that is a
+ * whole number of parts per 10^9 (ppb > 0) gives an exact ratio of counts
+ * (45, not 44.999999999999964); a finer one is divided as a double. */
+static double fg_burn(uint64_t bad, uint64_t all, uint64_t ppb, double share) {
+    if (all == 0)
         return 0;
+    if (ppb == 0)
+        return (double)bad / ((double)all * share);
     return (double)((fg_u128)bad * 1000000000u) / (double)((fg_u128)all * ppb);
 }
 
 /* bad / all <= ppb / 10^9, exactly. */
-static int fg_within(uint64_t bad, uint64_t all, uint64_t ppb) {
+static int fg_within(uint64_t bad, uint64_t all, uint64_t ppb, double share) {
+    if (ppb == 0)
+        return (double)bad <= (double)all * share;
     return (fg_u128)bad * 1000000000u <= (fg_u128)all * ppb;
 }
 
@@ -613,18 +620,21 @@ static void fg_slo_status_of(const struct fg_series *s, uint64_t now, fg_slo_sta
     st->slow = cur.slow - slow0.slow;
     st->error_ratio = fg_ratio(st->errors, st->requests);
     st->slow_ratio = fg_ratio(st->slow, st->handled);
+    double lat_share = 1 - o->latency_target;
     if (st->has_errors) {
-        st->error_burn_slow = fg_burn(st->errors, st->requests, s->err_ppb);
-        st->error_burn_fast =
-            fg_burn(cur.errors - fast0.errors, cur.requests - fast0.requests, s->err_ppb);
+        st->error_burn_slow = fg_burn(st->errors, st->requests, s->err_ppb, o->error_rate);
+        st->error_burn_fast = fg_burn(cur.errors - fast0.errors, cur.requests - fast0.requests,
+                                      s->err_ppb, o->error_rate);
     }
     if (st->has_latency) {
-        st->latency_burn_slow = fg_burn(st->slow, st->handled, s->lat_ppb);
+        st->latency_burn_slow = fg_burn(st->slow, st->handled, s->lat_ppb, lat_share);
         st->latency_burn_fast =
-            fg_burn(cur.slow - fast0.slow, cur.handled - fast0.handled, s->lat_ppb);
+            fg_burn(cur.slow - fast0.slow, cur.handled - fast0.handled, s->lat_ppb, lat_share);
     }
-    st->error_ok = !st->has_errors || fg_within(st->errors, st->requests, s->err_ppb);
-    st->latency_ok = !st->has_latency || fg_within(st->slow, st->handled, s->lat_ppb);
+    st->error_ok =
+        !st->has_errors || fg_within(st->errors, st->requests, s->err_ppb, o->error_rate);
+    st->latency_ok =
+        !st->has_latency || fg_within(st->slow, st->handled, s->lat_ppb, lat_share);
 }
 
 int fg_metrics_slo(fg_metrics *m, const char *chain, const char *route, uint64_t now_ns,

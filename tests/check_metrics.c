@@ -18,8 +18,7 @@
  * The tcase "promises" holds tests of header promises found broken while
  * this suite was written, each quoting the header: an SLO declared before
  * its stage, names of exactly FG_METRICS_NAME_MAX bytes, a long config
- * version (all fixed), and burn rates for a budget under a billionth
- * (test_slo_tiny_budget: still failing, reported).
+ * version, and burn rates for a budget under a billionth (all fixed).
  */
 #include <inttypes.h>
 #include <math.h>
