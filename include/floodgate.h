@@ -28,6 +28,7 @@
 #include "floodgate/fault.h"
 #include "floodgate/runtime.h"
 #include "floodgate/config.h"
+#include "floodgate/deadline.h"
 #include "floodgate/histogram.h"
 #include "floodgate/metrics.h"
 

@@ -141,7 +141,16 @@ static fg_stage *fg_stage_at(const fg_chain *chain, const fg_ctx *ctx, uint32_t 
  * rejecting stage is not pushed: it never admitted, so it must not be
  * exited. The frame stack cannot overflow: fg_chain_use refused a router
  * whose targets could make a request deeper than FG_CTX_MAX_DEPTH. */
+/* A rejection by the chain itself (no stage): canceled, or out of time. */
+static int fg_chain_reject(fg_ctx *ctx, int code) {
+    ctx->status = code;
+    ctx->rejected_by = NULL;
+    return code;
+}
+
 static int fg_enter_stages(const fg_chain *chain, fg_ctx *ctx, uint32_t from) {
+    if (fg__load_u32(&ctx->priv.canceled))
+        return fg_chain_reject(ctx, FG_ECANCELED);
     fg_stage *stage;
     for (uint32_t i = from; (stage = fg_stage_at(chain, ctx, i)) != NULL; i++) {
         uint64_t slot = 0;
@@ -156,6 +165,12 @@ static int fg_enter_stages(const fg_chain *chain, fg_ctx *ctx, uint32_t from) {
         frame->slot = slot;
         frame->enter_ns = ctx->now_ns;
     }
+    /* Every stage admitted it: it may start only if it still can, now or
+     * after the wait a stage asked for. */
+    if (fg__load_u32(&ctx->priv.canceled))
+        return fg_chain_reject(ctx, FG_ECANCELED);
+    if (ctx->deadline_ns != 0 && ctx->now_ns + ctx->delay_ns > ctx->deadline_ns)
+        return fg_chain_reject(ctx, FG_ETIMEDOUT);
     return 0;
 }
 
@@ -224,7 +239,8 @@ int fg_chain_call(const fg_chain *chain, fg_ctx *ctx, fg_handler_fn handler, voi
         ctx->rejected_by = NULL;
         ctx->retry_after_ns = 0;
         ctx->delay_ns = 0;
-        ctx->now_ns = end_ns;
+        /* Read again: the retrying stage may have slept its backoff. */
+        ctx->now_ns = fg_clock_read(&chain->clock);
     }
     /* Retried attempts moved now_ns forward; give the caller back the
      * request's own start time. */

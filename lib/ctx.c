@@ -37,6 +37,7 @@ int fg_ctx_init_n(fg_ctx *ctx, const char *method, size_t method_len, const char
     ctx->priv.depth = 0;
     ctx->priv.route_target = NULL;
     ctx->priv.snapshot = NULL;
+    __atomic_store_n(&ctx->priv.canceled, 0, __ATOMIC_RELAXED);
     ctx->route = NULL;
     ctx->target = NULL;
     ctx->nparams = 0;

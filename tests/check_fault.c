@@ -702,7 +702,9 @@ START_TEST(test_delay_uniform) {
 END_TEST
 
 /* The injected delay is added to an earlier stage's wait, saturating. The
- * request's deadline does not bound it. */
+ * stage does not shorten it to fit the deadline: the chain then rejects a
+ * request that could only start after its deadline (FG_ETIMEDOUT), which
+ * is what a latency drill is meant to provoke. */
 START_TEST(test_delay_adds) {
     fg_fault_options o = FG_FAULT_OPTIONS_INIT;
     uint64_t wait = 50 * MS;
@@ -718,6 +720,11 @@ START_TEST(test_delay_adds) {
     wait = 0;
     ck_assert_int_eq(fg_ctx_init(&ctx, "GET", "/orders"), 0);
     ctx.deadline_ns = T0 + 10 * MS;
+    ck_assert_int_eq(fg_chain_enter(r.chain, &ctx), FG_ETIMEDOUT);
+    ck_assert_uint_eq(ctx.delay_ns, 200 * MS);
+    ck_assert_ptr_null(ctx.rejected_by); /* the chain, not a stage */
+    ck_assert_int_eq(fg_ctx_init(&ctx, "GET", "/orders"), 0);
+    ctx.deadline_ns = T0 + 200 * MS; /* exactly enough */
     ck_assert_int_eq(fg_chain_enter(r.chain, &ctx), 0);
     ck_assert_uint_eq(ctx.delay_ns, 200 * MS);
     ck_assert_uint_eq(fg_fake_clock_now(r.fc), T0); /* split API: the caller waits */

@@ -118,6 +118,7 @@ typedef struct fg_ctx {
         uint32_t depth;
         const void *route_target; /* the router's chosen target */
         void *snapshot;           /* the runtime snapshot a split request holds */
+        uint32_t canceled;        /* atomic: fg_ctx_cancel (floodgate/deadline.h) */
         fg_ctx_frame frames[FG_CTX_MAX_DEPTH];
     } priv;
 } fg_ctx;
