@@ -29,6 +29,7 @@
 
 #include "floodgate/breaker.h"
 #include "floodgate/config.h"
+#include "floodgate/deadline.h"
 #include "floodgate/error.h"
 #include "floodgate/fault.h"
 #include "floodgate/limiter.h"
@@ -1291,10 +1292,61 @@ static struct fg_def *fg_find_def(struct fg_build *b, const char *name, enum fg_
 
 /* One STAGE: *out gets a stage, or NULL when there was an error (reported)
  * or nothing to make (a custom stage while checking without a registry). */
+#define TIMEOUT_KEYS "after, header, max_inbound"
+
+/* {"timeout": "250ms"} or {"timeout": {"after": d, "header": h, "max_inbound": d}}. */
+static void fg_make_timeout(struct fg_build *b, const char *path, const json_t *v,
+                            fg_stage **out) {
+    char p[PATH_CAP], q[PATH_CAP];
+    KEY(p, path, "timeout");
+    if (json_object_size(v) != 1) {
+        fg_err(b, path, "a timeout stage has one key: \"timeout\"");
+        return;
+    }
+    const json_t *t = json_object_get(v, "timeout");
+    fg_timeout_options o = FG_TIMEOUT_OPTIONS_INIT;
+    size_t before = fg_nerrs(b);
+    if (json_is_string(t)) {
+        (void)fg_get_duration(b, p, t, &o.timeout_ns);
+    } else if (fg_expect_object(b, p, t) == 0) {
+        const char *k;
+        json_t *x;
+        json_object_foreach((json_t *)t, k, x) {
+            KEY(q, p, k);
+            if (strcmp(k, "after") == 0) {
+                (void)fg_get_duration(b, q, x, &o.timeout_ns);
+            } else if (strcmp(k, "header") == 0) {
+                if (fg_get_string(b, q, x, &o.header) == 0 &&
+                    (o.header[0] == '\0' || !fg__is_token(o.header, strlen(o.header))))
+                    fg_err(b, q, "must be a header name (an HTTP token)");
+            } else if (strcmp(k, "max_inbound") == 0) {
+                (void)fg_get_duration(b, q, x, &o.max_inbound_ns);
+            } else {
+                fg_unknown_key(b, p, k, TIMEOUT_KEYS);
+            }
+        }
+    }
+    if (fg_nerrs(b) != before)
+        return;
+    if (o.timeout_ns == 0 && o.header == NULL) {
+        fg_err(b, p, "needs a duration > 0 (\"after\") or an inbound \"header\"");
+        return;
+    }
+    int rc = fg_stage_timeout(&o, "timeout", out);
+    if (rc == FG_ENOMEM)
+        b->oom = 1;
+    else if (rc != 0)
+        fg_err(b, p, "cannot make the stage: %s", fg_strerror(rc));
+}
+
 static void fg_make_stage(struct fg_build *b, const char *path, const json_t *v,
                           fg_stage **out) {
     char p[PATH_CAP];
     *out = NULL;
+    if (json_is_object(v) && json_object_get(v, "timeout") != NULL) {
+        fg_make_timeout(b, path, v, out);
+        return;
+    }
     if (json_is_string(v) && strcmp(json_string_value(v), "trace") == 0) {
         int rc = fg_stage_trace(&b->trace, out);
         if (rc == FG_ENOMEM)
@@ -1311,7 +1363,8 @@ static void fg_make_stage(struct fg_build *b, const char *path, const json_t *v,
         (lim != NULL) + (brk != NULL) + (flt != NULL) + (cus != NULL) != 1) {
         fg_err(b, path,
                "must be \"trace\", {\"limiter\": name}, {\"breaker\": name}, "
-               "{\"fault\": name} or {\"custom\": name, \"options\": {...}}");
+               "{\"fault\": name}, {\"timeout\": duration} or {\"custom\": name, "
+               "\"options\": {...}}");
         return;
     }
     int bad = 0;

@@ -792,6 +792,45 @@ START_TEST(test_fault_config) {
 }
 END_TEST
 
+/* A timeout stage from a config: the deadline it gives, shortened by an
+ * inbound grpc-timeout header, and the chain's FG_ETIMEDOUT once a wait
+ * would start the handler after it. */
+START_TEST(test_timeout_config) {
+    ck_assert_int_eq(fg_fake_clock_new(UINT64_C(1000000000), &seen_clock), 0);
+    fg_registry *r = NULL;
+    ck_assert_int_eq(fg_registry_new(&r), 0);
+    ck_assert_int_eq(fg_registry_add_handler(r, "t", h_time, NULL), 0);
+    fg_runtime *rt = NULL;
+    ck_assert_int_eq(fg_runtime_new(&rt), 0);
+    ck_assert_int_eq(fg_runtime_set_clock(rt, fg_fake_clock_as_clock(seen_clock)), 0);
+    fg_config_errors errs;
+    const char *cfg =
+        "{\"version\": \"t\", \"faults\": {\"slow\": {\"delay\": {\"percent\": 100, "
+        "\"duration\": \"150ms\"}, \"header\": {\"name\": \"x-slow\"}}},"
+        " \"chain\": [{\"timeout\": {\"after\": \"100ms\", \"header\": \"grpc-timeout\"}},"
+        " {\"fault\": \"slow\"}], \"handler\": \"t\"}";
+    ck_assert_msg(load(rt, r, cfg, &errs) == 0, "%s", errs_text(&errs));
+    uint64_t t0 = fg_fake_clock_now(seen_clock);
+    fg_ctx ctx;
+    ck_assert_int_eq(fg_ctx_init(&ctx, "GET", "/"), 0);
+    ck_assert_int_eq(fg_runtime_call(rt, &ctx, NULL, NULL), 0);
+    ck_assert_uint_eq(ctx.deadline_ns, t0 + 100 * FG_NS_PER_MS);
+    ck_assert_int_eq(fg_ctx_init(&ctx, "GET", "/"), 0);
+    ck_assert_int_eq(fg_ctx_add_header(&ctx, "grpc-timeout", "20m"), 0);
+    ck_assert_int_eq(fg_runtime_call(rt, &ctx, NULL, NULL), 0);
+    ck_assert_uint_eq(ctx.deadline_ns, t0 + 20 * FG_NS_PER_MS);
+    /* 150 ms of injected wait against 100 ms: out of time before the handler. */
+    ck_assert_int_eq(call(rt, "GET", "/", "x-slow", "1", NULL, NULL), FG_ETIMEDOUT);
+    ck_assert_uint_eq(fg_fake_clock_now(seen_clock), t0); /* nobody slept */
+    fg_route_stats rs;
+    ck_assert_int_eq(fg_metrics_route(fg_runtime_metrics(rt), "main", "default", &rs), 0);
+    ck_assert_uint_eq(rs.rejected_by_code[-FG_ETIMEDOUT - 100], 1);
+    fg_runtime_free(rt);
+    fg_registry_free(r);
+    fg_fake_clock_free(seen_clock);
+}
+END_TEST
+
 /* Configs compiled for a runtime read its clock: a fake one makes a
  * limiter's refill exact. The clock is fixed once anything is loaded. */
 START_TEST(test_runtime_clock) {
@@ -836,6 +875,7 @@ Suite *fg_suite_config(void) {
     tcase_add_test(tc, test_breaker_shadow);
     tcase_add_test(tc, test_breaker_carry);
     tcase_add_test(tc, test_fault_config);
+    tcase_add_test(tc, test_timeout_config);
     tcase_add_test(tc, test_runtime_clock);
     suite_add_tcase(s, tc);
     tc = tcase_create("errors");
