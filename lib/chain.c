@@ -24,6 +24,8 @@ struct fg_chain {
     fg_clock clock;
     fg_fallback_fn fallback;
     void *fallback_arg;
+    int fallback_failures;
+    void (*fallback_arg_free)(void *);
     uint32_t frozen; /* 0 while building; 1 once a request has entered */
     uint32_t nstages;
     fg_stage *stages[FG_CHAIN_MAX_STAGES];
@@ -50,6 +52,8 @@ int fg_chain_new(const fg_chain_options *opts, fg_chain **out) {
     chain->clock = opts->clock.now ? opts->clock : fg_clock_monotonic();
     chain->fallback = opts->fallback;
     chain->fallback_arg = opts->fallback_arg;
+    chain->fallback_failures = opts->fallback_failures != 0;
+    chain->fallback_arg_free = opts->fallback_arg_free;
     *out = chain;
     return 0;
 }
@@ -80,6 +84,8 @@ void fg_chain_free(fg_chain *chain) {
         return;
     for (uint32_t i = 0; i < chain->nstages; i++)
         fg_stage_unref(chain->stages[i]);
+    if (chain->fallback_arg_free != NULL)
+        chain->fallback_arg_free(chain->fallback_arg);
     fg__free(chain->name);
     fg__free(chain);
 }
@@ -246,7 +252,9 @@ int fg_chain_call(const fg_chain *chain, fg_ctx *ctx, fg_handler_fn handler, voi
      * request's own start time. */
     ctx->now_ns = start_ns;
     ctx->priv.state = FG_CTX_FINISHED;
-    if (outcome.kind == FG_OUTCOME_REJECTED && chain->fallback)
+    if (chain->fallback != NULL &&
+        (outcome.kind == FG_OUTCOME_REJECTED ||
+         (outcome.kind == FG_OUTCOME_FAILED && chain->fallback_failures)))
         return chain->fallback(ctx, outcome.code, chain->fallback_arg);
     return ctx->status;
 }

@@ -59,11 +59,19 @@ struct fg_reg_stage {
     void *arg;
 };
 
+struct fg_reg_fallback {
+    char *name;
+    fg_fallback_fn fn;
+    void *arg;
+};
+
 struct fg_registry {
     struct fg_reg_handler *handlers;
     size_t nhandlers, caphandlers;
     struct fg_reg_stage *stages;
     size_t nstages, capstages;
+    struct fg_reg_fallback *fallbacks;
+    size_t nfallbacks, capfallbacks;
 };
 
 int fg_registry_new(fg_registry **out) {
@@ -80,8 +88,11 @@ void fg_registry_free(fg_registry *registry) {
         fg__free(registry->handlers[i].name);
     for (size_t i = 0; i < registry->nstages; i++)
         fg__free(registry->stages[i].name);
+    for (size_t i = 0; i < registry->nfallbacks; i++)
+        fg__free(registry->fallbacks[i].name);
     fg__free(registry->handlers);
     fg__free(registry->stages);
+    fg__free(registry->fallbacks);
     fg__free(registry);
 }
 
@@ -90,6 +101,14 @@ static const struct fg_reg_handler *fg_reg_find_handler(const fg_registry *r,
     for (size_t i = 0; r != NULL && i < r->nhandlers; i++)
         if (strcmp(r->handlers[i].name, name) == 0)
             return &r->handlers[i];
+    return NULL;
+}
+
+static const struct fg_reg_fallback *fg_reg_find_fallback(const fg_registry *r,
+                                                          const char *name) {
+    for (size_t i = 0; r != NULL && i < r->nfallbacks; i++)
+        if (strcmp(r->fallbacks[i].name, name) == 0)
+            return &r->fallbacks[i];
     return NULL;
 }
 
@@ -137,6 +156,23 @@ int fg_registry_add_handler(fg_registry *registry, const char *name, fg_handler_
     if (rc != 0)
         return rc;
     registry->handlers[registry->nhandlers++] = (struct fg_reg_handler){copy, fn, arg};
+    return 0;
+}
+
+int fg_registry_add_fallback(fg_registry *registry, const char *name, fg_fallback_fn fn,
+                             void *arg) {
+    if (registry == NULL || fn == NULL)
+        return FG_EINVAL;
+    if (name != NULL && fg_reg_find_fallback(registry, name) != NULL)
+        return FG_EEXIST;
+    char *copy = NULL;
+    void *arr = registry->fallbacks;
+    int rc = fg_reg_prepare(name, &arr, registry->nfallbacks, &registry->capfallbacks,
+                            sizeof(struct fg_reg_fallback), &copy);
+    registry->fallbacks = arr;
+    if (rc != 0)
+        return rc;
+    registry->fallbacks[registry->nfallbacks++] = (struct fg_reg_fallback){copy, fn, arg};
     return 0;
 }
 
@@ -297,6 +333,41 @@ struct fg_err_item {
     fg_config_error e;
 };
 
+/* The fallbacks of a config: the top level's and the routes' own, found by
+ * the route name pointer the router writes into ctx->route. Owned by the
+ * chain (fallback_arg_free). */
+struct fg_fb_entry {
+    char *route;     /* the route's name */
+    const char *key; /* its pointer in the router, once the router exists */
+    fg_fallback_fn fn;
+    void *arg;
+};
+
+struct fg_fb_table {
+    fg_fallback_fn top;
+    void *top_arg;
+    size_t n;
+    struct fg_fb_entry *v;
+};
+
+static void fg_fb_free(void *arg) {
+    struct fg_fb_table *t = arg;
+    if (t == NULL)
+        return;
+    for (size_t i = 0; i < t->n; i++)
+        fg__free(t->v[i].route);
+    fg__free(t->v);
+    fg__free(t);
+}
+
+static int fg_fb_call(fg_ctx *ctx, int code, void *arg) {
+    const struct fg_fb_table *t = arg;
+    for (size_t i = 0; ctx->route != NULL && i < t->n; i++)
+        if (t->v[i].key == ctx->route)
+            return t->v[i].fn(ctx, code, t->v[i].arg);
+    return t->top ? t->top(ctx, code, t->top_arg) : code;
+}
+
 /* A route's SLO, kept until commit. */
 struct fg_route_slo {
     char *route;
@@ -344,6 +415,7 @@ struct fg_build {
     const fg_router *routes;   /* the router, once the chain owns it */
     struct fg_route_slo *slos; /* routes' "slo", applied at commit */
     size_t nslos;
+    struct fg_fb_table *fallbacks; /* "fallback"s: the chain owns it once made */
 };
 
 FG_PRINTF_(3, 4)
@@ -1483,6 +1555,60 @@ static int fg_placeholder_handler(fg_ctx *ctx, void *arg) {
 }
 
 /* A handler by name; check-only builds use a placeholder. */
+/* The fallback table of the build, made on first use. */
+static struct fg_fb_table *fg_fb_table(struct fg_build *b) {
+    if (b->fallbacks == NULL)
+        b->fallbacks = fg__calloc(1, sizeof(*b->fallbacks));
+    if (b->fallbacks == NULL)
+        b->oom = 1;
+    return b->fallbacks;
+}
+
+/* A fallback name: the registry's function (none while checking only).
+ * Returns 0 with *fn set (NULL when checking only), or -1 (reported). */
+static int fg_fallback_get(struct fg_build *b, const char *path, const json_t *v,
+                           fg_fallback_fn *fn, void **arg) {
+    const char *name;
+    *fn = NULL;
+    *arg = NULL;
+    if (fg_get_name(b, path, v, &name) != 0)
+        return -1;
+    if (b->check_only)
+        return 0;
+    const struct fg_reg_fallback *f = fg_reg_find_fallback(b->registry, name);
+    if (f == NULL) {
+        fg_err(b, path, "unknown fallback \"%s\" (not registered)", name);
+        return -1;
+    }
+    *fn = f->fn;
+    *arg = f->arg;
+    return 0;
+}
+
+/* A route's "fallback": an entry of the table, matched to the route's name
+ * pointer once the router is made. */
+static void fg_route_fallback(struct fg_build *b, const char *path, const json_t *v,
+                              const char *route) {
+    fg_fallback_fn fn;
+    void *arg;
+    if (fg_fallback_get(b, path, v, &fn, &arg) != 0 || fn == NULL || route == NULL)
+        return;
+    struct fg_fb_table *t = fg_fb_table(b);
+    struct fg_fb_entry *g = t ? fg__malloc((t->n + 1) * sizeof(*g)) : NULL;
+    char *copy = fg__strndup(route, strlen(route));
+    if (g == NULL || copy == NULL) {
+        fg__free(g);
+        fg__free(copy);
+        b->oom = 1;
+        return;
+    }
+    if (t->n)
+        memcpy(g, t->v, t->n * sizeof(*g));
+    fg__free(t->v);
+    t->v = g;
+    t->v[t->n++] = (struct fg_fb_entry){copy, NULL, fn, arg};
+}
+
 static int fg_handler(struct fg_build *b, const char *path, const json_t *v, fg_handler_fn *fn,
                       void **arg) {
     const char *name;
@@ -1847,7 +1973,7 @@ static void fg_parse_route(struct fg_build *b, const char *path, const json_t *v
         return;
     size_t before = fg_nerrs(b);
     int have_name = 0, have_handler = 0, have_split = 0, have_stages = 0;
-    const json_t *slo = NULL;
+    const json_t *slo = NULL, *fallback = NULL;
     fg_route_target *single = &w->targets[0];
     memset(single, 0, sizeof(*single));
     const char *k;
@@ -1894,14 +2020,18 @@ static void fg_parse_route(struct fg_build *b, const char *path, const json_t *v
             fg_parse_split(b, p, x, w);
         } else if (strcmp(k, "slo") == 0) {
             slo = x; /* once the name is known */
+        } else if (strcmp(k, "fallback") == 0) {
+            fallback = x; /* once the name is known */
         } else {
-            fg_unknown_key(b, path, k, "name, match, stages, handler, split, slo");
+            fg_unknown_key(b, path, k, "name, match, stages, handler, split, slo, fallback");
         }
     }
     if (!have_name)
         fg_err(b, KEY(p, path, "name"), "required");
     if (slo != NULL)
         fg_parse_slo(b, KEY(p, path, "slo"), slo, w->spec.name);
+    if (fallback != NULL)
+        fg_route_fallback(b, KEY(p, path, "fallback"), fallback, w->spec.name);
     if (have_handler && have_split)
         fg_err(b, path, "has both \"handler\" and \"split\": give one");
     else if (!have_handler && !have_split)
@@ -1989,12 +2119,28 @@ static void fg_make_chain(struct fg_build *b, const json_t *chain, int chain_sec
     fg_chain_options co = FG_CHAIN_OPTIONS_INIT;
     co.name = "config";
     co.clock = b->clock;
+    if (b->fallbacks != NULL && fg_nerrs(b) == 0 && !b->oom) {
+        /* Each route's entry gets the pointer its requests carry. */
+        struct fg_fb_table *t = b->fallbacks;
+        for (size_t i = 0; i < fg_router_count(b->router); i++) {
+            const char *name = fg_router_route_name(b->router, i);
+            for (size_t j = 0; j < t->n; j++)
+                if (strcmp(t->v[j].route, name) == 0)
+                    t->v[j].key = name;
+        }
+        co.fallback = fg_fb_call;
+        co.fallback_arg = t;
+        co.fallback_failures = 1;
+        co.fallback_arg_free = fg_fb_free;
+    }
     if (fg_nerrs(b) != 0 || b->oom || fg_chain_new(&co, &b->chain) != 0) {
         fg_unref_stages(stages, n);
         if (fg_nerrs(b) == 0)
             b->oom = 1;
         return;
     }
+    if (co.fallback_arg == b->fallbacks)
+        b->fallbacks = NULL; /* the chain's now */
     if (b->metrics != NULL) {
         /* First: its exit sees every request's final outcome and latency. */
         fg_stage *ms = NULL;
@@ -2049,7 +2195,7 @@ static int fg_err_cmp(const void *a, const void *b) {
     return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
-#define TOP_KEYS "version, limiters, breakers, faults, trace, chain, routes, handler"
+#define TOP_KEYS "version, limiters, breakers, faults, trace, chain, routes, handler, fallback"
 
 /* Compile text into b: components, chain, version. Returns 0, FG_ECONFIG
  * or FG_ENOMEM; errors are in b. */
@@ -2109,6 +2255,14 @@ static int fg_compile(struct fg_build *b, const char *text, size_t len) {
             fg_parse_defs(b, "faults", x, FG_SEC_FAULTS);
         } else if (strcmp(k, "trace") == 0) {
             fg_parse_trace(b, x);
+        } else if (strcmp(k, "fallback") == 0) {
+            fg_fallback_fn fn;
+            void *arg;
+            if (fg_fallback_get(b, "fallback", x, &fn, &arg) == 0 && fn != NULL &&
+                fg_fb_table(b) != NULL) {
+                b->fallbacks->top = fn;
+                b->fallbacks->top_arg = arg;
+            }
         } else if (strcmp(k, "chain") == 0) {
             chain = x;
             sec_chain = b->section;
@@ -2155,6 +2309,7 @@ static void fg_build_free(struct fg_build *b, int keep_chain) {
     for (size_t i = 0; i < b->nslos; i++)
         fg__free(b->slos[i].route);
     fg__free(b->slos);
+    fg_fb_free(b->fallbacks);
     json_decref(b->route_names);
 }
 

@@ -405,6 +405,48 @@ START_TEST(test_handler_result) {
 }
 END_TEST
 
+/* With fallback_failures the fallback also takes a handler's failure (its
+ * code), never a success; fallback_arg_free runs once, with the chain. */
+static int fbf_calls, fbf_code, fbf_freed;
+static int fbf_fallback(fg_ctx *ctx, int code, void *arg) {
+    (void)ctx;
+    (void)arg;
+    fbf_calls++;
+    fbf_code = code;
+    return 0;
+}
+static void fbf_free(void *arg) { fbf_freed += arg == (void *)&fbf_calls; }
+static int fbf_handler(fg_ctx *ctx, void *arg) {
+    (void)ctx;
+    return *(int *)arg;
+}
+
+START_TEST(test_fallback_failures) {
+    fg_chain_options o = FG_CHAIN_OPTIONS_INIT;
+    o.fallback = fbf_fallback;
+    o.fallback_arg = &fbf_calls;
+    o.fallback_failures = 1;
+    o.fallback_arg_free = fbf_free;
+    fg_chain *chain = NULL;
+    ck_assert_int_eq(fg_chain_new(&o, &chain), 0);
+    fbf_calls = fbf_freed = 0;
+    int ret = 0;
+    fg_ctx ctx;
+    ck_assert_int_eq(fg_ctx_init(&ctx, "GET", "/"), 0);
+    ck_assert_int_eq(fg_chain_call(chain, &ctx, fbf_handler, &ret), 0);
+    ck_assert_int_eq(fbf_calls, 0);
+    ret = FG_ETIMEDOUT;
+    ck_assert_int_eq(fg_ctx_init(&ctx, "GET", "/"), 0);
+    ck_assert_int_eq(fg_chain_call(chain, &ctx, fbf_handler, &ret), 0); /* the fallback's */
+    ck_assert_int_eq(fbf_calls, 1);
+    ck_assert_int_eq(fbf_code, FG_ETIMEDOUT);
+    ck_assert_int_eq(ctx.status, FG_ETIMEDOUT);
+    ck_assert_int_eq(fbf_freed, 0);
+    fg_chain_free(chain);
+    ck_assert_int_eq(fbf_freed, 1);
+}
+END_TEST
+
 START_TEST(test_split_result) {
     const result_row *row = &results[_i];
     fixture *fx = fx_new(2, 1);
@@ -1861,6 +1903,7 @@ Suite *fg_suite_chain(void) {
     tcase_add_test(tc, test_reject_latency);
     tcase_add_test(tc, test_reject_positive);
     tcase_add_test(tc, test_fallback_return_values);
+    tcase_add_test(tc, test_fallback_failures);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("split");

@@ -831,6 +831,66 @@ START_TEST(test_timeout_config) {
 }
 END_TEST
 
+/* Fallbacks from a config: a route's own takes its handler's failures and
+ * its stages' rejections; the top-level one takes the rest (a rejection
+ * before any route was chosen, no route). */
+static int fb_log[4], fb_codes[4];
+static int fb_cached(fg_ctx *ctx, int code, void *arg) {
+    (void)ctx;
+    (void)arg;
+    fb_codes[fb_log[0]++ % 4] = code;
+    return 0; /* served from a cache */
+}
+static int fb_degraded(fg_ctx *ctx, int code, void *arg) {
+    (void)ctx;
+    (void)arg;
+    fb_log[1]++;
+    return code;
+}
+
+START_TEST(test_fallback_config) {
+    fg_registry *r = make_registry();
+    ck_assert_int_eq(fg_registry_add_handler(r, "fail", h_fail, NULL), 0);
+    ck_assert_int_eq(fg_registry_add_fallback(r, "cached", fb_cached, NULL), 0);
+    ck_assert_int_eq(fg_registry_add_fallback(r, "degraded", fb_degraded, NULL), 0);
+    ck_assert_int_eq(fg_registry_add_fallback(r, "cached", fb_cached, NULL), FG_EEXIST);
+    fg_runtime *rt = NULL;
+    ck_assert_int_eq(fg_runtime_new(&rt), 0);
+    fg_config_errors errs;
+    const char *cfg =
+        "{\"version\": \"fb\", \"fallback\": \"degraded\", \"limiters\": {\"one\": {\"rate\": "
+        "\"1/h\", \"burst\": 1}}, \"chain\": [], \"routes\": ["
+        " {\"name\": \"f\", \"match\": {\"path\": {\"exact\": \"/f\"}}, \"handler\": "
+        "\"fail\", "
+        "\"fallback\": \"cached\"},"
+        " {\"name\": \"l\", \"match\": {\"path\": {\"exact\": \"/l\"}}, \"stages\": "
+        "[{\"limiter\": \"one\"}], \"handler\": \"a\", \"fallback\": \"cached\"},"
+        " {\"name\": \"x\", \"match\": {\"path\": {\"exact\": \"/x\"}}, \"handler\": "
+        "\"fail\"}]}";
+    ck_assert_msg(load(rt, r, cfg, &errs) == 0, "%s", errs_text(&errs));
+    memset(fb_log, 0, sizeof(fb_log));
+    ck_assert_int_eq(call(rt, "GET", "/f", NULL, NULL, NULL, NULL), 0); /* cached */
+    ck_assert_int_eq(fb_codes[0], FG_EHANDLER);
+    ck_assert_int_eq(call(rt, "GET", "/l", NULL, NULL, NULL, NULL), 0); /* admitted */
+    ck_assert_int_eq(call(rt, "GET", "/l", NULL, NULL, NULL, NULL), 0); /* limited: cached */
+    ck_assert_int_eq(fb_codes[1], FG_ELIMITED);
+    ck_assert_int_eq(fb_log[0], 2);
+    ck_assert_int_eq(call(rt, "GET", "/x", NULL, NULL, NULL, NULL), FG_EHANDLER);
+    ck_assert_int_eq(call(rt, "GET", "/nowhere", NULL, NULL, NULL, NULL), FG_ENOROUTE);
+    ck_assert_int_eq(fb_log[1], 2); /* degraded saw both */
+    /* An unknown fallback is an error with its path. */
+    const char *bad = "{\"version\": \"b\", \"fallback\": \"nope\", \"chain\": [], "
+                      "\"routes\": [{\"name\": \"r\", \"handler\": \"a\", \"fallback\": "
+                      "\"gone\"}]}";
+    ck_assert_int_eq(load(rt, r, bad, &errs), FG_ECONFIG);
+    ck_assert_str_eq(errs_text(&errs), "fallback: unknown fallback \"nope\" (not registered)\n"
+                                       "routes[0].fallback: unknown fallback \"gone\" (not "
+                                       "registered)\n");
+    fg_runtime_free(rt);
+    fg_registry_free(r);
+}
+END_TEST
+
 /* Configs compiled for a runtime read its clock: a fake one makes a
  * limiter's refill exact. The clock is fixed once anything is loaded. */
 START_TEST(test_runtime_clock) {
@@ -876,6 +936,7 @@ Suite *fg_suite_config(void) {
     tcase_add_test(tc, test_breaker_carry);
     tcase_add_test(tc, test_fault_config);
     tcase_add_test(tc, test_timeout_config);
+    tcase_add_test(tc, test_fallback_config);
     tcase_add_test(tc, test_runtime_clock);
     suite_add_tcase(s, tc);
     tc = tcase_create("errors");

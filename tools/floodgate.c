@@ -524,6 +524,8 @@ typedef struct rp_state {
     fg_fake_clock *fake;
     rp_strings handler_names;
     rp_handler *handlers;
+    rp_strings fallback_names; /* fallbacks: simulated like handlers */
+    rp_handler *fallbacks;
     rp_strings breakers;
     rp_transition *transitions;
     size_t ntransitions, cap_transitions;
@@ -545,6 +547,15 @@ static int rp_handle(fg_ctx *ctx, void *arg) {
     if (r->latency_ns > 0)
         (void)fg_fake_clock_advance(h->st->fake, r->latency_ns);
     return r->failed ? FG_EHANDLER : 0;
+}
+
+/* The simulated fallback: counted; the request keeps the code it had, so
+ * the decision lines say what happened before the fallback. */
+static int rp_fallback(fg_ctx *ctx, int code, void *arg) {
+    (void)ctx;
+    rp_handler *f = arg;
+    f->calls++;
+    return code;
 }
 
 static void rp_on_breaker(const char *name, const fg_breaker_event *ev, void *arg) {
@@ -643,6 +654,8 @@ static void rp_state_free(rp_state *st) {
     free(st->transitions);
     free(st->handlers);
     rp_strings_free(&st->handler_names);
+    free(st->fallbacks);
+    rp_strings_free(&st->fallback_names);
     rp_strings_free(&st->breakers);
     fg_fake_clock_free(st->fake);
 }
@@ -650,7 +663,9 @@ static void rp_state_free(rp_state *st) {
 /* Collect a "handler" string of obj. */
 static int rp_collect_handler(rp_state *st, const json_t *obj) {
     const char *h = json_string_value(json_object_get(obj, "handler"));
-    return h != NULL && rp_strings_index(&st->handler_names, h) < 0 ? FG_ENOMEM : 0;
+    const char *f = json_string_value(json_object_get(obj, "fallback"));
+    int rc = h != NULL && rp_strings_index(&st->handler_names, h) < 0 ? FG_ENOMEM : 0;
+    return f != NULL && rp_strings_index(&st->fallback_names, f) < 0 ? FG_ENOMEM : rc;
 }
 
 /*
@@ -776,6 +791,9 @@ static void rp_summary(const rp_state *st, size_t nreqs) {
     for (size_t i = 0; i < st->handler_names.n; i++)
         (void)fprintf(o, "handler %s %" PRIu64 "\n", st->handler_names.items[i],
                       st->handlers[i].calls);
+    for (size_t i = 0; i < st->fallback_names.n; i++)
+        (void)fprintf(o, "fallback %s %" PRIu64 "\n", st->fallback_names.items[i],
+                      st->fallbacks[i].calls);
     for (size_t i = 0; i < st->ntransitions; i++) {
         const rp_transition *t = &st->transitions[i];
         (void)rp_ms_text(buf, sizeof(buf), (double)t->at_ns / 1e6);
@@ -971,6 +989,15 @@ static int rp_load_config(const char *path, rp_state *st, fg_registry *reg, fg_r
         st->handlers[i] = (rp_handler){st, st->handler_names.items[i], 0};
         rc = fg_registry_add_handler(reg, st->handler_names.items[i], rp_handle,
                                      &st->handlers[i]);
+    }
+    if (rc == 0) {
+        st->fallbacks = calloc(st->fallback_names.n + 1, sizeof(rp_handler));
+        rc = st->fallbacks ? 0 : FG_ENOMEM;
+    }
+    for (size_t i = 0; rc == 0 && i < st->fallback_names.n; i++) {
+        st->fallbacks[i] = (rp_handler){st, st->fallback_names.items[i], 0};
+        rc = fg_registry_add_fallback(reg, st->fallback_names.items[i], rp_fallback,
+                                      &st->fallbacks[i]);
     }
     if (rc == 0)
         rc = fg_runtime_set_clock(rt, fg_fake_clock_as_clock(st->fake));

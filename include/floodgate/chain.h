@@ -40,8 +40,11 @@ typedef int (*fg_handler_fn)(fg_ctx *ctx, void *arg);
 
 /*
  * The fallback: receives a request that a stage rejected (code is the
- * rejection, ctx->rejected_by the stage). Its return value becomes
- * fg_chain_call's. Runs after the entered stages have exited.
+ * rejection, ctx->rejected_by the stage, or NULL when the chain itself
+ * rejected it: out of time, canceled) and, with fallback_failures set, one
+ * whose handler failed (code is the failure). It can serve a cached or
+ * degraded answer; its return value becomes fg_chain_call's. Runs after the
+ * entered stages have exited, on the calling thread.
  */
 typedef int (*fg_fallback_fn)(fg_ctx *ctx, int code, void *arg);
 
@@ -50,11 +53,15 @@ typedef struct fg_chain_options {
     fg_clock clock;          /* now == NULL means the monotonic clock */
     fg_fallback_fn fallback; /* NULL: fg_chain_call returns the rejection code */
     void *fallback_arg;
+    int fallback_failures; /* nonzero: handler failures go to the fallback too */
+    /* Called with fallback_arg when the chain is freed (the chain then owns
+     * it); NULL: the caller owns fallback_arg. */
+    void (*fallback_arg_free)(void *arg);
 } fg_chain_options;
 
 /* Defaults. In C: fg_chain_options o = FG_CHAIN_OPTIONS_INIT; o.name = "api"; */
 #define FG_CHAIN_OPTIONS_INIT                                                                 \
-    { NULL, {NULL, NULL, NULL}, NULL, NULL }
+    { NULL, {NULL, NULL, NULL}, NULL, NULL, 0, NULL }
 
 /*
  * fg_chain_new - an empty chain.

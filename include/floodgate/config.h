@@ -89,6 +89,18 @@ FG_API int fg_registry_add_handler(fg_registry *registry, const char *name, fg_h
                                    void *arg);
 
 /*
+ * fg_registry_add_fallback - a fallback a config may name, at the top level
+ * ("fallback": name, for every route) or per route (a route's own wins).
+ * It receives the requests a stage (or the chain: out of time, canceled)
+ * rejected and those whose handler failed, with the code, when they run
+ * through fg_runtime_call; with the split API the caller handles them. A
+ * request no route matched gets the top-level one (code FG_ENOROUTE).
+ * Returns, Ownership: as fg_registry_add_handler.
+ */
+FG_API int fg_registry_add_fallback(fg_registry *registry, const char *name, fg_fallback_fn fn,
+                                    void *arg);
+
+/*
  * fg_registry_add_stage - a custom stage kind, used in a config as
  * {"custom": "name", "options": {...}} in any stage list.
  * Returns, Ownership: as fg_registry_add_handler.
