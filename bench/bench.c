@@ -23,6 +23,7 @@
  *                                      (ratio_route_match_10=, on every
  *                                      route_match_<n> line after the 10's)
  *     histogram_record threads=1       ns_per_op <= 15
+ *     bulkhead_enter_exit threads=1    ns_per_op <= 3 x floor_cas
  * The single-bucket and closed-breaker targets are uncontended costs, so
  * they are judged on threads=1 only; the threads=2 lines are two threads on
  * one shared object and report what contention costs.
@@ -1470,6 +1471,70 @@ static int bench_histogram(const char *name) {
     return rc;
 }
 
+/* ---- the bulkhead ------------------------------------------------------------------- */
+
+/*
+ * bulkhead_enter_exit: fg_bulkhead_try_enter + fg_bulkhead_exit on one
+ * bulkhead that every thread shares, with room for all of them, so every
+ * enter is an admission (a rejection counts as a failure). Budget: the
+ * pair at most 3 x floor_cas on one thread (it is one CAS and one
+ * fetch-and-add). The run is checked: admitted must be every enter of
+ * every repetition, and nothing may be left in flight.
+ */
+#define TARGET_BULKHEAD_RATIO_CAS 3.0
+
+static uint64_t loop_bulkhead(void *arg, int index, uint64_t ops) {
+    fg_bulkhead *b = arg;
+    uint64_t failures = 0;
+    (void)index;
+    for (uint64_t i = 0; i < ops; i++) {
+        failures += fg_bulkhead_try_enter(b) != 0;
+        failures += fg_bulkhead_exit(b) != 0;
+    }
+    return failures;
+}
+
+/* Returns 0, or -1 when an enter was rejected or the counts are off. */
+static int bench_bulkhead(const char *name) {
+    if (!selected(name))
+        return 0;
+    fg_bulkhead_options o = FG_BULKHEAD_OPTIONS_INIT;
+    o.max_concurrent = 64;
+    fg_bulkhead *b;
+    if (fg_bulkhead_new(&o, &b) != 0)
+        abort();
+    void *args[MAX_THREADS] = {b, b};
+    uint64_t want = 0;
+    int rc = 0;
+    for (int threads = 1; threads <= MAX_THREADS && rc == 0; threads++) {
+        double ns, allocs;
+        rc = measure(name, loop_bulkhead, args, threads, &ns, &allocs);
+        if (rc != 0)
+            break;
+        want += (uint64_t)REPS * ops_per_thread * (uint64_t)threads;
+        char extra[160];
+        double ratio = ns / floor_cas_ns;
+        if (threads == 1)
+            (void)snprintf(extra, sizeof(extra),
+                           "ratio_cas=%.2f allocs_per_op=%.4f target=%.0fxfloor_cas met=%s",
+                           ratio, allocs, TARGET_BULKHEAD_RATIO_CAS,
+                           yes_no(ratio <= TARGET_BULKHEAD_RATIO_CAS));
+        else
+            (void)snprintf(extra, sizeof(extra), "ratio_cas=%.2f allocs_per_op=%.4f", ratio,
+                           allocs);
+        report(name, threads, ns, extra);
+    }
+    fg_bulkhead_stats st;
+    if (rc == 0 && (fg_bulkhead_stats_get(b, &st) != 0 || st.admitted != want ||
+                    st.rejected != 0 || st.in_flight != 0)) {
+        (void)fprintf(stderr, "bench: %s: admitted %llu of %llu enters\n", name,
+                      (unsigned long long)st.admitted, (unsigned long long)want);
+        rc = -1;
+    }
+    fg_bulkhead_free(b);
+    return rc;
+}
+
 /* ---- the full chain ---------------------------------------------------------------- */
 
 /*
@@ -1709,5 +1774,6 @@ int main(int argc, char **argv) {
     rc |= bench_chain_full("chain_full_split", loop_full_split);
     rc |= bench_counter("counter_inc");
     rc |= bench_histogram("histogram_record");
+    rc |= bench_bulkhead("bulkhead_enter_exit");
     return rc ? 1 : 0;
 }

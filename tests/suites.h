@@ -31,6 +31,7 @@ Suite *fg_suite_watch(void);
 Suite *fg_suite_histogram(void);
 Suite *fg_suite_fault(void);
 Suite *fg_suite_metrics(void);
+Suite *fg_suite_bulkhead(void);
 
 /* One suite per X. */
 /* clang-format off */
@@ -38,7 +39,7 @@ Suite *fg_suite_metrics(void);
     X(error) X(alloc) X(clock) X(ctx) X(stage) X(chain) X(limiter) X(keyed) \
     X(breaker) X(trace) X(tracestate) X(baggage) X(trace_stage) X(errval) \
     X(expr) X(router) X(runtime) X(config) X(watch) X(histogram) X(fault) \
-    X(metrics)
+    X(metrics) X(bulkhead)
 /* clang-format on */
 
 #endif
