@@ -28,6 +28,7 @@
 #include <jansson.h>
 
 #include "floodgate/breaker.h"
+#include "floodgate/bulkhead.h"
 #include "floodgate/config.h"
 #include "floodgate/deadline.h"
 #include "floodgate/error.h"
@@ -233,15 +234,22 @@ size_t fg_config_errors_format(const fg_config_errors *errors, char *buf, size_t
 
 /* ---- components ------------------------------------------------------------------- */
 
-enum fg_comp_kind { FG_COMP_LIMITER, FG_COMP_KEYED, FG_COMP_BREAKER, FG_COMP_FAULT };
+enum fg_comp_kind {
+    FG_COMP_LIMITER,
+    FG_COMP_KEYED,
+    FG_COMP_BREAKER,
+    FG_COMP_FAULT,
+    FG_COMP_BULKHEAD
+};
 
 /* The sections definitions come from; a name is unique within one. */
-enum fg_section { FG_SEC_LIMITERS, FG_SEC_BREAKERS, FG_SEC_FAULTS };
+enum fg_section { FG_SEC_LIMITERS, FG_SEC_BREAKERS, FG_SEC_FAULTS, FG_SEC_BULKHEADS };
 
 static enum fg_section fg_comp_section(enum fg_comp_kind k) {
-    return k == FG_COMP_BREAKER ? FG_SEC_BREAKERS
-           : k == FG_COMP_FAULT ? FG_SEC_FAULTS
-                                : FG_SEC_LIMITERS;
+    return k == FG_COMP_BREAKER    ? FG_SEC_BREAKERS
+           : k == FG_COMP_FAULT    ? FG_SEC_FAULTS
+           : k == FG_COMP_BULKHEAD ? FG_SEC_BULKHEADS
+                                   : FG_SEC_LIMITERS;
 }
 
 /* What identifies a keyed limiter's table besides its options: where keys
@@ -267,6 +275,7 @@ struct fg_comp {
     void *on_event_arg;
     fg_metrics *metrics;    /* BREAKER: the runtime's registry, or NULL */
     fg_fault_options fopts; /* FAULT: header strings and rule owned here */
+    fg_bulkhead *bulkhead;  /* BULKHEAD */
 };
 
 /* Components alive in the process: a test hook for "a removed limiter is
@@ -290,6 +299,7 @@ static void fg_comp_unref(struct fg_comp *c) {
     fg_limiter_free(c->limiter);
     fg_keyed_limiter_free(c->keyed);
     fg_breaker_free(c->breaker);
+    fg_bulkhead_free(c->bulkhead);
     fg_expr_free((fg_expr *)c->fopts.when);
     fg__free((char *)c->fopts.header);
     fg__free((char *)c->fopts.header_value);
@@ -384,6 +394,11 @@ struct fg_def {
     fg_limit_stage_options sopts;
     /* pending in-place changes on a carried-over limiter */
     int set_rate, set_burst, burst_first;
+    /* pending in-place changes on a carried-over bulkhead */
+    int set_bulkhead;
+    uint32_t max_concurrent;
+    uint64_t max_wait_ns;
+    int shadow; /* bulkhead stages */
     uint64_t rate, period_ns, burst;
     /* a changed breaker: the old one, whose state it takes at commit
      * (borrowed from the runtime's table, alive under the load lock) */
@@ -1165,6 +1180,70 @@ static void fg_parse_fault_abort(struct fg_build *b, const char *path, const jso
     }
 }
 
+/* ---- bulkheads ------------------------------------------------------------------------ */
+
+#define BULKHEAD_KEYS "max_concurrent, max_wait, shadow"
+
+static void fg_parse_bulkhead(struct fg_build *b, const char *path, const json_t *v,
+                              struct fg_def *d) {
+    char p[PATH_CAP];
+    if (fg_expect_object(b, path, v) != 0)
+        return;
+    size_t before = fg_nerrs(b);
+    fg_bulkhead_options o = FG_BULKHEAD_OPTIONS_INIT;
+    uint64_t u = 0;
+    int have_max = 0;
+    const char *k;
+    json_t *x;
+    json_object_foreach((json_t *)v, k, x) {
+        KEY(p, path, k);
+        if (strcmp(k, "max_concurrent") == 0) {
+            have_max = 1;
+            if (fg_get_uint(b, p, x, 1, UINT32_MAX, &u) == 0)
+                o.max_concurrent = (uint32_t)u;
+        } else if (strcmp(k, "max_wait") == 0) {
+            (void)fg_get_duration(b, p, x, &o.max_wait_ns);
+        } else if (strcmp(k, "shadow") == 0) {
+            (void)fg_get_bool(b, p, x, &d->shadow);
+        } else {
+            fg_unknown_key(b, path, k, BULKHEAD_KEYS);
+        }
+    }
+    if (!have_max)
+        fg_err(b, KEY(p, path, "max_concurrent"), "required");
+    if (fg_nerrs(b) != before)
+        return;
+    d->max_concurrent = o.max_concurrent;
+    d->max_wait_ns = o.max_wait_ns;
+    /* Same name: the same bulkhead, so requests in flight keep their
+     * slots; a new limit or wait is applied at commit. */
+    struct fg_comp *old = fg_table_find(b->old, d->name, FG_SEC_BULKHEADS);
+    if (old != NULL) {
+        fg_comp_ref(old);
+        d->comp = old;
+        d->set_bulkhead = 1;
+        d->ok = 1;
+        return;
+    }
+    struct fg_comp *c = fg_comp_new(d->name, FG_COMP_BULKHEAD);
+    if (c == NULL) {
+        b->oom = 1;
+        return;
+    }
+    o.clock = b->clock;
+    int rc = fg_bulkhead_new(&o, &c->bulkhead);
+    if (rc != 0) {
+        if (rc == FG_ENOMEM)
+            b->oom = 1;
+        else
+            fg_err(b, path, "options refused: %s", fg_strerror(rc));
+        fg_comp_unref(c);
+        return;
+    }
+    d->comp = c;
+    d->ok = 1;
+}
+
 static void fg_parse_fault(struct fg_build *b, const char *path, const json_t *v,
                            struct fg_def *d) {
     char p[PATH_CAP];
@@ -1282,6 +1361,8 @@ static void fg_parse_defs(struct fg_build *b, const char *section, const json_t 
             fg_parse_breaker(b, p, x, d);
         else if (sect == FG_SEC_FAULTS)
             fg_parse_fault(b, p, x, d);
+        else if (sect == FG_SEC_BULKHEADS)
+            fg_parse_bulkhead(b, p, x, d);
         else
             fg_parse_limiter(b, p, x, d);
     }
@@ -1430,13 +1511,14 @@ static void fg_make_stage(struct fg_build *b, const char *path, const json_t *v,
     const json_t *lim = json_object_get(v, "limiter");
     const json_t *brk = json_object_get(v, "breaker");
     const json_t *flt = json_object_get(v, "fault");
+    const json_t *bhd = json_object_get(v, "bulkhead");
     const json_t *cus = json_object_get(v, "custom");
     if (!json_is_object(v) ||
-        (lim != NULL) + (brk != NULL) + (flt != NULL) + (cus != NULL) != 1) {
+        (lim != NULL) + (brk != NULL) + (flt != NULL) + (bhd != NULL) + (cus != NULL) != 1) {
         fg_err(b, path,
                "must be \"trace\", {\"limiter\": name}, {\"breaker\": name}, "
-               "{\"fault\": name}, {\"timeout\": duration} or {\"custom\": name, "
-               "\"options\": {...}}");
+               "{\"fault\": name}, {\"bulkhead\": name}, {\"timeout\": duration} or "
+               "{\"custom\": name, \"options\": {...}}");
         return;
     }
     int bad = 0;
@@ -1444,7 +1526,7 @@ static void fg_make_stage(struct fg_build *b, const char *path, const json_t *v,
     json_t *x;
     json_object_foreach((json_t *)v, k, x) {
         if (strcmp(k, "limiter") == 0 || strcmp(k, "breaker") == 0 ||
-            strcmp(k, "fault") == 0 || strcmp(k, "custom") == 0)
+            strcmp(k, "fault") == 0 || strcmp(k, "bulkhead") == 0 || strcmp(k, "custom") == 0)
             continue;
         if (cus != NULL && strcmp(k, "options") == 0) {
             bad |= fg_expect_object(b, KEY(p, path, k), x);
@@ -1454,12 +1536,17 @@ static void fg_make_stage(struct fg_build *b, const char *path, const json_t *v,
                        cus   ? "custom, options"
                        : lim ? "limiter"
                        : brk ? "breaker"
+                       : bhd ? "bulkhead"
                              : "fault");
         bad = -1;
     }
     const char *name;
-    const char *kind = lim ? "limiter" : brk ? "breaker" : flt ? "fault" : "custom";
-    const json_t *ref = lim ? lim : brk ? brk : flt ? flt : cus;
+    const char *kind = lim   ? "limiter"
+                       : brk ? "breaker"
+                       : flt ? "fault"
+                       : bhd ? "bulkhead"
+                             : "custom";
+    const json_t *ref = lim ? lim : brk ? brk : flt ? flt : bhd ? bhd : cus;
     if (fg_get_name(b, KEY(p, path, kind), ref, &name) != 0 || bad)
         return;
     int rc = 0;
@@ -1496,6 +1583,7 @@ static void fg_make_stage(struct fg_build *b, const char *path, const json_t *v,
     struct fg_def *d = fg_find_def(b, name,
                                    brk   ? FG_SEC_BREAKERS
                                    : flt ? FG_SEC_FAULTS
+                                   : bhd ? FG_SEC_BULKHEADS
                                          : FG_SEC_LIMITERS);
     if (d == NULL) {
         fg_err(b, p, "unknown %s \"%s\"", kind, name);
@@ -1507,6 +1595,10 @@ static void fg_make_stage(struct fg_build *b, const char *path, const json_t *v,
         rc = fg_stage_breaker(d->comp->breaker, NULL, NULL, name, out);
     } else if (flt != NULL) {
         rc = fg_stage_fault(&d->comp->fopts, name, out);
+    } else if (bhd != NULL) {
+        fg_bulkhead_stage_options so = FG_BULKHEAD_STAGE_OPTIONS_INIT;
+        so.shadow = d->shadow;
+        rc = fg_stage_bulkhead(d->comp->bulkhead, &so, name, out);
     } else {
         fg_limit_stage_options so = d->sopts;
         so.name = name;
@@ -2195,7 +2287,8 @@ static int fg_err_cmp(const void *a, const void *b) {
     return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
-#define TOP_KEYS "version, limiters, breakers, faults, trace, chain, routes, handler, fallback"
+#define TOP_KEYS                                                                              \
+    "version, limiters, breakers, faults, bulkheads, trace, chain, routes, handler, fallback"
 
 /* Compile text into b: components, chain, version. Returns 0, FG_ECONFIG
  * or FG_ENOMEM; errors are in b. */
@@ -2223,7 +2316,7 @@ static int fg_compile(struct fg_build *b, const char *text, size_t len) {
     size_t ndefs = 0;
     json_object_foreach(root, k, x) {
         if ((strcmp(k, "limiters") == 0 || strcmp(k, "breakers") == 0 ||
-             strcmp(k, "faults") == 0) &&
+             strcmp(k, "faults") == 0 || strcmp(k, "bulkheads") == 0) &&
             json_is_object(x))
             ndefs += json_object_size(x);
     }
@@ -2253,6 +2346,8 @@ static int fg_compile(struct fg_build *b, const char *text, size_t len) {
             fg_parse_defs(b, "breakers", x, FG_SEC_BREAKERS);
         } else if (strcmp(k, "faults") == 0) {
             fg_parse_defs(b, "faults", x, FG_SEC_FAULTS);
+        } else if (strcmp(k, "bulkheads") == 0) {
+            fg_parse_defs(b, "bulkheads", x, FG_SEC_BULKHEADS);
         } else if (strcmp(k, "trace") == 0) {
             fg_parse_trace(b, x);
         } else if (strcmp(k, "fallback") == 0) {
@@ -2415,6 +2510,10 @@ int fg_runtime_load_json(fg_runtime *rt, const fg_registry *registry, const char
         table->v[table->n++] = c;
         if (c->kind == FG_COMP_BREAKER && d->carry != NULL)
             fg_breaker_commit(&b, d);
+        if (c->kind == FG_COMP_BULKHEAD && d->set_bulkhead) {
+            (void)fg_bulkhead_set_max(c->bulkhead, d->max_concurrent);
+            (void)fg_bulkhead_set_max_wait(c->bulkhead, d->max_wait_ns);
+        }
         if (c->kind == FG_COMP_BREAKER || !(d->set_rate || d->set_burst))
             continue;
         for (int step = 0; step < 2; step++) {

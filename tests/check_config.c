@@ -891,6 +891,47 @@ START_TEST(test_fallback_config) {
 }
 END_TEST
 
+/* A bulkhead from a config, and across a reload that raises its limit:
+ * the same bulkhead, so a request in flight keeps its slot. */
+START_TEST(test_bulkhead_config) {
+    fg_registry *r = make_registry();
+    fg_runtime *rt = NULL;
+    ck_assert_int_eq(fg_runtime_new(&rt), 0);
+    fg_config_errors errs;
+    static const char *fmt = "{\"version\": \"b\", \"bulkheads\": {\"db\": {\"max_concurrent\": "
+                             "%d}}, \"chain\": [{\"bulkhead\": \"db\"}], \"handler\": \"a\"}";
+    char text[256];
+    snprintf(text, sizeof(text), fmt, 1);
+    ck_assert_msg(load(rt, r, text, &errs) == 0, "%s", errs_text(&errs));
+    fg_ctx c1, c2, c3;
+    ck_assert_int_eq(fg_ctx_init(&c1, "GET", "/"), 0);
+    ck_assert_int_eq(fg_ctx_init(&c2, "GET", "/"), 0);
+    ck_assert_int_eq(fg_ctx_init(&c3, "GET", "/"), 0);
+    ck_assert_int_eq(fg_runtime_enter(rt, &c1), 0);
+    ck_assert_int_eq(fg_runtime_enter(rt, &c2), FG_EOVERLOADED);
+    ck_assert_str_eq(fg_stage_name(c2.rejected_by), "db");
+    snprintf(text, sizeof(text), fmt, 2);
+    ck_assert_msg(load(rt, r, text, &errs) == 0, "%s", errs_text(&errs));
+    ck_assert_int_eq(fg_ctx_init(&c2, "GET", "/"), 0);
+    ck_assert_int_eq(fg_runtime_enter(rt, &c2), 0); /* c1 still holds one of the 2 */
+    ck_assert_int_eq(fg_runtime_enter(rt, &c3), FG_EOVERLOADED);
+    ck_assert_int_eq(fg_route_dispatch(&c1), 0);
+    ck_assert_int_eq(fg_runtime_exit(rt, &c1, 0), 0);
+    ck_assert_int_eq(fg_runtime_exit(rt, &c2, 0), 0);
+    ck_assert_int_eq(call(rt, "GET", "/", NULL, NULL, NULL, NULL), 0);
+    /* Errors: a missing limit, an unknown key, an unknown reference. */
+    const char *bad = "{\"version\": \"x\", \"bulkheads\": {\"p\": {\"max_wait\": \"1s\", "
+                      "\"size\": 3}}, \"chain\": [{\"bulkhead\": \"q\"}], \"handler\": \"a\"}";
+    ck_assert_int_eq(load(rt, r, bad, &errs), FG_ECONFIG);
+    ck_assert_str_eq(errs_text(&errs),
+                     "bulkheads.p.size: unknown key (expected one of: max_concurrent, max_wait, "
+                     "shadow)\nbulkheads.p.max_concurrent: required\nchain[0].bulkhead: unknown "
+                     "bulkhead \"q\"\n");
+    fg_runtime_free(rt);
+    fg_registry_free(r);
+}
+END_TEST
+
 /* Configs compiled for a runtime read its clock: a fake one makes a
  * limiter's refill exact. The clock is fixed once anything is loaded. */
 START_TEST(test_runtime_clock) {
@@ -937,6 +978,7 @@ Suite *fg_suite_config(void) {
     tcase_add_test(tc, test_fault_config);
     tcase_add_test(tc, test_timeout_config);
     tcase_add_test(tc, test_fallback_config);
+    tcase_add_test(tc, test_bulkhead_config);
     tcase_add_test(tc, test_runtime_clock);
     suite_add_tcase(s, tc);
     tc = tcase_create("errors");
