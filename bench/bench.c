@@ -286,6 +286,99 @@ static int bench_chain(const char *name, int nstages, op_loop loop) {
     return rc;
 }
 
+/* ---- deadlines ------------------------------------------------------------------------ */
+
+/*
+ * deadline_check: what deadlines add to a request on the real path, not the
+ * accessors alone (fg_ctx_remaining and fg_ctx_canceled are a load and a
+ * compare each, which a loop of them would show as ~1 ns and hide the
+ * rest). Two chains on the default clock run the same loop (fg_ctx_init, an
+ * inbound "grpc-timeout: 250m" header, fg_chain_call): one with a timeout
+ * stage (timeout_ns 1 s and that header: enter finds and parses the header,
+ * sets the deadline and counts; exit checks lateness) and a handler that
+ * polls fg_ctx_canceled and fg_ctx_remaining as a long handler would; the
+ * other with no stage and a plain handler. The chain's own checks
+ * (canceled before and after the stages, now + delay > deadline) run in
+ * both, as in every chain. ns_per_op is the difference, taken per
+ * repetition with the two runs back to back so drift cancels, median over
+ * REPS; a negative difference (noise, in --quick runs) prints as 0.
+ * with_ns / without_ns are the two chains' own medians. Budget: 3 x
+ * floor_cas on one thread (three uncontended fetch-and-adds on the stage's
+ * counters are most of it); threads=2 share one stage, so its counters.
+ */
+#define TARGET_DEADLINE_RATIO_CAS 3.0
+
+static int deadline_handler(fg_ctx *ctx, void *arg) {
+    (void)arg;
+    /* A cancel or a spent deadline here would make the figure meaningless. */
+    return fg_ctx_canceled(ctx) || fg_ctx_remaining(ctx, ctx->now_ns) == 0 ? FG_ETIMEDOUT : 0;
+}
+
+struct deadline_job {
+    const fg_chain *chain;
+    fg_handler_fn handler;
+};
+
+static uint64_t loop_deadline(void *arg, int index, uint64_t ops) {
+    const struct deadline_job *job = arg;
+    uint64_t failures = 0;
+    (void)index;
+    for (uint64_t i = 0; i < ops; i++) {
+        fg_ctx ctx;
+        fg_ctx_init(&ctx, "GET", "/bench");
+        failures += fg_ctx_add_header_n(&ctx, "grpc-timeout", 12, "250m", 4) != 0;
+        failures += fg_chain_call(job->chain, &ctx, job->handler, NULL) != 0;
+    }
+    return failures;
+}
+
+/* Returns 0, or -1 when a request failed. */
+static int bench_deadline(const char *name) {
+    if (!selected(name))
+        return 0;
+    fg_timeout_options to = FG_TIMEOUT_OPTIONS_INIT;
+    to.timeout_ns = FG_NS_PER_S;
+    to.header = "grpc-timeout";
+    fg_chain *with, *without;
+    fg_stage *stage;
+    if (fg_chain_new(NULL, &with) != 0 || fg_chain_new(NULL, &without) != 0 ||
+        fg_stage_timeout(&to, NULL, &stage) != 0 || fg_chain_use(with, stage) != 0)
+        abort();
+    struct deadline_job jw = {with, deadline_handler}, jo = {without, ok_handler};
+    void *aw[MAX_THREADS] = {&jw, &jw}, *ao[MAX_THREADS] = {&jo, &jo};
+    int rc = 0;
+    for (int threads = 1; threads <= MAX_THREADS && rc == 0; threads++) {
+        double d[REPS], w[REPS], o[REPS];
+        uint64_t allocs = 0;
+        for (int r = 0; r < REPS && rc == 0; r++) {
+            o[r] = run_once(name, loop_deadline, ao, threads, &allocs);
+            w[r] = run_once(name, loop_deadline, aw, threads, &allocs);
+            rc = o[r] < 0 || w[r] < 0 ? -1 : 0;
+            d[r] = w[r] - o[r];
+        }
+        if (rc != 0)
+            break;
+        double ns = median(d, REPS);
+        ns = ns > 0 ? ns : 0;
+        double with_ns = median(w, REPS), without_ns = median(o, REPS);
+        double allocs_per_op =
+            (double)allocs / (2.0 * REPS * (double)ops_per_thread * threads);
+        double ratio = ns / floor_cas_ns;
+        char extra[200];
+        int n = snprintf(extra, sizeof(extra),
+                         "ratio_cas=%.2f with_ns=%.2f without_ns=%.2f allocs_per_op=%.4f",
+                         ratio, with_ns, without_ns, allocs_per_op);
+        if (threads == 1 && n > 0 && (size_t)n < sizeof(extra))
+            (void)snprintf(extra + n, sizeof(extra) - (size_t)n,
+                           " target=%.0fxfloor_cas met=%s", TARGET_DEADLINE_RATIO_CAS,
+                           yes_no(ratio <= TARGET_DEADLINE_RATIO_CAS));
+        report(name, threads, ns, extra);
+    }
+    fg_chain_free(with);
+    fg_chain_free(without);
+    return rc;
+}
+
 /* ---- the runtime ------------------------------------------------------------ */
 
 static uint64_t loop_runtime_call(void *arg, int index, uint64_t ops) {
@@ -1748,6 +1841,7 @@ int main(int argc, char **argv) {
     int rc = bench_chain("chain_empty", 0, loop_chain_call);
     rc |= bench_chain("chain_4noop", 4, loop_chain_call);
     rc |= bench_chain("chain_4noop_split", 4, loop_chain_split);
+    rc |= bench_deadline("deadline_check");
     rc |= bench_runtime("runtime_indirection");
     rc |= bench_runtime_reload();
     rc |= bench_limiter("limiter_try_ctxclock", CTXCLOCK);
