@@ -155,10 +155,10 @@ static int fg_chain_reject(fg_ctx *ctx, int code) {
 }
 
 static int fg_enter_stages(const fg_chain *chain, fg_ctx *ctx, uint32_t from) {
-    if (fg__load_u32(&ctx->priv.canceled))
-        return fg_chain_reject(ctx, FG_ECANCELED);
     fg_stage *stage;
     for (uint32_t i = from; (stage = fg_stage_at(chain, ctx, i)) != NULL; i++) {
+        if (fg__load_u32(&ctx->priv.canceled))
+            return fg_chain_reject(ctx, FG_ECANCELED);
         uint64_t slot = 0;
         int rc = stage->ops->enter ? stage->ops->enter(stage->state, ctx, &slot) : 0;
         if (rc != 0) {
@@ -175,7 +175,8 @@ static int fg_enter_stages(const fg_chain *chain, fg_ctx *ctx, uint32_t from) {
      * after the wait a stage asked for. */
     if (fg__load_u32(&ctx->priv.canceled))
         return fg_chain_reject(ctx, FG_ECANCELED);
-    if (ctx->deadline_ns != 0 && ctx->now_ns + ctx->delay_ns > ctx->deadline_ns)
+    if (ctx->deadline_ns != 0 &&
+        (ctx->now_ns > ctx->deadline_ns || ctx->delay_ns > ctx->deadline_ns - ctx->now_ns))
         return fg_chain_reject(ctx, FG_ETIMEDOUT);
     return 0;
 }

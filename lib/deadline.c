@@ -71,9 +71,11 @@ int fg_timeout_parse(const char *s, size_t len, uint64_t *ns) {
             return FG_EPARSE;
         v = v * 10 + (uint64_t)(s[i] - '0');
     }
+    if (v == 0)
+        return FG_EPARSE; /* gRPC: a positive integer */
     for (size_t u = 0; u < FG_NUNITS; u++)
         if (s[len - 1] == fg_units[u].unit) {
-            /* 99,999,999 hours fit in 64 bits (3.6e20 do not: cap). */
+            /* Hours beyond 5,124,095 do not fit in 64 bits of ns: saturate. */
             uint64_t limit = UINT64_MAX / fg_units[u].ns;
             *ns = v > limit ? UINT64_MAX : v * fg_units[u].ns;
             return 0;
@@ -87,19 +89,12 @@ int fg_timeout_format(uint64_t ns, char *buf, size_t cap) {
     if (cap < FG_TIMEOUT_DIGITS + 2)
         return FG_ETOOLONG;
     /* The finest unit that fits in 8 digits, rounded down. */
-    size_t u = FG_NUNITS;
-    while (u-- > 0)
-        if (ns / fg_units[u].ns <= FG_TIMEOUT_MAX)
-            break;
-    uint64_t v;
-    char unit;
-    if (u >= FG_NUNITS) { /* more than 99,999,999 hours */
-        v = FG_TIMEOUT_MAX;
-        unit = 'H';
-    } else {
-        v = ns / fg_units[u].ns;
-        unit = fg_units[u].unit;
-    }
+    size_t u = FG_NUNITS - 1; /* 'n' */
+    while (u > 0 && ns / fg_units[u].ns > FG_TIMEOUT_MAX)
+        u--;
+    /* Hours always fit: UINT64_MAX ns is 5,124,095 hours. */
+    uint64_t v = ns / fg_units[u].ns;
+    char unit = fg_units[u].unit;
     int n = snprintf(buf, cap, "%llu%c", (unsigned long long)v, unit);
     return n > 0 && (size_t)n < cap ? n : FG_ETOOLONG;
 }

@@ -15,7 +15,7 @@
  *
  * Cancellation: any thread may cancel a ctx (fg_ctx_cancel) while the
  * request runs; a chain rejects a canceled request with FG_ECANCELED before
- * its first stage and before its handler, and handlers and stages can poll
+ * each stage and before its handler, and handlers and stages can poll
  * fg_ctx_canceled.
  *
  * On the wire, deadlines travel as a relative timeout in gRPC's
@@ -58,7 +58,8 @@ FG_API int fg_ctx_set_deadline(fg_ctx *ctx, uint64_t deadline_ns);
 
 /*
  * fg_ctx_cancel - cancel the request: from now on the chain rejects it with
- * FG_ECANCELED before its next stage or handler, and fg_ctx_canceled is 1.
+ * FG_ECANCELED before its next stage or its handler (a stage that is running
+ * finishes), and fg_ctx_canceled is 1.
  * Idempotent. The ctx must stay alive until the call returns (the caller
  * owns it). Thread-safety: MT-safe, from any thread, lock-free.
  */
@@ -70,9 +71,11 @@ FG_API int fg_ctx_canceled(const fg_ctx *ctx);
 
 /*
  * fg_timeout_parse - read a grpc-timeout value ("250m", "5S", "1H"): 1 to 8
- * ASCII digits then exactly one unit letter, nothing else.
- * Returns: 0 and *ns; FG_EPARSE for anything else (empty, 9 digits, no or
- * another unit, a sign, spaces); FG_EINVAL for NULL s (with len > 0) or ns.
+ * ASCII digits giving a positive number, then exactly one unit letter,
+ * nothing else. A value beyond 2^64 - 1 ns (over 5,124,095 hours) is
+ * UINT64_MAX.
+ * Returns: 0 and *ns; FG_EPARSE for anything else (empty, 9 digits, zero, no
+ * or another unit, a sign, spaces); FG_EINVAL for NULL s (with len > 0) or ns.
  * Thread-safety: MT-safe.
  */
 FG_API int fg_timeout_parse(const char *s, size_t len, uint64_t *ns);
@@ -80,8 +83,9 @@ FG_API int fg_timeout_parse(const char *s, size_t len, uint64_t *ns);
 /*
  * fg_timeout_format - write ns as a grpc-timeout value with a NUL: the
  * finest unit whose value fits in 8 digits, rounded down (a downstream
- * service is never given more time than there is). Values above
- * 99,999,999 hours are written as 99999999H.
+ * service is never given more time than there is). Every uint64_t fits
+ * (UINT64_MAX is 5124095H); 0 is written "0n", which a receiver following
+ * gRPC refuses: do not send a timeout with nothing left.
  * Returns: the length written (without the NUL); FG_ETOOLONG when cap < 10
  * (the longest value and its NUL); FG_EINVAL for NULL buf.
  * Thread-safety: MT-safe.
