@@ -48,6 +48,7 @@
 /* ---- lanes ---------------------------------------------------------------------------- */
 
 #define FG_M_SHARDS 8
+#define FG_M_HASH   1024 /* series hash buckets */
 #define FG_M_LANES  16
 
 enum {
@@ -119,7 +120,8 @@ struct fg_series {
     fg_histogram *latency;
     char *chain, *route;
     uint32_t refs;
-    struct fg_series *next;
+    struct fg_series *next, *prev; /* the registry's list, in order of creation */
+    struct fg_series *hnext;       /* its hash bucket */
 };
 
 struct fg_stage_entry {
@@ -141,7 +143,8 @@ struct fg_breaker_entry {
 struct fg_metrics {
     fg_clock clock;
     pthread_mutex_t lock; /* series list, breakers, reload info, exports */
-    struct fg_series *series;
+    struct fg_series *series, *last;
+    struct fg_series *hash[FG_M_HASH]; /* by fg_series_hash: O(1) lookups */
     size_t nseries;
     struct fg_stage_entry *stages; /* FG_M_STAGE_SLOTS, lock-free */
     uint64_t nstages;              /* claimed entries (atomic) */
@@ -180,9 +183,20 @@ static int fg_label_ok(const char *s) {
 }
 
 /* The series of (chain, route), created when absent. Under m->lock. */
+static size_t fg_series_hash(const char *chain, const char *route) {
+    uint64_t h = UINT64_C(0xcbf29ce484222325);
+    for (const char *p = chain; *p != '\0'; p++)
+        h = (h ^ (unsigned char)*p) * UINT64_C(0x100000001b3);
+    h = (h ^ 0xffu) * UINT64_C(0x100000001b3); /* a byte no name has: chain "a"+"b" != "ab" */
+    for (const char *p = route; *p != '\0'; p++)
+        h = (h ^ (unsigned char)*p) * UINT64_C(0x100000001b3);
+    return (size_t)(h ^ (h >> 32)) & (FG_M_HASH - 1);
+}
+
 static int fg_series_get(fg_metrics *m, const char *chain, const char *route, int create,
                          struct fg_series **out) {
-    for (struct fg_series *s = m->series; s != NULL; s = s->next)
+    size_t hb = fg_series_hash(chain, route);
+    for (struct fg_series *s = m->hash[hb]; s != NULL; s = s->hnext)
         if (strcmp(s->chain, chain) == 0 && strcmp(s->route, route) == 0) {
             *out = s;
             return 0;
@@ -200,10 +214,14 @@ static int fg_series_get(fg_metrics *m, const char *chain, const char *route, in
         fg_series_free(s);
         return FG_ENOMEM;
     }
-    struct fg_series **tail = &m->series; /* in order of creation: config order */
-    while (*tail != NULL)
-        tail = &(*tail)->next;
-    *tail = s;
+    s->prev = m->last; /* in order of creation: config order */
+    if (m->last != NULL)
+        m->last->next = s;
+    else
+        m->series = s;
+    m->last = s;
+    s->hnext = m->hash[hb];
+    m->hash[hb] = s;
     m->nseries++;
     *out = s;
     return 0;
@@ -213,12 +231,21 @@ static int fg_series_get(fg_metrics *m, const char *chain, const char *route, in
 static void fg_series_unref(fg_metrics *m, struct fg_series *s) {
     if (s == NULL || --s->refs > 0)
         return;
-    for (struct fg_series **p = &m->series; *p != NULL; p = &(*p)->next)
+    if (s->prev != NULL)
+        s->prev->next = s->next;
+    else
+        m->series = s->next;
+    if (s->next != NULL)
+        s->next->prev = s->prev;
+    else
+        m->last = s->prev;
+    for (struct fg_series **p = &m->hash[fg_series_hash(s->chain, s->route)]; *p != NULL;
+         p = &(*p)->hnext)
         if (*p == s) {
-            *p = s->next;
-            m->nseries--;
+            *p = s->hnext;
             break;
         }
+    m->nseries--;
     fg_series_free(s);
 }
 
