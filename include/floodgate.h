@@ -26,6 +26,7 @@
 #include "floodgate/trace.h"
 #include "floodgate/router.h"
 #include "floodgate/fault.h"
+#include "floodgate/retry.h"
 #include "floodgate/bulkhead.h"
 #include "floodgate/runtime.h"
 #include "floodgate/config.h"

@@ -30,6 +30,7 @@ Suite *fg_suite_config(void);
 Suite *fg_suite_watch(void);
 Suite *fg_suite_histogram(void);
 Suite *fg_suite_fault(void);
+Suite *fg_suite_retry(void);
 Suite *fg_suite_metrics(void);
 Suite *fg_suite_bulkhead(void);
 Suite *fg_suite_deadline(void);
@@ -39,7 +40,7 @@ Suite *fg_suite_deadline(void);
 #define FG_TEST_SUITES(X) \
     X(error) X(alloc) X(clock) X(ctx) X(stage) X(chain) X(limiter) X(keyed) \
     X(breaker) X(trace) X(tracestate) X(baggage) X(trace_stage) X(errval) \
-    X(expr) X(router) X(runtime) X(config) X(watch) X(histogram) X(fault) \
+    X(expr) X(router) X(runtime) X(config) X(watch) X(histogram) X(fault) X(retry) \
     X(metrics) X(bulkhead) X(deadline)
 /* clang-format on */
 

@@ -68,6 +68,9 @@ for threads in 1 2; do
     expect breaker_closed_time "$threads" "ratio_cas=$num" "allocs_per_op=$num"
     expect breaker_open_reject "$threads" "ratio_cas=$num" "allocs_per_op=$num"
 done
+expect retry_success_path 1 "ratio_cas=$num" "with_ns=$num" "without_ns=$num" "allocs_per_op=$num" \
+    'target=3xfloor_cas' "$met"
+expect retry_success_path 2 "ratio_cas=$num" "with_ns=$num" "without_ns=$num" "allocs_per_op=$num"
 expect trace_parse_child 1 "allocs_per_op=$num" 'target=40ns' "$met"
 expect trace_parse_child 2 "allocs_per_op=$num"
 for threads in 1 2; do
