@@ -154,7 +154,9 @@ static int fg_chain_reject(fg_ctx *ctx, int code) {
     return code;
 }
 
-static int fg_enter_stages(const fg_chain *chain, fg_ctx *ctx, uint32_t from) {
+/* dl, when not NULL (the sync chain), gets the deadline as each stage left
+ * it on entering: see fg_unwind. */
+static int fg_enter_stages(const fg_chain *chain, fg_ctx *ctx, uint32_t from, uint64_t *dl) {
     fg_stage *stage;
     for (uint32_t i = from; (stage = fg_stage_at(chain, ctx, i)) != NULL; i++) {
         if (fg__load_u32(&ctx->priv.canceled))
@@ -170,6 +172,8 @@ static int fg_enter_stages(const fg_chain *chain, fg_ctx *ctx, uint32_t from) {
         frame->stage = stage;
         frame->slot = slot;
         frame->enter_ns = ctx->now_ns;
+        if (dl != NULL)
+            dl[ctx->priv.depth - 1] = ctx->deadline_ns;
     }
     /* Every stage admitted it: it may start only if it still can, now or
      * after the wait a stage asked for. */
@@ -187,11 +191,18 @@ static int fg_enter_stages(const fg_chain *chain, fg_ctx *ctx, uint32_t from) {
  * stop there, leaving that stage and the ones before it entered, and return
  * 1; the caller re-enters the stages after it. Otherwise return 0.
  */
-static int fg_unwind(fg_ctx *ctx, fg_outcome *outcome, uint64_t end_ns, int allow_retry) {
+static int fg_unwind(fg_ctx *ctx, fg_outcome *outcome, uint64_t end_ns, int allow_retry,
+                     const uint64_t *dl) {
     while (ctx->priv.depth > 0) {
         const fg_ctx_frame *frame = &ctx->priv.frames[ctx->priv.depth - 1];
         const fg_stage *stage = frame->stage;
         outcome->latency_ns = fg_elapsed(frame->enter_ns, end_ns);
+        /* A stage's exit sees the deadline it left on entering, not one a
+         * later stage (an inner timeout) set for this attempt only: a
+         * retrying stage judges against the request's deadline, and the
+         * attempt it starts gets a fresh inner one. */
+        if (dl != NULL)
+            ctx->deadline_ns = dl[ctx->priv.depth - 1];
         int rc = 0;
         if (stage->ops->exit)
             rc = stage->ops->exit(stage->state, ctx, outcome, frame->slot);
@@ -215,9 +226,10 @@ int fg_chain_call(const fg_chain *chain, fg_ctx *ctx, fg_handler_fn handler, voi
         return rc;
     uint64_t start_ns = ctx->now_ns;
     fg_outcome outcome;
+    uint64_t dl[FG_CTX_MAX_DEPTH];
     for (;;) {
         memset(&outcome, 0, sizeof(outcome));
-        rc = fg_enter_stages(chain, ctx, ctx->priv.depth);
+        rc = fg_enter_stages(chain, ctx, ctx->priv.depth, dl);
         if (rc != 0) {
             outcome.kind = FG_OUTCOME_REJECTED;
             outcome.code = rc;
@@ -237,8 +249,11 @@ int fg_chain_call(const fg_chain *chain, fg_ctx *ctx, fg_handler_fn handler, voi
             outcome.code = ctx->status;
         }
         uint64_t end_ns = fg_clock_read(&chain->clock);
-        if (!fg_unwind(ctx, &outcome, end_ns, 1))
+        uint64_t inner = ctx->deadline_ns;
+        if (!fg_unwind(ctx, &outcome, end_ns, 1, dl)) {
+            ctx->deadline_ns = inner; /* the caller sees the last attempt's deadline */
             break;
+        }
         /* A stage asked for another attempt: the stages after it run again
          * with a fresh clock reading and a clean verdict. */
         ctx->retry_count++;
@@ -264,11 +279,11 @@ int fg_chain_enter(const fg_chain *chain, fg_ctx *ctx) {
     int rc = fg_chain_begin(chain, ctx, FG_CTX_ADMITTED);
     if (rc != 0)
         return rc;
-    rc = fg_enter_stages(chain, ctx, 0);
+    rc = fg_enter_stages(chain, ctx, 0, NULL);
     if (rc == 0)
         return 0;
     fg_outcome outcome = {FG_OUTCOME_REJECTED, rc, 0, ctx->rejected_by};
-    fg_unwind(ctx, &outcome, fg_clock_read(&chain->clock), 0);
+    fg_unwind(ctx, &outcome, fg_clock_read(&chain->clock), 0, NULL);
     ctx->priv.state = FG_CTX_FINISHED;
     return rc;
 }
@@ -283,7 +298,7 @@ int fg_chain_exit(const fg_chain *chain, fg_ctx *ctx, int status) {
     ctx->status = fg_failure_code(status);
     fg_outcome outcome = {ctx->status ? FG_OUTCOME_FAILED : FG_OUTCOME_OK, ctx->status, 0,
                           NULL};
-    fg_unwind(ctx, &outcome, fg_clock_read(&chain->clock), 0);
+    fg_unwind(ctx, &outcome, fg_clock_read(&chain->clock), 0, NULL);
     ctx->priv.state = FG_CTX_FINISHED;
     return 0;
 }

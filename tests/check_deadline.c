@@ -1082,8 +1082,9 @@ END_TEST
 /*
  * Retries: a retrying stage sleeps 40 ms after every failure; the handler
  * works 10 ms and fails; 100 ms from T0 are allowed (_i = 0: set by the
- * caller; 1: by a timeout stage after the retrying one, re-entered on every
- * attempt and never extending the deadline). The attempts start at T0,
+ * caller; 1: by a timeout stage before the retrying one, so bounding every
+ * attempt; a timeout stage after it gives each attempt its own deadline:
+ * test_retry_fresh_deadline). The attempts start at T0,
  * T0 + 50, T0 + 100 (exactly at the deadline: allowed) and T0 + 150: that
  * fourth attempt is rejected with FG_ETIMEDOUT before the handler. Each
  * attempt's ctx->now_ns is the clock re-read.
@@ -1102,9 +1103,9 @@ START_TEST(test_retry_deadline) {
     rt.backoff_ns = 40 * MS;
     rt.max = 10;
     ck_assert_int_eq(fg_stage_new(&retrier_ops, &rt, "retry", &rs), 0);
-    rig_use(&r, rs);
     if (_i == 1)
         t = rig_use(&r, mk_timeout(100 * MS, NULL, 0));
+    rig_use(&r, rs);
     rig_use(&r, mk_rec(&s));
     h.fc = r.fc;
     h.advance = 10 * MS;
@@ -1138,7 +1139,46 @@ START_TEST(test_retry_deadline) {
     ck_assert_int_eq(rt.out[3].code, FG_ETIMEDOUT);
     /* The third attempt started with nothing left and ended 10 ms late. */
     if (t != NULL)
-        ASSERT_TSTATS(t, 4, 1, 0, 0, 1, 1);
+        ASSERT_TSTATS(t, 1, 1, 0, 0, 0, 1); /* one request, rejected: not late */
+    rig_free(&r);
+}
+END_TEST
+
+/*
+ * A timeout stage after the retrying one gives each attempt its own
+ * deadline: the retrying stage's exit sees the request's deadline (none
+ * here), not the attempt's, and the next attempt starts a fresh 100 ms.
+ * Four attempts (three retries) at T0, +50, +100, +150, each with
+ * start + 100 ms; the caller then sees the last attempt's deadline.
+ */
+START_TEST(test_retry_fresh_deadline) {
+    rig r;
+    retrier rt = {0};
+    hrec h = {0};
+    fg_ctx ctx;
+    fg_stage *rs = NULL;
+
+    rig_new(&r);
+    rt.fc = r.fc;
+    rt.backoff_ns = 40 * MS;
+    rt.max = 3;
+    ck_assert_int_eq(fg_stage_new(&retrier_ops, &rt, "retry", &rs), 0);
+    rig_use(&r, rs);
+    const fg_stage *t = rig_use(&r, mk_timeout(100 * MS, NULL, 0));
+    h.fc = r.fc;
+    h.advance = 10 * MS;
+    h.ret = FG_EHANDLER;
+    th_ctx_new(&ctx);
+    ck_assert_int_eq(fg_chain_call(r.chain, &ctx, rec_handler, &h), FG_EHANDLER);
+    ck_assert_uint_eq(ctx.retry_count, 3);
+    ck_assert_int_eq(h.calls, 4);
+    for (int i = 0; i < 4; i++) {
+        uint64_t start = T0 + (uint64_t)i * 50 * MS;
+        ck_assert_uint_eq(h.now_seen[i], start);
+        ck_assert_uint_eq(h.deadline_seen[i], start + 100 * MS);
+    }
+    ck_assert_uint_eq(ctx.deadline_ns, T0 + 250 * MS);
+    ASSERT_TSTATS(t, 4, 4, 0, 0, 0, 0);
     rig_free(&r);
 }
 END_TEST
@@ -1710,6 +1750,7 @@ Suite *fg_suite_deadline(void) {
     tcase_add_test(tc, test_router_split);
     tcase_add_test(tc, test_router_sync);
     tcase_add_loop_test(tc, test_retry_deadline, 0, 2);
+    tcase_add_test(tc, test_retry_fresh_deadline);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("cancel");
