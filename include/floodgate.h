@@ -28,6 +28,7 @@
 #include "floodgate/fault.h"
 #include "floodgate/retry.h"
 #include "floodgate/bulkhead.h"
+#include "floodgate/adaptive.h"
 #include "floodgate/runtime.h"
 #include "floodgate/config.h"
 #include "floodgate/deadline.h"
