@@ -34,6 +34,7 @@ Suite *fg_suite_retry(void);
 Suite *fg_suite_metrics(void);
 Suite *fg_suite_bulkhead(void);
 Suite *fg_suite_deadline(void);
+Suite *fg_suite_adaptive(void);
 
 /* One suite per X. */
 /* clang-format off */
@@ -41,7 +42,8 @@ Suite *fg_suite_deadline(void);
     X(error) X(alloc) X(clock) X(ctx) X(stage) X(chain) X(limiter) X(keyed) \
     X(breaker) X(trace) X(tracestate) X(baggage) X(trace_stage) X(errval) \
     X(expr) X(router) X(runtime) X(config) X(watch) X(histogram) X(fault) X(retry) \
-    X(metrics) X(bulkhead) X(deadline)
+    X(metrics) X(bulkhead) X(deadline) \
+    X(adaptive)
 /* clang-format on */
 
 #endif
