@@ -1705,6 +1705,76 @@ static int bench_bulkhead(const char *name) {
     return rc;
 }
 
+/* ---- adaptive concurrency ------------------------------------------------------------ */
+
+/*
+ * adaptive_update: one fg_adaptive_try_enter + fg_adaptive_exit pair on one
+ * limit that every thread shares, with default options (GRADIENT, probes).
+ * The pair includes recording the sample and, amortised, the limit update:
+ * with latencies of 1..4 us a window (50 samples and at least one mean
+ * latency, 2.5 us) closes every few hundred pairs and is looked at every 64
+ * pairs past its 50th, each look a clock read. The run is checked: nothing
+ * rejected (a thread holds one slot at a time and the limit never goes
+ * below 3), every pair counted. Target: threads=1 at most 3 x floor_cas.
+ */
+#define TARGET_ADAPTIVE_RATIO_CAS 3.0
+
+static uint64_t loop_adaptive(void *arg, int index, uint64_t ops) {
+    fg_adaptive *a = arg;
+    uint64_t failures = 0;
+    (void)index;
+    for (uint64_t i = 0; i < ops; i++) {
+        uint64_t permit;
+        if (fg_adaptive_try_enter(a, &permit) != 0) {
+            failures++;
+            continue;
+        }
+        failures += fg_adaptive_exit(a, permit, FG_NS_PER_US * (1 + (i & 3)), 0) != 0;
+    }
+    return failures;
+}
+
+/* Returns 0, or -1 when a pair was rejected or the counts do not add up. */
+static int bench_adaptive(const char *name) {
+    if (!selected(name))
+        return 0;
+    fg_adaptive_options o = FG_ADAPTIVE_OPTIONS_INIT;
+    fg_adaptive *a;
+    if (fg_adaptive_new(&o, &a) != 0)
+        abort();
+    void *args[MAX_THREADS] = {a, a};
+    uint64_t want = 0;
+    int rc = 0;
+    for (int threads = 1; threads <= MAX_THREADS && rc == 0; threads++) {
+        double ns, allocs;
+        rc = measure(name, loop_adaptive, args, threads, &ns, &allocs);
+        if (rc != 0)
+            break;
+        want += (uint64_t)REPS * ops_per_thread * (uint64_t)threads;
+        char extra[160];
+        double ratio = ns / floor_cas_ns;
+        if (threads == 1)
+            (void)snprintf(extra, sizeof(extra),
+                           "ratio_cas=%.2f allocs_per_op=%.4f target=%.0fxfloor_cas met=%s",
+                           ratio, allocs, TARGET_ADAPTIVE_RATIO_CAS,
+                           yes_no(ratio <= TARGET_ADAPTIVE_RATIO_CAS));
+        else
+            (void)snprintf(extra, sizeof(extra), "ratio_cas=%.2f allocs_per_op=%.4f", ratio,
+                           allocs);
+        report(name, threads, ns, extra);
+    }
+    fg_adaptive_stats st;
+    if (rc == 0 && (fg_adaptive_stats_get(a, &st) != 0 || st.admitted != want ||
+                    st.rejected != 0 || st.in_flight != 0 || st.windows == 0)) {
+        (void)fprintf(stderr, "bench: %s: admitted %llu of %llu, %llu windows\n", name,
+                      (unsigned long long)st.admitted, (unsigned long long)want,
+                      (unsigned long long)st.windows);
+        rc = -1;
+    }
+    fg_adaptive_free(a);
+    return rc;
+}
+
 /* ---- the full chain ---------------------------------------------------------------- */
 
 /*
@@ -1947,5 +2017,6 @@ int main(int argc, char **argv) {
     rc |= bench_counter("counter_inc");
     rc |= bench_histogram("histogram_record");
     rc |= bench_bulkhead("bulkhead_enter_exit");
+    rc |= bench_adaptive("adaptive_update");
     return rc ? 1 : 0;
 }

@@ -94,6 +94,8 @@ done
 expect histogram_record 1 'target=15ns' "$met"
 expect bulkhead_enter_exit 1 "ratio_cas=$num" "allocs_per_op=$num" 'target=3xfloor_cas' "$met"
 expect bulkhead_enter_exit 2 "ratio_cas=$num" "allocs_per_op=$num"
+expect adaptive_update 1 "ratio_cas=$num" "allocs_per_op=$num" 'target=3xfloor_cas' "$met"
+expect adaptive_update 2 "ratio_cas=$num" "allocs_per_op=$num"
 for name in chain_full chain_full_split; do
     expect "$name" 1 "ratio_clock_cas=$num" "allocs_per_op=$num" 'target=5x\(floor_clock\+floor_cas\)' "$met"
     expect "$name" 2 "ratio_clock_cas=$num" "allocs_per_op=$num" "throughput_vs_1=$num" 'target=1\.6x' "$met"
