@@ -28,7 +28,9 @@
 #include <jansson.h>
 
 #include "floodgate/breaker.h"
+#include "floodgate/adaptive.h"
 #include "floodgate/bulkhead.h"
+#include "floodgate/retry.h"
 #include "floodgate/config.h"
 #include "floodgate/deadline.h"
 #include "floodgate/error.h"
@@ -239,16 +241,27 @@ enum fg_comp_kind {
     FG_COMP_KEYED,
     FG_COMP_BREAKER,
     FG_COMP_FAULT,
-    FG_COMP_BULKHEAD
+    FG_COMP_BULKHEAD,
+    FG_COMP_BUDGET,
+    FG_COMP_ADAPTIVE
 };
 
 /* The sections definitions come from; a name is unique within one. */
-enum fg_section { FG_SEC_LIMITERS, FG_SEC_BREAKERS, FG_SEC_FAULTS, FG_SEC_BULKHEADS };
+enum fg_section {
+    FG_SEC_LIMITERS,
+    FG_SEC_BREAKERS,
+    FG_SEC_FAULTS,
+    FG_SEC_BULKHEADS,
+    FG_SEC_BUDGETS,
+    FG_SEC_ADAPTIVE
+};
 
 static enum fg_section fg_comp_section(enum fg_comp_kind k) {
     return k == FG_COMP_BREAKER    ? FG_SEC_BREAKERS
            : k == FG_COMP_FAULT    ? FG_SEC_FAULTS
            : k == FG_COMP_BULKHEAD ? FG_SEC_BULKHEADS
+           : k == FG_COMP_BUDGET   ? FG_SEC_BUDGETS
+           : k == FG_COMP_ADAPTIVE ? FG_SEC_ADAPTIVE
                                    : FG_SEC_LIMITERS;
 }
 
@@ -273,9 +286,13 @@ struct fg_comp {
     int bshadow;                    /* BREAKER: made in shadow mode (FG_BREAKER_DISABLED) */
     fg_runtime_breaker_fn on_event; /* BREAKER: the runtime's listener, with its arg */
     void *on_event_arg;
-    fg_metrics *metrics;    /* BREAKER: the runtime's registry, or NULL */
-    fg_fault_options fopts; /* FAULT: header strings and rule owned here */
-    fg_bulkhead *bulkhead;  /* BULKHEAD */
+    fg_metrics *metrics;     /* BREAKER: the runtime's registry, or NULL */
+    fg_fault_options fopts;  /* FAULT: header strings and rule owned here */
+    fg_bulkhead *bulkhead;   /* BULKHEAD */
+    fg_retry_budget *budget; /* BUDGET */
+    fg_retry_budget_options budget_opts;
+    fg_adaptive *adaptive; /* ADAPTIVE */
+    fg_adaptive_options adaptive_opts;
 };
 
 /* Components alive in the process: a test hook for "a removed limiter is
@@ -300,6 +317,8 @@ static void fg_comp_unref(struct fg_comp *c) {
     fg_keyed_limiter_free(c->keyed);
     fg_breaker_free(c->breaker);
     fg_bulkhead_free(c->bulkhead);
+    fg_retry_budget_free(c->budget);
+    fg_adaptive_free(c->adaptive);
     fg_expr_free((fg_expr *)c->fopts.when);
     fg__free((char *)c->fopts.header);
     fg__free((char *)c->fopts.header_value);
@@ -1244,6 +1263,264 @@ static void fg_parse_bulkhead(struct fg_build *b, const char *path, const json_t
     d->ok = 1;
 }
 
+/* ---- retry budgets ---------------------------------------------------------------------- */
+
+#define BUDGET_KEYS "ratio, min_per_sec, ttl"
+
+static void fg_parse_budget(struct fg_build *b, const char *path, const json_t *v,
+                            struct fg_def *d) {
+    char p[PATH_CAP];
+    if (fg_expect_object(b, path, v) != 0)
+        return;
+    size_t before = fg_nerrs(b);
+    fg_retry_budget_options o = FG_RETRY_BUDGET_OPTIONS_INIT;
+    uint64_t u;
+    const char *k;
+    json_t *x;
+    json_object_foreach((json_t *)v, k, x) {
+        KEY(p, path, k);
+        if (strcmp(k, "ratio") == 0) {
+            (void)fg_get_number(b, p, x, 0, FG_RETRY_BUDGET_RATIO_MAX, &o.ratio);
+        } else if (strcmp(k, "min_per_sec") == 0) {
+            if (fg_get_uint(b, p, x, 0, UINT32_MAX, &u) == 0)
+                o.min_per_sec = (uint32_t)u;
+        } else if (strcmp(k, "ttl") == 0) {
+            if (fg_get_duration(b, p, x, &o.ttl_ns) == 0 &&
+                (o.ttl_ns < FG_RETRY_BUDGET_TTL_MIN_NS ||
+                 o.ttl_ns > FG_RETRY_BUDGET_TTL_MAX_NS))
+                fg_err(b, p, "must be between 1ms and 1h");
+        } else {
+            fg_unknown_key(b, path, k, BUDGET_KEYS);
+        }
+    }
+    if (fg_nerrs(b) != before)
+        return;
+    /* Same name and options: the same budget, with its balance. */
+    struct fg_comp *old = fg_table_find(b->old, d->name, FG_SEC_BUDGETS);
+    if (old != NULL && old->budget_opts.ratio == o.ratio &&
+        old->budget_opts.min_per_sec == o.min_per_sec && old->budget_opts.ttl_ns == o.ttl_ns) {
+        fg_comp_ref(old);
+        d->comp = old;
+        d->ok = 1;
+        return;
+    }
+    struct fg_comp *c = fg_comp_new(d->name, FG_COMP_BUDGET);
+    if (c == NULL) {
+        b->oom = 1;
+        return;
+    }
+    c->budget_opts = o;
+    o.clock = b->clock;
+    int rc = fg_retry_budget_new(&o, &c->budget);
+    if (rc != 0) {
+        if (rc == FG_ENOMEM)
+            b->oom = 1;
+        else
+            fg_err(b, path, "options refused: %s", fg_strerror(rc));
+        fg_comp_unref(c);
+        return;
+    }
+    d->comp = c;
+    d->ok = 1;
+}
+
+static struct fg_def *fg_find_def(struct fg_build *b, const char *name, enum fg_section sect);
+
+/* ---- adaptive concurrency ----------------------------------------------------------- */
+
+#define ADAPTIVE_KEYS                                                                         \
+    "algorithm, initial, min, max, window_samples, window, tolerance, smoothing, "            \
+    "queue_size, "                                                                            \
+    "noload, probe_interval, probe_samples, noload_samples, backoff_ratio, increase, "        \
+    "drop_latency, drop_on_failure, seed"
+
+static int fg_adaptive_same(const fg_adaptive_options *a, const fg_adaptive_options *b) {
+    return a->algo == b->algo && a->initial_limit == b->initial_limit &&
+           a->min_limit == b->min_limit && a->max_limit == b->max_limit &&
+           a->window_samples == b->window_samples && a->window_ns == b->window_ns &&
+           a->tolerance == b->tolerance && a->smoothing == b->smoothing &&
+           a->queue_size == b->queue_size && a->noload == b->noload &&
+           a->probe_interval_ns == b->probe_interval_ns &&
+           a->probe_jitter == b->probe_jitter && a->probe_samples == b->probe_samples &&
+           a->noload_samples == b->noload_samples && a->backoff_ratio == b->backoff_ratio &&
+           a->increase == b->increase && a->drop_latency_ns == b->drop_latency_ns &&
+           a->drop_on_failure == b->drop_on_failure && a->seed == b->seed;
+}
+
+static void fg_parse_adaptive(struct fg_build *b, const char *path, const json_t *v,
+                              struct fg_def *d) {
+    char p[PATH_CAP];
+    if (fg_expect_object(b, path, v) != 0)
+        return;
+    size_t before = fg_nerrs(b);
+    fg_adaptive_options o = FG_ADAPTIVE_OPTIONS_INIT;
+    uint64_t u;
+    const char *k;
+    json_t *x;
+    json_object_foreach((json_t *)v, k, x) {
+        KEY(p, path, k);
+        const char *s = json_string_value(x);
+        if (strcmp(k, "algorithm") == 0) {
+            if (s && strcmp(s, "gradient") == 0)
+                o.algo = FG_ADAPTIVE_GRADIENT;
+            else if (s && strcmp(s, "aimd") == 0)
+                o.algo = FG_ADAPTIVE_AIMD;
+            else
+                fg_err(b, p, "must be \"gradient\" or \"aimd\"");
+        } else if (strcmp(k, "noload") == 0) {
+            if (s && strcmp(s, "probe") == 0)
+                o.noload = FG_ADAPTIVE_NOLOAD_PROBE;
+            else if (s && strcmp(s, "ewma") == 0)
+                o.noload = FG_ADAPTIVE_NOLOAD_EWMA;
+            else
+                fg_err(b, p, "must be \"probe\" or \"ewma\"");
+        } else if (strcmp(k, "initial") == 0 || strcmp(k, "min") == 0 ||
+                   strcmp(k, "max") == 0) {
+            if (fg_get_uint(b, p, x, 1, FG_ADAPTIVE_LIMIT_MAX, &u) == 0)
+                *(k[0] == 'i'   ? &o.initial_limit
+                  : k[1] == 'i' ? &o.min_limit
+                                : &o.max_limit) = (uint32_t)u;
+        } else if (strcmp(k, "window_samples") == 0 || strcmp(k, "probe_samples") == 0 ||
+                   strcmp(k, "noload_samples") == 0) {
+            if (fg_get_uint(b, p, x, 1,
+                            strcmp(k, "noload_samples") == 0 ? UINT32_MAX
+                                                             : FG_ADAPTIVE_SAMPLES_MAX,
+                            &u) == 0)
+                *(k[0] == 'w'   ? &o.window_samples
+                  : k[0] == 'p' ? &o.probe_samples
+                                : &o.noload_samples) = (uint32_t)u;
+        } else if (strcmp(k, "window") == 0) {
+            (void)fg_get_duration(b, p, x, &o.window_ns);
+        } else if (strcmp(k, "probe_interval") == 0) {
+            (void)fg_get_duration(b, p, x, &o.probe_interval_ns);
+        } else if (strcmp(k, "drop_latency") == 0) {
+            (void)fg_get_duration(b, p, x, &o.drop_latency_ns);
+        } else if (strcmp(k, "tolerance") == 0) {
+            (void)fg_get_number(b, p, x, 1, 1e6, &o.tolerance);
+        } else if (strcmp(k, "smoothing") == 0) {
+            (void)fg_get_number(b, p, x, 0, 1, &o.smoothing);
+        } else if (strcmp(k, "backoff_ratio") == 0) {
+            (void)fg_get_number(b, p, x, 0.5, 1, &o.backoff_ratio);
+        } else if (strcmp(k, "queue_size") == 0) {
+            if (fg_get_uint(b, p, x, 0, FG_ADAPTIVE_LIMIT_MAX, &u) == 0)
+                o.queue_size = (uint32_t)u;
+        } else if (strcmp(k, "increase") == 0) {
+            if (fg_get_uint(b, p, x, 1, FG_ADAPTIVE_LIMIT_MAX, &u) == 0)
+                o.increase = (uint32_t)u;
+        } else if (strcmp(k, "drop_on_failure") == 0) {
+            (void)fg_get_bool(b, p, x, &o.drop_on_failure);
+        } else if (strcmp(k, "seed") == 0) {
+            (void)fg_get_uint(b, p, x, 0, UINT64_MAX, &o.seed);
+        } else {
+            fg_unknown_key(b, path, k, ADAPTIVE_KEYS);
+        }
+    }
+    if (fg_nerrs(b) != before)
+        return;
+    /* Same name and options: the same limit, where it has moved to. */
+    struct fg_comp *old = fg_table_find(b->old, d->name, FG_SEC_ADAPTIVE);
+    if (old != NULL && fg_adaptive_same(&old->adaptive_opts, &o)) {
+        fg_comp_ref(old);
+        d->comp = old;
+        d->ok = 1;
+        return;
+    }
+    struct fg_comp *c = fg_comp_new(d->name, FG_COMP_ADAPTIVE);
+    if (c == NULL) {
+        b->oom = 1;
+        return;
+    }
+    c->adaptive_opts = o;
+    o.clock = b->clock;
+    int rc = fg_adaptive_new(&o, &c->adaptive);
+    if (rc != 0) {
+        if (rc == FG_ENOMEM)
+            b->oom = 1;
+        else
+            fg_err(
+                b, path,
+                "options refused: %s (min <= initial <= max; smoothing above 0; backoff_ratio "
+                "below 1)",
+                fg_strerror(rc));
+        fg_comp_unref(c);
+        return;
+    }
+    d->comp = c;
+    d->ok = 1;
+}
+
+#define RETRY_KEYS "attempts, backoff, max_backoff, multiplier, jitter, seed, budget"
+
+/* {"retry": {...}}: a retry stage named "retry" (it has no shared state but
+ * its budget's). */
+static void fg_make_retry(struct fg_build *b, const char *path, const json_t *v,
+                          fg_stage **out) {
+    char p[PATH_CAP], q[PATH_CAP];
+    KEY(p, path, "retry");
+    if (json_object_size(v) != 1) {
+        fg_err(b, path, "a retry stage has one key: \"retry\"");
+        return;
+    }
+    const json_t *t = json_object_get(v, "retry");
+    if (fg_expect_object(b, p, t) != 0)
+        return;
+    size_t before = fg_nerrs(b);
+    fg_retry_options o = FG_RETRY_OPTIONS_INIT;
+    uint64_t u;
+    const char *k;
+    json_t *x;
+    json_object_foreach((json_t *)t, k, x) {
+        KEY(q, p, k);
+        if (strcmp(k, "attempts") == 0) {
+            if (fg_get_uint(b, q, x, 1, FG_RETRY_MAX_ATTEMPTS, &u) == 0)
+                o.max_attempts = (uint32_t)u;
+        } else if (strcmp(k, "backoff") == 0) {
+            (void)fg_get_duration(b, q, x, &o.base_ns);
+        } else if (strcmp(k, "max_backoff") == 0) {
+            (void)fg_get_duration(b, q, x, &o.max_backoff_ns);
+        } else if (strcmp(k, "multiplier") == 0) {
+            (void)fg_get_number(b, q, x, 1, FG_RETRY_MULTIPLIER_MAX, &o.multiplier);
+        } else if (strcmp(k, "jitter") == 0) {
+            const char *s = json_string_value(x);
+            if (s && strcmp(s, "none") == 0)
+                o.jitter = FG_JITTER_NONE;
+            else if (s && strcmp(s, "full") == 0)
+                o.jitter = FG_JITTER_FULL;
+            else if (s && strcmp(s, "decorrelated") == 0)
+                o.jitter = FG_JITTER_DECORRELATED;
+            else
+                fg_err(b, q, "must be \"none\", \"full\" or \"decorrelated\"");
+        } else if (strcmp(k, "seed") == 0) {
+            (void)fg_get_uint(b, q, x, 0, UINT64_MAX, &o.seed);
+        } else if (strcmp(k, "budget") == 0) {
+            const char *name;
+            if (fg_get_name(b, q, x, &name) != 0)
+                continue;
+            struct fg_def *d = fg_find_def(b, name, FG_SEC_BUDGETS);
+            if (d == NULL)
+                fg_err(b, q, "unknown retry budget \"%s\"", name);
+            else if (d->ok)
+                o.budget = d->comp->budget;
+            else
+                fg_err(b, q, "retry budget \"%s\" has errors", name);
+        } else {
+            fg_unknown_key(b, p, k, RETRY_KEYS);
+        }
+    }
+    if (fg_nerrs(b) != before)
+        return;
+    if (o.max_backoff_ns < o.base_ns) {
+        fg_err(b, KEY(q, p, "max_backoff"), "must be >= backoff");
+        return;
+    }
+    o.clock = b->clock;
+    int rc = fg_stage_retry(&o, "retry", out);
+    if (rc == FG_ENOMEM)
+        b->oom = 1;
+    else if (rc != 0)
+        fg_err(b, p, "options refused: %s", fg_strerror(rc));
+}
+
 static void fg_parse_fault(struct fg_build *b, const char *path, const json_t *v,
                            struct fg_def *d) {
     char p[PATH_CAP];
@@ -1363,6 +1640,10 @@ static void fg_parse_defs(struct fg_build *b, const char *section, const json_t 
             fg_parse_fault(b, p, x, d);
         else if (sect == FG_SEC_BULKHEADS)
             fg_parse_bulkhead(b, p, x, d);
+        else if (sect == FG_SEC_BUDGETS)
+            fg_parse_budget(b, p, x, d);
+        else if (sect == FG_SEC_ADAPTIVE)
+            fg_parse_adaptive(b, p, x, d);
         else
             fg_parse_limiter(b, p, x, d);
     }
@@ -1500,6 +1781,10 @@ static void fg_make_stage(struct fg_build *b, const char *path, const json_t *v,
         fg_make_timeout(b, path, v, out);
         return;
     }
+    if (json_is_object(v) && json_object_get(v, "retry") != NULL) {
+        fg_make_retry(b, path, v, out);
+        return;
+    }
     if (json_is_string(v) && strcmp(json_string_value(v), "trace") == 0) {
         int rc = fg_stage_trace(&b->trace, out);
         if (rc == FG_ENOMEM)
@@ -1512,13 +1797,16 @@ static void fg_make_stage(struct fg_build *b, const char *path, const json_t *v,
     const json_t *brk = json_object_get(v, "breaker");
     const json_t *flt = json_object_get(v, "fault");
     const json_t *bhd = json_object_get(v, "bulkhead");
+    const json_t *adp = json_object_get(v, "adaptive");
     const json_t *cus = json_object_get(v, "custom");
-    if (!json_is_object(v) ||
-        (lim != NULL) + (brk != NULL) + (flt != NULL) + (bhd != NULL) + (cus != NULL) != 1) {
+    if (!json_is_object(v) || (lim != NULL) + (brk != NULL) + (flt != NULL) + (bhd != NULL) +
+                                      (adp != NULL) + (cus != NULL) !=
+                                  1) {
         fg_err(b, path,
                "must be \"trace\", {\"limiter\": name}, {\"breaker\": name}, "
-               "{\"fault\": name}, {\"bulkhead\": name}, {\"timeout\": duration} or "
-               "{\"custom\": name, \"options\": {...}}");
+               "{\"fault\": name}, {\"bulkhead\": name}, {\"adaptive\": name}, "
+               "{\"timeout\": duration}, {\"retry\": {...}} or {\"custom\": name, "
+               "\"options\": {...}}");
         return;
     }
     int bad = 0;
@@ -1526,7 +1814,8 @@ static void fg_make_stage(struct fg_build *b, const char *path, const json_t *v,
     json_t *x;
     json_object_foreach((json_t *)v, k, x) {
         if (strcmp(k, "limiter") == 0 || strcmp(k, "breaker") == 0 ||
-            strcmp(k, "fault") == 0 || strcmp(k, "bulkhead") == 0 || strcmp(k, "custom") == 0)
+            strcmp(k, "fault") == 0 || strcmp(k, "bulkhead") == 0 ||
+            strcmp(k, "adaptive") == 0 || strcmp(k, "custom") == 0)
             continue;
         if (cus != NULL && strcmp(k, "options") == 0) {
             bad |= fg_expect_object(b, KEY(p, path, k), x);
@@ -1537,6 +1826,7 @@ static void fg_make_stage(struct fg_build *b, const char *path, const json_t *v,
                        : lim ? "limiter"
                        : brk ? "breaker"
                        : bhd ? "bulkhead"
+                       : adp ? "adaptive"
                              : "fault");
         bad = -1;
     }
@@ -1545,8 +1835,9 @@ static void fg_make_stage(struct fg_build *b, const char *path, const json_t *v,
                        : brk ? "breaker"
                        : flt ? "fault"
                        : bhd ? "bulkhead"
+                       : adp ? "adaptive"
                              : "custom";
-    const json_t *ref = lim ? lim : brk ? brk : flt ? flt : bhd ? bhd : cus;
+    const json_t *ref = lim ? lim : brk ? brk : flt ? flt : bhd ? bhd : adp ? adp : cus;
     if (fg_get_name(b, KEY(p, path, kind), ref, &name) != 0 || bad)
         return;
     int rc = 0;
@@ -1584,6 +1875,7 @@ static void fg_make_stage(struct fg_build *b, const char *path, const json_t *v,
                                    brk   ? FG_SEC_BREAKERS
                                    : flt ? FG_SEC_FAULTS
                                    : bhd ? FG_SEC_BULKHEADS
+                                   : adp ? FG_SEC_ADAPTIVE
                                          : FG_SEC_LIMITERS);
     if (d == NULL) {
         fg_err(b, p, "unknown %s \"%s\"", kind, name);
@@ -1595,6 +1887,8 @@ static void fg_make_stage(struct fg_build *b, const char *path, const json_t *v,
         rc = fg_stage_breaker(d->comp->breaker, NULL, NULL, name, out);
     } else if (flt != NULL) {
         rc = fg_stage_fault(&d->comp->fopts, name, out);
+    } else if (adp != NULL) {
+        rc = fg_stage_adaptive(d->comp->adaptive, name, out);
     } else if (bhd != NULL) {
         fg_bulkhead_stage_options so = FG_BULKHEAD_STAGE_OPTIONS_INIT;
         so.shadow = d->shadow;
@@ -2288,7 +2582,8 @@ static int fg_err_cmp(const void *a, const void *b) {
 }
 
 #define TOP_KEYS                                                                              \
-    "version, limiters, breakers, faults, bulkheads, trace, chain, routes, handler, fallback"
+    "version, limiters, breakers, faults, bulkheads, retry_budgets, adaptive_limits, trace, " \
+    "chain, routes, handler, fallback"
 
 /* Compile text into b: components, chain, version. Returns 0, FG_ECONFIG
  * or FG_ENOMEM; errors are in b. */
@@ -2316,7 +2611,8 @@ static int fg_compile(struct fg_build *b, const char *text, size_t len) {
     size_t ndefs = 0;
     json_object_foreach(root, k, x) {
         if ((strcmp(k, "limiters") == 0 || strcmp(k, "breakers") == 0 ||
-             strcmp(k, "faults") == 0 || strcmp(k, "bulkheads") == 0) &&
+             strcmp(k, "faults") == 0 || strcmp(k, "bulkheads") == 0 ||
+             strcmp(k, "retry_budgets") == 0 || strcmp(k, "adaptive_limits") == 0) &&
             json_is_object(x))
             ndefs += json_object_size(x);
     }
@@ -2346,6 +2642,10 @@ static int fg_compile(struct fg_build *b, const char *text, size_t len) {
             fg_parse_defs(b, "breakers", x, FG_SEC_BREAKERS);
         } else if (strcmp(k, "faults") == 0) {
             fg_parse_defs(b, "faults", x, FG_SEC_FAULTS);
+        } else if (strcmp(k, "adaptive_limits") == 0) {
+            fg_parse_defs(b, "adaptive_limits", x, FG_SEC_ADAPTIVE);
+        } else if (strcmp(k, "retry_budgets") == 0) {
+            fg_parse_defs(b, "retry_budgets", x, FG_SEC_BUDGETS);
         } else if (strcmp(k, "bulkheads") == 0) {
             fg_parse_defs(b, "bulkheads", x, FG_SEC_BULKHEADS);
         } else if (strcmp(k, "trace") == 0) {

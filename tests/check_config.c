@@ -898,8 +898,9 @@ START_TEST(test_bulkhead_config) {
     fg_runtime *rt = NULL;
     ck_assert_int_eq(fg_runtime_new(&rt), 0);
     fg_config_errors errs;
-    static const char *fmt = "{\"version\": \"b\", \"bulkheads\": {\"db\": {\"max_concurrent\": "
-                             "%d}}, \"chain\": [{\"bulkhead\": \"db\"}], \"handler\": \"a\"}";
+    static const char *fmt =
+        "{\"version\": \"b\", \"bulkheads\": {\"db\": {\"max_concurrent\": "
+        "%d}}, \"chain\": [{\"bulkhead\": \"db\"}], \"handler\": \"a\"}";
     char text[256];
     snprintf(text, sizeof(text), fmt, 1);
     ck_assert_msg(load(rt, r, text, &errs) == 0, "%s", errs_text(&errs));
@@ -923,10 +924,87 @@ START_TEST(test_bulkhead_config) {
     const char *bad = "{\"version\": \"x\", \"bulkheads\": {\"p\": {\"max_wait\": \"1s\", "
                       "\"size\": 3}}, \"chain\": [{\"bulkhead\": \"q\"}], \"handler\": \"a\"}";
     ck_assert_int_eq(load(rt, r, bad, &errs), FG_ECONFIG);
-    ck_assert_str_eq(errs_text(&errs),
-                     "bulkheads.p.size: unknown key (expected one of: max_concurrent, max_wait, "
-                     "shadow)\nbulkheads.p.max_concurrent: required\nchain[0].bulkhead: unknown "
-                     "bulkhead \"q\"\n");
+    ck_assert_str_eq(
+        errs_text(&errs),
+        "bulkheads.p.size: unknown key (expected one of: max_concurrent, max_wait, "
+        "shadow)\nbulkheads.p.max_concurrent: required\nchain[0].bulkhead: unknown "
+        "bulkhead \"q\"\n");
+    fg_runtime_free(rt);
+    fg_registry_free(r);
+}
+END_TEST
+
+/* A retry stage from a config: attempts at the backoff's exact times (no
+ * jitter) on the runtime's fake clock, and a budget that refuses. */
+static uint64_t attempt_at[8];
+static int attempts, fail_first;
+static int h_flaky(fg_ctx *ctx, void *arg) {
+    (void)ctx;
+    (void)arg;
+    attempt_at[attempts % 8] = fg_fake_clock_now(seen_clock);
+    return attempts++ < fail_first ? FG_EHANDLER : 0;
+}
+
+START_TEST(test_retry_config) {
+    ck_assert_int_eq(fg_fake_clock_new(UINT64_C(1000000000), &seen_clock), 0);
+    fg_registry *r = NULL;
+    ck_assert_int_eq(fg_registry_new(&r), 0);
+    ck_assert_int_eq(fg_registry_add_handler(r, "flaky", h_flaky, NULL), 0);
+    fg_runtime *rt = NULL;
+    ck_assert_int_eq(fg_runtime_new(&rt), 0);
+    ck_assert_int_eq(fg_runtime_set_clock(rt, fg_fake_clock_as_clock(seen_clock)), 0);
+    fg_config_errors errs;
+    const char *cfg =
+        "{\"version\": \"r\", \"retry_budgets\": {\"b\": {\"ratio\": 0, \"min_per_sec\": 1, "
+        "\"ttl\": \"1s\"}}, \"chain\": [{\"retry\": {\"attempts\": 3, \"backoff\": \"10ms\", "
+        "\"jitter\": \"none\", \"budget\": \"b\"}}], \"handler\": \"flaky\"}";
+    ck_assert_msg(load(rt, r, cfg, &errs) == 0, "%s", errs_text(&errs));
+    uint64_t t0 = fg_fake_clock_now(seen_clock);
+    attempts = 0;
+    fail_first = 1;
+    ck_assert_int_eq(call(rt, "GET", "/", NULL, NULL, NULL, NULL), 0);
+    ck_assert_int_eq(attempts, 2);
+    ck_assert_uint_eq(attempt_at[0], t0);
+    ck_assert_uint_eq(attempt_at[1], t0 + 10 * FG_NS_PER_MS); /* e(1) = 10 ms */
+    /* The budget's floor (1 a second, nothing from deposits) is spent. */
+    attempts = 0;
+    fail_first = 5;
+    ck_assert_int_eq(call(rt, "GET", "/", NULL, NULL, NULL, NULL), FG_EHANDLER);
+    ck_assert_int_eq(attempts, 1);
+    fg_runtime_free(rt);
+    fg_registry_free(r);
+    fg_fake_clock_free(seen_clock);
+}
+END_TEST
+
+/* An adaptive limit from a config: its initial limit holds until the first
+ * update, and a reload with the same options keeps the same limit (and the
+ * requests in flight through it). */
+START_TEST(test_adaptive_config) {
+    fg_registry *r = make_registry();
+    fg_runtime *rt = NULL;
+    ck_assert_int_eq(fg_runtime_new(&rt), 0);
+    fg_config_errors errs;
+    const char *cfg = "{\"version\": \"%s\", \"adaptive_limits\": {\"svc\": {\"algorithm\": "
+                      "\"aimd\", \"initial\": 2, \"min\": 1, \"max\": 10}}, \"chain\": "
+                      "[{\"adaptive\": \"svc\"}], \"handler\": \"a\"}";
+    char text[512];
+    snprintf(text, sizeof(text), cfg, "1");
+    ck_assert_msg(load(rt, r, text, &errs) == 0, "%s", errs_text(&errs));
+    fg_ctx c[3];
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(fg_ctx_init(&c[i], "GET", "/"), 0);
+    ck_assert_int_eq(fg_runtime_enter(rt, &c[0]), 0);
+    snprintf(text, sizeof(text), cfg, "2"); /* same options: the same limit */
+    ck_assert_msg(load(rt, r, text, &errs) == 0, "%s", errs_text(&errs));
+    ck_assert_int_eq(fg_runtime_enter(rt, &c[1]), 0);
+    ck_assert_int_eq(fg_runtime_enter(rt, &c[2]), FG_EOVERLOADED);
+    ck_assert_str_eq(fg_stage_name(c[2].rejected_by), "svc");
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(fg_route_dispatch(&c[i]), 0);
+        ck_assert_int_eq(fg_runtime_exit(rt, &c[i], 0), 0);
+    }
+    ck_assert_int_eq(call(rt, "GET", "/", NULL, NULL, NULL, NULL), 0);
     fg_runtime_free(rt);
     fg_registry_free(r);
 }
@@ -979,6 +1057,8 @@ Suite *fg_suite_config(void) {
     tcase_add_test(tc, test_timeout_config);
     tcase_add_test(tc, test_fallback_config);
     tcase_add_test(tc, test_bulkhead_config);
+    tcase_add_test(tc, test_retry_config);
+    tcase_add_test(tc, test_adaptive_config);
     tcase_add_test(tc, test_runtime_clock);
     suite_add_tcase(s, tc);
     tc = tcase_create("errors");
