@@ -42,9 +42,9 @@ for name in chain_empty chain_4noop chain_4noop_split; do
     expect "$name" 1 "allocs_per_op=$num"
     expect "$name" 2 "allocs_per_op=$num"
 done
-expect deadline_check 1 "ratio_cas=$num" "with_ns=$num" "without_ns=$num" "allocs_per_op=$num" \
+expect deadline_check 1 "ratio_cas=$num" "timeout_stage_ns=$num" "allocs_per_op=$num" \
     'target=3xfloor_cas' "$met"
-expect deadline_check 2 "ratio_cas=$num" "with_ns=$num" "without_ns=$num" "allocs_per_op=$num"
+expect deadline_check 2 "ratio_cas=$num" "timeout_stage_ns=$num" "allocs_per_op=$num"
 expect config_compile_1000routes 1 "ms=$num" 'routes=1000' 'target=10ms' "$met"
 expect runtime_steady_p99 1 'samples=[0-9]+'
 expect runtime_reload_p99 1 'samples=[0-9]+' 'reloads=[0-9]+' "ratio_steady=$num"
