@@ -90,7 +90,6 @@ struct fg_rkid {
     const char *seg;
     uint32_t len;
     uint32_t node;
-    uint64_t head; /* the first 8 bytes, big-endian, zero-padded: fg_seg_head */
 };
 
 struct fg_rnode {
@@ -357,32 +356,11 @@ static int fg_kid_cmp(const char *a, uint32_t alen, const char *b, uint32_t blen
     return alen ? memcmp(a, b, alen) : 0;
 }
 
-/* A segment's first 8 bytes as a big-endian number (zero-padded): for
- * equal lengths, comparing heads compares those bytes as memcmp would, so a
- * lookup compares two integers and calls memcmp only past 8 bytes. */
-static uint64_t fg_seg_head(const char *s, uint32_t len) {
-    uint64_t h = 0;
-    for (uint32_t i = 0; i < 8; i++)
-        h = (h << 8) | (i < len ? (unsigned char)s[i] : 0u);
-    return h;
-}
-
-/* fg_kid_cmp of kid k and (seg, len, head), in the same order. */
-static int fg_kid_cmp_head(const struct fg_rkid *k, const char *seg, uint32_t len,
-                           uint64_t head) {
-    if (k->len != len)
-        return k->len < len ? -1 : 1;
-    if (k->head != head)
-        return k->head < head ? -1 : 1;
-    return len > 8 ? memcmp(k->seg + 8, seg + 8, len - 8) : 0;
-}
-
 static uint32_t fg_find_kid(const struct fg_rnode *node, const char *seg, uint32_t len) {
     uint32_t lo = 0, hi = node->nkids;
-    uint64_t head = fg_seg_head(seg, len);
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo) / 2;
-        int c = fg_kid_cmp_head(&node->kids[mid], seg, len, head);
+        int c = fg_kid_cmp(node->kids[mid].seg, node->kids[mid].len, seg, len);
         if (c == 0)
             return node->kids[mid].node;
         if (c < 0)
@@ -1082,8 +1060,7 @@ static uint32_t fg_node_child(fg_router *router, uint32_t n, const struct fg_seg
         node->kids = p;
         node->capkids = cap;
     }
-    node->kids[node->nkids++] =
-        (struct fg_rkid){seg->text, seg->len, child, fg_seg_head(seg->text, seg->len)};
+    node->kids[node->nkids++] = (struct fg_rkid){seg->text, seg->len, child};
     return child;
 }
 
