@@ -763,6 +763,33 @@ static struct fg_comp *fg_comp_new(const char *name, enum fg_comp_kind kind) {
     return c;
 }
 
+/* ---- the components' common steps ------------------------------------------------------ */
+
+/* d carries over the runtime's component old (same name and section, options
+ * that allow it). */
+static void fg_def_keep(struct fg_def *d, struct fg_comp *old) {
+    fg_comp_ref(old);
+    d->comp = old;
+    d->ok = 1;
+}
+
+/* A new component c, whose constructor returned rc: d's on success; on
+ * failure freed, and the error reported at path (hint: what the options
+ * must satisfy, or ""). */
+static void fg_def_made(struct fg_build *b, const char *path, struct fg_def *d,
+                        struct fg_comp *c, int rc, const char *hint) {
+    if (rc == 0) {
+        d->comp = c;
+        d->ok = 1;
+        return;
+    }
+    if (rc == FG_ENOMEM)
+        b->oom = 1;
+    else
+        fg_err(b, path, "options refused: %s%s", fg_strerror(rc), hint);
+    fg_comp_unref(c);
+}
+
 static int fg_limiter_same_except_rate(const fg_limiter_options *a,
                                        const fg_limiter_options *b) {
     return a->max_wait_ns == b->max_wait_ns && a->warmup_ns == b->warmup_ns &&
@@ -1076,9 +1103,7 @@ static void fg_parse_breaker(struct fg_build *b, const char *path, const json_t 
         return;
     struct fg_comp *old = fg_table_find(b->old, d->name, FG_SEC_BREAKERS);
     if (old != NULL && fg_breaker_same(&old->bopts, &o) && old->bshadow == shadow) {
-        fg_comp_ref(old);
-        d->comp = old;
-        d->ok = 1;
+        fg_def_keep(d, old);
         return;
     }
     struct fg_comp *c = fg_comp_new(d->name, FG_COMP_BREAKER);
@@ -1238,10 +1263,8 @@ static void fg_parse_bulkhead(struct fg_build *b, const char *path, const json_t
      * slots; a new limit or wait is applied at commit. */
     struct fg_comp *old = fg_table_find(b->old, d->name, FG_SEC_BULKHEADS);
     if (old != NULL) {
-        fg_comp_ref(old);
-        d->comp = old;
+        fg_def_keep(d, old);
         d->set_bulkhead = 1;
-        d->ok = 1;
         return;
     }
     struct fg_comp *c = fg_comp_new(d->name, FG_COMP_BULKHEAD);
@@ -1250,17 +1273,7 @@ static void fg_parse_bulkhead(struct fg_build *b, const char *path, const json_t
         return;
     }
     o.clock = b->clock;
-    int rc = fg_bulkhead_new(&o, &c->bulkhead);
-    if (rc != 0) {
-        if (rc == FG_ENOMEM)
-            b->oom = 1;
-        else
-            fg_err(b, path, "options refused: %s", fg_strerror(rc));
-        fg_comp_unref(c);
-        return;
-    }
-    d->comp = c;
-    d->ok = 1;
+    fg_def_made(b, path, d, c, fg_bulkhead_new(&o, &c->bulkhead), "");
 }
 
 /* ---- retry budgets ---------------------------------------------------------------------- */
@@ -1299,9 +1312,7 @@ static void fg_parse_budget(struct fg_build *b, const char *path, const json_t *
     struct fg_comp *old = fg_table_find(b->old, d->name, FG_SEC_BUDGETS);
     if (old != NULL && old->budget_opts.ratio == o.ratio &&
         old->budget_opts.min_per_sec == o.min_per_sec && old->budget_opts.ttl_ns == o.ttl_ns) {
-        fg_comp_ref(old);
-        d->comp = old;
-        d->ok = 1;
+        fg_def_keep(d, old);
         return;
     }
     struct fg_comp *c = fg_comp_new(d->name, FG_COMP_BUDGET);
@@ -1311,17 +1322,7 @@ static void fg_parse_budget(struct fg_build *b, const char *path, const json_t *
     }
     c->budget_opts = o;
     o.clock = b->clock;
-    int rc = fg_retry_budget_new(&o, &c->budget);
-    if (rc != 0) {
-        if (rc == FG_ENOMEM)
-            b->oom = 1;
-        else
-            fg_err(b, path, "options refused: %s", fg_strerror(rc));
-        fg_comp_unref(c);
-        return;
-    }
-    d->comp = c;
-    d->ok = 1;
+    fg_def_made(b, path, d, c, fg_retry_budget_new(&o, &c->budget), "");
 }
 
 static struct fg_def *fg_find_def(struct fg_build *b, const char *name, enum fg_section sect);
@@ -1420,9 +1421,7 @@ static void fg_parse_adaptive(struct fg_build *b, const char *path, const json_t
     /* Same name and options: the same limit, where it has moved to. */
     struct fg_comp *old = fg_table_find(b->old, d->name, FG_SEC_ADAPTIVE);
     if (old != NULL && fg_adaptive_same(&old->adaptive_opts, &o)) {
-        fg_comp_ref(old);
-        d->comp = old;
-        d->ok = 1;
+        fg_def_keep(d, old);
         return;
     }
     struct fg_comp *c = fg_comp_new(d->name, FG_COMP_ADAPTIVE);
@@ -1432,21 +1431,8 @@ static void fg_parse_adaptive(struct fg_build *b, const char *path, const json_t
     }
     c->adaptive_opts = o;
     o.clock = b->clock;
-    int rc = fg_adaptive_new(&o, &c->adaptive);
-    if (rc != 0) {
-        if (rc == FG_ENOMEM)
-            b->oom = 1;
-        else
-            fg_err(
-                b, path,
-                "options refused: %s (min <= initial <= max; smoothing above 0; backoff_ratio "
-                "below 1)",
-                fg_strerror(rc));
-        fg_comp_unref(c);
-        return;
-    }
-    d->comp = c;
-    d->ok = 1;
+    fg_def_made(b, path, d, c, fg_adaptive_new(&o, &c->adaptive),
+                " (min <= initial <= max; smoothing above 0; backoff_ratio below 1)");
 }
 
 #define RETRY_KEYS "attempts, backoff, max_backoff, multiplier, jitter, seed, budget"
@@ -1605,16 +1591,7 @@ static void fg_parse_fault(struct fg_build *b, const char *path, const json_t *v
     fg_stage *trial = NULL;
     int rc = fg_stage_fault(&c->fopts, d->name, &trial);
     fg_stage_unref(trial);
-    if (rc != 0) {
-        if (rc == FG_ENOMEM)
-            b->oom = 1;
-        else
-            fg_err(b, path, "options refused: %s", fg_strerror(rc));
-        fg_comp_unref(c);
-        return;
-    }
-    d->comp = c;
-    d->ok = 1;
+    fg_def_made(b, path, d, c, rc, "");
 }
 
 static void fg_parse_defs(struct fg_build *b, const char *section, const json_t *v,
