@@ -8,7 +8,9 @@
 
 #include "floodgate/ctx.h"
 #include "floodgate/error.h"
+#include "floodgate/stage.h"
 
+#include "alloc.h"
 #include "internal.h"
 
 /* RFC 9110 token characters: the set allowed in methods and field names
@@ -141,3 +143,49 @@ int fg_ctx_header(const fg_ctx *ctx, const char *name, fg_str *value) {
 }
 
 size_t fg_ctx_size(void) { return sizeof(fg_ctx); }
+
+/* ---- for bindings ---------------------------------------------------------------- */
+
+int fg_ctx_new(fg_ctx **out) {
+    if (out == NULL)
+        return FG_EINVAL;
+    *out = fg__calloc(1, sizeof(fg_ctx));
+    return *out ? 0 : FG_ENOMEM;
+}
+
+void fg_ctx_free(fg_ctx *ctx) { fg__free(ctx); }
+
+int fg_ctx_status(const fg_ctx *ctx) { return ctx ? ctx->status : FG_EINVAL; }
+
+const char *fg_ctx_route(const fg_ctx *ctx) { return ctx ? ctx->route : NULL; }
+
+const char *fg_ctx_target(const fg_ctx *ctx) { return ctx ? ctx->target : NULL; }
+
+const char *fg_ctx_rejected_by(const fg_ctx *ctx) {
+    return ctx && ctx->rejected_by ? fg_stage_name(ctx->rejected_by) : NULL;
+}
+
+uint64_t fg_ctx_retry_after(const fg_ctx *ctx) { return ctx ? ctx->retry_after_ns : 0; }
+
+uint64_t fg_ctx_delay(const fg_ctx *ctx) { return ctx ? ctx->delay_ns : 0; }
+
+int fg_ctx_trace_id(const fg_ctx *ctx, char *buf, size_t cap) {
+    static const char hex[] = "0123456789abcdef";
+    if (ctx == NULL || buf == NULL)
+        return FG_EINVAL;
+    if (cap < 33) {
+        if (cap > 0)
+            buf[0] = '\0';
+        return FG_ETOOLONG;
+    }
+    if (!ctx->trace.valid) {
+        buf[0] = '\0';
+        return FG_ENOTFOUND;
+    }
+    for (size_t i = 0; i < 16; i++) {
+        buf[2 * i] = hex[ctx->trace.trace_id[i] >> 4];
+        buf[2 * i + 1] = hex[ctx->trace.trace_id[i] & 0x0f];
+    }
+    buf[32] = '\0';
+    return 0;
+}

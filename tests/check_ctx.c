@@ -617,6 +617,84 @@ START_TEST(test_header_value_any_bytes) {
 }
 END_TEST
 
+static int ffi_ok_handler(fg_ctx *ctx, void *arg) {
+    (void)ctx;
+    (void)arg;
+    return 0;
+}
+
+/* The accessors bindings use read the same decision the struct holds. */
+START_TEST(test_ffi_accessors) {
+    static const char cfg[] =
+        "{\"version\":\"ffi\",\"limiters\":{\"one\":{\"rate\":\"1/s\",\"burst\":1}},"
+        "\"chain\":[\"trace\",{\"limiter\":\"one\"}],"
+        "\"routes\":[{\"name\":\"r\",\"match\":{\"path\":{\"prefix\":\"/\"}},"
+        "\"split\":{\"key\":{\"header\":\"u\"},\"targets\":[{\"name\":\"t\",\"weight\":1,"
+        "\"handler\":\"ok\"}]}}]}";
+    fg_registry *reg;
+    fg_runtime *rt;
+    fg_ctx *ctx = NULL;
+    char id[33];
+    fg_ctx stack_ctx;
+
+    ck_assert_int_eq(fg_ctx_new(NULL), FG_EINVAL);
+    ck_assert_int_eq(fg_ctx_new(&ctx), 0);
+    ck_assert_ptr_nonnull(ctx);
+    ck_assert_int_eq(fg_ctx_status(ctx), 0);
+    ck_assert_ptr_null(fg_ctx_route(ctx));
+    ck_assert_int_eq(fg_ctx_trace_id(ctx, id, sizeof(id)), FG_ENOTFOUND);
+    ck_assert_str_eq(id, "");
+
+    ck_assert_int_eq(fg_registry_new(&reg), 0);
+    ck_assert_int_eq(fg_registry_add_handler(reg, "ok", ffi_ok_handler, NULL), 0);
+    ck_assert_int_eq(fg_runtime_new(&rt), 0);
+    ck_assert_int_eq(fg_runtime_load_json(rt, reg, cfg, strlen(cfg), NULL), 0);
+
+    ck_assert_int_eq(fg_ctx_init(ctx, "GET", "/a"), 0);
+    ck_assert_int_eq(fg_ctx_add_header(ctx, "u", "alice"), 0);
+    ck_assert_int_eq(fg_runtime_call(rt, ctx, NULL, NULL), 0);
+    ck_assert_int_eq(fg_ctx_status(ctx), 0);
+    ck_assert_str_eq(fg_ctx_route(ctx), "r");
+    ck_assert_str_eq(fg_ctx_target(ctx), "t");
+    ck_assert_ptr_null(fg_ctx_rejected_by(ctx));
+    ck_assert_int_eq(fg_ctx_trace_id(ctx, id, sizeof(id)), 0);
+    ck_assert_uint_eq(strlen(id), 32);
+    ck_assert_int_eq(fg_ctx_trace_id(ctx, id, 32), FG_ETOOLONG);
+    {
+        char want[33];
+        th_tohex(ctx->trace.trace_id, 16, want);
+        ck_assert_int_eq(fg_ctx_trace_id(ctx, id, sizeof(id)), 0);
+        ck_assert_str_eq(id, want);
+    }
+
+    /* The bucket held one token: the next request is rejected by the limiter. */
+    ck_assert_int_eq(fg_ctx_init(ctx, "GET", "/a"), 0);
+    ck_assert_int_eq(fg_runtime_call(rt, ctx, NULL, NULL), FG_ELIMITED);
+    ck_assert_int_eq(fg_ctx_status(ctx), FG_ELIMITED);
+    ck_assert_str_eq(fg_ctx_rejected_by(ctx), "one");
+    ck_assert_uint_gt(fg_ctx_retry_after(ctx), 0);
+    ck_assert_uint_eq(fg_ctx_retry_after(ctx), ctx->retry_after_ns);
+    ck_assert_uint_eq(fg_ctx_delay(ctx), 0);
+
+    /* A stack ctx reads the same way; NULL is answered, not crashed on. */
+    ck_assert_int_eq(fg_ctx_init(&stack_ctx, "GET", "/"), 0);
+    ck_assert_uint_eq(fg_ctx_delay(&stack_ctx), 0);
+    ck_assert_int_eq(fg_ctx_status(NULL), FG_EINVAL);
+    ck_assert_ptr_null(fg_ctx_route(NULL));
+    ck_assert_ptr_null(fg_ctx_target(NULL));
+    ck_assert_ptr_null(fg_ctx_rejected_by(NULL));
+    ck_assert_uint_eq(fg_ctx_retry_after(NULL), 0);
+    ck_assert_uint_eq(fg_ctx_delay(NULL), 0);
+    ck_assert_int_eq(fg_ctx_trace_id(NULL, id, sizeof(id)), FG_EINVAL);
+    ck_assert_int_eq(fg_ctx_trace_id(ctx, NULL, 33), FG_EINVAL);
+
+    fg_runtime_free(rt);
+    fg_registry_free(reg);
+    fg_ctx_free(ctx);
+    fg_ctx_free(NULL);
+}
+END_TEST
+
 Suite *fg_suite_ctx(void) {
     Suite *s = suite_create("ctx");
     TCase *tc;
@@ -657,6 +735,10 @@ Suite *fg_suite_ctx(void) {
     tcase_add_test(tc, test_header_value_length_bound);
     tcase_add_test(tc, test_header_value_any_bytes);
     tcase_add_test(tc, test_header_after_enter);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("bindings");
+    tcase_add_test(tc, test_ffi_accessors);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("header_name_token");

@@ -200,6 +200,61 @@ FG_API int fg_ctx_header_n(const fg_ctx *ctx, const char *name, size_t name_len,
  */
 FG_API size_t fg_ctx_size(void);
 
+/* ---- for bindings: a ctx on the heap and its decision, without the layout ---- */
+
+/*
+ * fg_ctx_new / fg_ctx_free - a ctx allocated by the library (through
+ * fg_set_alloc_funcs' functions), for callers that cannot embed struct
+ * fg_ctx (Python's ctypes, other FFIs). The new ctx is zeroed and must
+ * still be prepared with fg_ctx_init before each request; it may be reused
+ * for any number of requests, one at a time. fg_ctx_free(NULL) does
+ * nothing.
+ *
+ * Returns: 0 and *out; FG_EINVAL for NULL out; FG_ENOMEM.
+ * Ownership: the caller owns *out. A ctx must not be freed while it is
+ * inside a chain (between an admitted enter and its exit).
+ * Thread-safety: MT-safe.
+ */
+FG_API int fg_ctx_new(fg_ctx **out);
+FG_API void fg_ctx_free(fg_ctx *ctx);
+
+/*
+ * fg_ctx_status - ctx->status: 0 while admitted or when the handler
+ * succeeded, else the rejection or failure code. FG_EINVAL for NULL.
+ * Thread-safety: as any read of the ctx: the thread that owns it.
+ */
+FG_API int fg_ctx_status(const fg_ctx *ctx);
+
+/*
+ * fg_ctx_route / fg_ctx_target - the names of the route and the split
+ * target the router chose (ctx->route, ctx->target); fg_ctx_rejected_by -
+ * the name of the stage that rejected (fg_stage_name of ctx->rejected_by).
+ * Returns: the name, valid while the chain that served the request lives
+ * (with a runtime: until the request's exit, or its rejection, plus any
+ * later reload); NULL when there is none or ctx is NULL.
+ * Thread-safety: as fg_ctx_status.
+ */
+FG_API const char *fg_ctx_route(const fg_ctx *ctx);
+FG_API const char *fg_ctx_target(const fg_ctx *ctx);
+FG_API const char *fg_ctx_rejected_by(const fg_ctx *ctx);
+
+/*
+ * fg_ctx_retry_after - ctx->retry_after_ns, a rejecting stage's hint (0:
+ * none); fg_ctx_delay - ctx->delay_ns, how long after enter an admitted
+ * request should start. 0 for NULL. Thread-safety: as fg_ctx_status.
+ */
+FG_API uint64_t fg_ctx_retry_after(const fg_ctx *ctx);
+FG_API uint64_t fg_ctx_delay(const fg_ctx *ctx);
+
+/*
+ * fg_ctx_trace_id - this hop's trace id as 32 lowercase hex digits and a
+ * NUL into buf (at least 33 bytes), once a trace stage has run.
+ * Returns: 0; FG_ENOTFOUND when the ctx has no trace (buf then holds "");
+ * FG_EINVAL for NULL arguments; FG_ETOOLONG when cap < 33.
+ * Thread-safety: as fg_ctx_status.
+ */
+FG_API int fg_ctx_trace_id(const fg_ctx *ctx, char *buf, size_t cap);
+
 FG_END_DECLS
 
 #endif /* FLOODGATE_CTX_H */
