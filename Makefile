@@ -5,7 +5,9 @@
 #   make check SANITIZE=1  the same under AddressSanitizer + UBSan (build/asan/)
 #   make check TSAN=1    the same under ThreadSanitizer (build/tsan/)
 #   make bench           optimised benchmarks, one line per figure
-#   make demo            build and run the demo
+#   make demo            the HTTP gateway example under load, with a report (KEEP=1 keeps it up)
+#   make loadtest        wrk against the gateway: bare, with floodgate, behind nginx
+#   make docs            the API reference (Doxygen) in build/docs/, warning-free
 #   make lint            format check, clang-tidy, cppcheck: zero findings
 #   make install PREFIX=/usr/local [DESTDIR=...]   and   make uninstall
 #
@@ -85,15 +87,19 @@ SHARED := $(B)/libfloodgate.so.$(VERSION)
 ifeq ($(FG_NO_DEPS),1)
 DEPS_STEP :=
 PROMTOOL_STEP :=
+LANG_STEP :=
 else
 DEPS_STEP := deps
 PROMTOOL_STEP := deps-promtool
+LANG_STEP := deps-lang
 endif
 
-.PHONY: fuzz fuzz-build
+.PHONY: fuzz fuzz-build loadtest docs
 TOOL := $(B)/tools/floodgate
+GATEWAY := $(B)/examples/gateway
+LOADGEN := $(B)/examples/loadgen
 
-.PHONY: all lib tools deps deps-lint deps-promtool check test-unit test-shell bench bench-run \
+.PHONY: all lib tools deps deps-lint deps-promtool deps-lang check test-unit test-shell bench bench-run \
         examples demo install uninstall lint format format-check tidy cppcheck clean
 
 all: lib tools
@@ -108,6 +114,9 @@ deps-lint:
 
 deps-promtool:
 	@scripts/deps.sh promtool
+
+deps-lang:
+	@scripts/deps.sh lang
 
 $(B)/lib/%.o: lib/%.c $(HEADERS) $(wildcard lib/*.h) | $(DEPS_STEP)
 	@mkdir -p $(dir $@)
@@ -163,14 +172,21 @@ test-unit: $(B)/tests/check_floodgate
 # --metrics`; promtool from scripts/deps.sh promtool) and a quick benchmark
 # run that checks every figure is printed in the stable format
 # (replay_throughput too, from bench/replay.sh on a small trace through $(TOOL)).
+#
+# The gateway example runs in every variant (its bad-input test under ASan
+# and its worker pool under TSan too); the Python and Go bindings' tests in
+# release only (they load or link the plain library).
 ifeq ($(VARIANT),release)
-test-shell: $(B)/tests/prom_sample | $(PROMTOOL_STEP)
+test-shell: $(B)/tests/prom_sample | $(PROMTOOL_STEP) $(LANG_STEP)
 endif
-test-shell: lib $(TOOL)
+test-shell: lib $(TOOL) $(GATEWAY) $(LOADGEN)
 	sh tests/test_exports.sh $(B)/libfloodgate.so $(VARIANT)
 	sh tests/test_cli.sh $(TOOL)
 	sh tests/test_headers.sh
+	sh tests/test_gateway.sh $(GATEWAY) $(LOADGEN) $(VARIANT)
 ifeq ($(VARIANT),release)
+	sh tests/test_python.sh $(B)
+	sh tests/test_go.sh $(B)
 	sh tests/test_install.sh
 	FG_NO_DEPS=$(FG_NO_DEPS) sh tests/test_promtool.sh $(B)/tests/prom_sample $(TOOL)
 	$(MAKE) --no-print-directory $(B)/bench/bench
@@ -183,10 +199,45 @@ $(B)/examples/%: examples/%.c $(STATIC) $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(APP_CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(DEP_LIBS)
 
-examples: $(EXAMPLES:%=$(B)/examples/%)
+examples: $(EXAMPLES:%=$(B)/examples/%) $(GATEWAY) $(LOADGEN)
 
-demo: examples
-	$(B)/examples/hello
+# ---- the HTTP gateway (examples/gateway/): demo, load test ------------------------
+#
+# The gateway embeds examples/gateway/floodgate.json as its default config
+# (scripts/embed.sh turns it into a C string at build time).
+GW_CFLAGS = $(shell $(PKG_CONFIG) --cflags libevent libevent_pthreads)
+GW_LIBS = $(shell $(PKG_CONFIG) --libs libevent libevent_pthreads)
+GATEWAY_SRCS := examples/gateway/gateway.c examples/gateway/backends.c
+GATEWAY_HDRS := $(wildcard examples/gateway/*.h)
+
+$(B)/examples/gateway_config.h: examples/gateway/floodgate.json scripts/embed.sh
+	@mkdir -p $(dir $@)
+	sh scripts/embed.sh fg_gateway_default_config $< > $@
+
+$(GATEWAY): $(GATEWAY_SRCS) $(GATEWAY_HDRS) $(B)/examples/gateway_config.h $(STATIC) $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(APP_CFLAGS) $(GW_CFLAGS) -I$(B)/examples $(LDFLAGS) -o $@ $(GATEWAY_SRCS) \
+	    $(STATIC) $(GW_LIBS) $(DEP_LIBS)
+
+$(LOADGEN): examples/gateway/loadgen.c
+	@mkdir -p $(dir $@)
+	$(CC) $(APP_CFLAGS) $(LDFLAGS) -o $@ $< -lpthread -lm
+
+# KEEP=1 leaves the gateway running after the report (stop it with Ctrl-C).
+demo: $(GATEWAY) $(LOADGEN)
+	@KEEP=$(KEEP) sh examples/gateway/demo.sh $(GATEWAY) $(LOADGEN)
+
+# Always the optimised build; wrk and nginx from scripts/deps.sh loadtest.
+loadtest:
+	@scripts/deps.sh loadtest
+	@$(MAKE) --no-print-directory SANITIZE= TSAN= build/release/examples/gateway
+	sh examples/gateway/loadtest.sh build/release/examples/gateway
+
+# ---- the API reference ----------------------------------------------------------
+
+docs:
+	@scripts/deps.sh docs
+	sh scripts/docs.sh
 
 # ---- benchmarks: always the optimised build, never sanitizers -----------------
 
@@ -283,8 +334,9 @@ uninstall:
 # ---- lint --------------------------------------------------------------------
 
 FORMAT_FILES = $(wildcard include/*.h include/floodgate/*.h lib/*.c lib/*.h tests/*.c \
-                 tests/*.h tests/*.cpp tests/fuzz/*.c bench/*.c bench/*.h examples/*.c tools/*.c)
-TIDY_FILES = $(wildcard lib/*.c bench/*.c examples/*.c tools/*.c)
+                 tests/*.h tests/*.cpp tests/fuzz/*.c bench/*.c bench/*.h examples/*.c \
+                 examples/gateway/*.c examples/gateway/*.h tools/*.c)
+TIDY_FILES = $(wildcard lib/*.c bench/*.c examples/*.c examples/gateway/*.c tools/*.c)
 
 lint: format-check tidy cppcheck
 
@@ -294,8 +346,8 @@ format:
 format-check: | deps-lint
 	$(CLANG_FORMAT) --dry-run --Werror $(FORMAT_FILES)
 
-tidy: | deps-lint deps
-	$(CLANG_TIDY) --quiet $(TIDY_FILES) -- $(STD) -Iinclude -Ilib $(DEP_CFLAGS)
+tidy: $(B)/examples/gateway_config.h | deps-lint deps
+	$(CLANG_TIDY) --quiet $(TIDY_FILES) -- $(STD) -Iinclude -Ilib -I$(B)/examples $(DEP_CFLAGS)
 
 cppcheck: | deps-lint
 	$(CPPCHECK) --quiet --error-exitcode=1 --std=c11 --inline-suppr \

@@ -1,13 +1,18 @@
 #!/bin/sh
 # scripts/deps.sh - install the Debian packages floodgate needs, only if missing.
 #
-# Usage: scripts/deps.sh [build|lint|promtool|peers|all]
-#   build: pkg-config, Concurrency Kit, jansson, Check (what `make` and `make check` need)
+# Usage: scripts/deps.sh [build|lint|promtool|peers|lang|loadtest|docs|all]
+#   build: pkg-config, Concurrency Kit, jansson, Check, libevent (what `make`,
+#          `make demo` and `make check` need; libevent only for the gateway example)
 #   lint:  clang-tidy, cppcheck, clang-format (what `make lint` needs)
 #   promtool: Prometheus's promtool, which `make check` (release) runs on the
 #          metrics exposition (tests/test_promtool.sh)
 #   peers: Go and golang.org/x/time/rate, used offline in GOPATH mode by
-#          `make bench-peers` (never by `make check`)
+#          `make bench-peers`
+#   lang:  Python 3 and the same Go packages, for the Python and Go bindings'
+#          tests that release `make check` runs (examples/python, examples/go)
+#   loadtest: wrk and nginx, for `make loadtest`
+#   docs:  Doxygen, for `make docs`
 # It asks pkg-config (or the PATH, for tools) first and calls apt-get only for
 # what is really missing. When not run as root it prints the command to run.
 set -eu
@@ -35,6 +40,7 @@ build | all)
     need_pc ck libck-dev
     need_pc jansson libjansson-dev
     need_pc check check
+    need_pc libevent libevent-dev
     ;;
 esac
 case "$want" in
@@ -50,9 +56,25 @@ promtool | all)
     ;;
 esac
 case "$want" in
-peers | all)
+peers | lang | all)
     need_cmd go golang-go
     need_dir /usr/share/gocode/src/golang.org/x/time/rate golang-golang-x-time-dev
+    ;;
+esac
+case "$want" in
+lang | all)
+    need_cmd python3 python3
+    ;;
+esac
+case "$want" in
+loadtest | all)
+    need_cmd wrk wrk
+    [ -x /usr/sbin/nginx ] || need_cmd nginx nginx
+    ;;
+esac
+case "$want" in
+docs | all)
+    need_cmd doxygen doxygen
     ;;
 esac
 
