@@ -40,6 +40,7 @@ int fg_ctx_init_n(fg_ctx *ctx, const char *method, size_t method_len, const char
     ctx->priv.route_target = NULL;
     ctx->priv.snapshot = NULL;
     __atomic_store_n(&ctx->priv.canceled, 0, __ATOMIC_RELAXED);
+    ctx->priv.rejected_name = NULL;
     ctx->route = NULL;
     ctx->target = NULL;
     ctx->nparams = 0;
@@ -162,7 +163,34 @@ const char *fg_ctx_route(const fg_ctx *ctx) { return ctx ? ctx->route : NULL; }
 const char *fg_ctx_target(const fg_ctx *ctx) { return ctx ? ctx->target : NULL; }
 
 const char *fg_ctx_rejected_by(const fg_ctx *ctx) {
-    return ctx && ctx->rejected_by ? fg_stage_name(ctx->rejected_by) : NULL;
+    if (ctx == NULL || ctx->rejected_by == NULL)
+        return NULL;
+    return ctx->priv.rejected_name ? ctx->priv.rejected_name : fg_stage_name(ctx->rejected_by);
+}
+
+/* Copy name (at most 128 bytes: route, target and stage names are bounded
+ * so) into slot and return the copy; NULL stays NULL. */
+static const char *fg_ctx_keep_name(fg_ctx *ctx, int slot, const char *name) {
+    if (name == NULL)
+        return NULL;
+    char *dst = ctx->priv.names[slot];
+    if (name == dst)
+        return dst; /* kept already */
+    size_t n = strnlen(name, sizeof(ctx->priv.names[slot]) - 1);
+    memcpy(dst, name, n);
+    dst[n] = '\0';
+    return dst;
+}
+
+void fg__ctx_keep_names(fg_ctx *ctx) {
+    if (ctx->priv.state != FG_CTX_FINISHED)
+        return; /* refused before it began: the fields were never written */
+    ctx->route = fg_ctx_keep_name(ctx, 0, ctx->route);
+    ctx->target = fg_ctx_keep_name(ctx, 1, ctx->target);
+    if (ctx->rejected_by != NULL)
+        ctx->priv.rejected_name = fg_ctx_keep_name(
+            ctx, 2, ctx->priv.rejected_name ? ctx->priv.rejected_name
+                                            : fg_stage_name(ctx->rejected_by));
 }
 
 uint64_t fg_ctx_retry_after(const fg_ctx *ctx) { return ctx ? ctx->retry_after_ns : 0; }

@@ -36,6 +36,10 @@ struct fg_stage {
  * case-insensitively, as HTTP field names compare. */
 int fg__is_tchar(unsigned char c);
 int fg__is_token(const char *s, size_t len);
+/* Copy the ctx's route, target and rejecting stage names into the ctx itself
+ * and point at the copies, so they outlive the chain (lib/ctx.c; the runtime
+ * calls it as a request finishes). */
+void fg__ctx_keep_names(fg_ctx *ctx);
 int fg__name_equal(const fg_str *a, const char *b, size_t blen);
 
 /* Trace helpers (lib/trace.c): lowercase hex of n bytes into 2n chars (no

@@ -271,6 +271,10 @@ int fg_runtime_call(fg_runtime *rt, fg_ctx *ctx, fg_handler_fn handler, void *ar
     ck_epoch_begin(rec, NULL);
     struct fg_snapshot *s = fg_rt_current(rt);
     int rc = s ? fg_chain_call(s->chain, ctx, handler, arg) : FG_ESTATE;
+    /* A reload during the call may free s soon after the section ends:
+     * keep the names the ctx points at (fg_ctx_route). */
+    if (s != NULL && fg_rt_current(rt) != s)
+        fg__ctx_keep_names(ctx);
     FG_TSAN_RELEASE(&rt->epoch);
     ck_epoch_end(rec, NULL);
     return rc;
@@ -294,10 +298,14 @@ int fg_runtime_enter(fg_runtime *rt, fg_ctx *ctx) {
     if (s == NULL)
         return FG_ESTATE;
     int rc = fg_chain_enter(s->chain, ctx);
-    if (rc == 0)
+    if (rc == 0) {
         ctx->priv.snapshot = s;
-    else
-        fg_snapshot_unref(s); /* rejected (finished) or refused: no exit follows */
+    } else {
+        /* Rejected (finished) or refused: no exit follows, and the names
+         * must outlive the reference (fg_ctx_route). */
+        fg__ctx_keep_names(ctx);
+        fg_snapshot_unref(s);
+    }
     return rc;
 }
 
@@ -309,6 +317,7 @@ int fg_runtime_exit(fg_runtime *rt, fg_ctx *ctx, int status) {
         return FG_ESTATE;
     int rc = fg_chain_exit(s->chain, ctx, status);
     if (rc == 0) {
+        fg__ctx_keep_names(ctx);
         ctx->priv.snapshot = NULL;
         fg_snapshot_unref(s);
     }

@@ -695,6 +695,90 @@ START_TEST(test_ffi_accessors) {
 }
 END_TEST
 
+struct ffi_reload {
+    fg_runtime *rt;
+    fg_registry *reg;
+};
+
+static const char ffi_cfg_a[] =
+    "{\"version\":\"a\",\"limiters\":{\"one\":{\"rate\":\"1/h\",\"burst\":1}},"
+    "\"chain\":[{\"limiter\":\"one\"}],"
+    "\"routes\":[{\"name\":\"route-a\",\"handler\":\"reload\"}]}";
+static const char ffi_cfg_b[] =
+    "{\"version\":\"b\",\"limiters\":{\"one\":{\"rate\":\"1/h\",\"burst\":1}},"
+    "\"chain\":[{\"limiter\":\"one\"}],"
+    "\"routes\":[{\"name\":\"route-b\",\"handler\":\"reload\"}]}";
+
+static const char ffi_cfg_c[] =
+    "{\"version\":\"c\",\"chain\":[],\"routes\":[{\"name\":\"route-c\",\"handler\":\"reload\"}]}";
+
+/* Reload twice from inside the handler: the first swap retires the chain the
+ * request runs on, the second one's poll may free it once the call is over. */
+static int ffi_reload_handler(fg_ctx *ctx, void *arg) {
+    struct ffi_reload *r = arg;
+    (void)ctx;
+    if (fg_runtime_load_json(r->rt, r->reg, ffi_cfg_b, strlen(ffi_cfg_b), NULL) != 0)
+        return -4242;
+    return fg_runtime_load_json(r->rt, r->reg, ffi_cfg_a, strlen(ffi_cfg_a), NULL) == 0 ? 0
+                                                                                       : -4243;
+}
+
+static void ffi_reload_twice(struct ffi_reload *r) {
+    ck_assert_int_eq(fg_runtime_load_json(r->rt, r->reg, ffi_cfg_b, strlen(ffi_cfg_b), NULL), 0);
+    ck_assert_int_eq(fg_runtime_load_json(r->rt, r->reg, ffi_cfg_a, strlen(ffi_cfg_a), NULL), 0);
+    ck_assert_int_eq(fg_runtime_load_json(r->rt, r->reg, ffi_cfg_b, strlen(ffi_cfg_b), NULL), 0);
+}
+
+/* Names read after a request finished stay valid across the reloads that
+ * free its chain (an AddressSanitizer build sees any read of freed memory). */
+START_TEST(test_names_outlive_reload) {
+    struct ffi_reload r;
+    fg_ctx *ctx;
+    char before[64];
+
+    ck_assert_int_eq(fg_ctx_new(&ctx), 0);
+    ck_assert_int_eq(fg_registry_new(&r.reg), 0);
+    ck_assert_int_eq(fg_registry_add_handler(r.reg, "reload", ffi_reload_handler, &r), 0);
+    ck_assert_int_eq(fg_runtime_new(&r.rt), 0);
+    ck_assert_int_eq(fg_runtime_load_json(r.rt, r.reg, ffi_cfg_a, strlen(ffi_cfg_a), NULL), 0);
+
+    /* Split API: admitted, reloads while in flight, exit frees the old chain. */
+    ck_assert_int_eq(fg_ctx_init(ctx, "GET", "/"), 0);
+    ck_assert_int_eq(fg_runtime_enter(r.rt, ctx), 0);
+    ck_assert_str_eq(fg_ctx_route(ctx), "route-a");
+    ffi_reload_twice(&r);
+    ck_assert_int_eq(fg_runtime_exit(r.rt, ctx, 0), 0);
+    ffi_reload_twice(&r);
+    ck_assert_str_eq(fg_ctx_route(ctx), "route-a");
+    ck_assert_str_eq(fg_ctx_target(ctx), "route-a");
+
+    /* Split API, rejected: the limiter (carried by name) has no token left. */
+    ck_assert_int_eq(fg_ctx_init(ctx, "GET", "/"), 0);
+    ck_assert_int_eq(fg_runtime_enter(r.rt, ctx), FG_ELIMITED);
+    snprintf(before, sizeof(before), "%s", fg_ctx_rejected_by(ctx));
+    ffi_reload_twice(&r);
+    ck_assert_str_eq(fg_ctx_rejected_by(ctx), before);
+    ck_assert_str_eq(fg_ctx_rejected_by(ctx), "one");
+
+    /* Sync call, reloaded during the call: names kept before the chain goes. */
+    ck_assert_int_eq(fg_runtime_load_json(r.rt, r.reg, ffi_cfg_c, strlen(ffi_cfg_c), NULL), 0);
+    ck_assert_int_eq(fg_ctx_init(ctx, "GET", "/"), 0);
+    ck_assert_int_eq(fg_runtime_call(r.rt, ctx, NULL, NULL), 0);
+    ffi_reload_twice(&r);
+    ck_assert_str_eq(fg_ctx_route(ctx), "route-c");
+    ck_assert_ptr_eq(fg_ctx_route(ctx), ctx->route);
+
+    /* fg_ctx_init forgets them. */
+    ck_assert_int_eq(fg_ctx_init(ctx, "GET", "/"), 0);
+    ck_assert_ptr_null(fg_ctx_route(ctx));
+    ck_assert_ptr_null(fg_ctx_rejected_by(ctx));
+
+    fg_runtime_free(r.rt);
+    fg_registry_free(r.reg);
+    fg_ctx_free(ctx);
+}
+END_TEST
+
 Suite *fg_suite_ctx(void) {
     Suite *s = suite_create("ctx");
     TCase *tc;
@@ -739,6 +823,7 @@ Suite *fg_suite_ctx(void) {
 
     tc = tcase_create("bindings");
     tcase_add_test(tc, test_ffi_accessors);
+    tcase_add_test(tc, test_names_outlive_reload);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("header_name_token");

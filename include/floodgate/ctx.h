@@ -106,7 +106,9 @@ typedef struct fg_ctx {
     fg_header headers[FG_CTX_MAX_HEADERS];
     /* Written by the router (floodgate/router.h) when it has chosen: the
      * route's and target's names (NULL before), and the path parameters of
-     * a pattern route, name without its ':' or '*', value borrowing path. */
+     * a pattern route, name without its ':' or '*', value borrowing path.
+     * The names belong to the chain; once a request through a runtime has
+     * finished (see fg_ctx_route) they point at copies inside the ctx. */
     const char *route;
     const char *target;
     uint32_t nparams;
@@ -119,6 +121,12 @@ typedef struct fg_ctx {
         const void *route_target; /* the router's chosen target */
         void *snapshot;           /* the runtime snapshot a split request holds */
         uint32_t canceled;        /* atomic: fg_ctx_cancel (floodgate/deadline.h) */
+        const char *rejected_name; /* the rejecting stage's name, once kept */
+        /* The route, target and rejecting stage names, copied when a request
+         * through a runtime finishes (they would otherwise die with its chain
+         * at the next reload); 128 bytes each (FG_ROUTE_NAME_MAX,
+         * FG_STAGE_NAME_MAX) and a NUL. */
+        char names[3][129];
         fg_ctx_frame frames[FG_CTX_MAX_DEPTH];
     } priv;
 } fg_ctx;
@@ -229,9 +237,21 @@ FG_API int fg_ctx_status(const fg_ctx *ctx);
  * fg_ctx_route / fg_ctx_target - the names of the route and the split
  * target the router chose (ctx->route, ctx->target); fg_ctx_rejected_by -
  * the name of the stage that rejected (fg_stage_name of ctx->rejected_by).
- * Returns: the name, valid while the chain that served the request lives
- * (with a runtime: until the request's exit, or its rejection, plus any
- * later reload); NULL when there is none or ctx is NULL.
+ *
+ * How long a name stays valid: during the request (stages, handler,
+ * fallback), always. After it, a chain's names live as long as the chain;
+ * a runtime (floodgate/runtime.h) may free an old chain at any reload, so
+ * when a request through a runtime finishes, the runtime copies the names
+ * into the ctx first: after fg_runtime_enter rejected, after
+ * fg_runtime_exit, and after an fg_runtime_call during which a reload
+ * happened. They then stay valid until the ctx is initialised again or
+ * freed. (One gap: after an fg_runtime_call that no reload overlapped,
+ * the names are the chain's and outlive the call until the second reload
+ * after it; read them in the handler or fallback, or use the split API, if
+ * reloads may be that frequent.) ctx->rejected_by itself is the stage and
+ * lives as the chain does; prefer fg_ctx_rejected_by after the request.
+ *
+ * Returns: the name; NULL when there is none or ctx is NULL.
  * Thread-safety: as fg_ctx_status.
  */
 FG_API const char *fg_ctx_route(const fg_ctx *ctx);
