@@ -802,7 +802,8 @@ static fg_breaker_result fg_default_classify(const fg_outcome *o) {
     case FG_OUTCOME_OK:
         return FG_BREAKER_SUCCESS;
     case FG_OUTCOME_FAILED:
-        return FG_BREAKER_FAILURE;
+        /* A caller that hung up or gave up says nothing about the dependency. */
+        return o->code == FG_ECANCELED ? FG_BREAKER_IGNORE : FG_BREAKER_FAILURE;
     default:
         return FG_BREAKER_IGNORE; /* a later stage said no: not the dependency */
     }

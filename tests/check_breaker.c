@@ -2617,6 +2617,31 @@ START_TEST(test_stage_later_rejection) {
 }
 END_TEST
 
+/* By default a canceled request (the caller went away) is not counted
+ * against the dependency; other failures are. */
+START_TEST(test_stage_canceled_ignored) {
+    fg_breaker_options o = FG_BREAKER_OPTIONS_INIT;
+    o.consecutive_failures = 2;
+    brig r;
+    fg_ctx ctx;
+    brig_make(&r, o, NULL, NULL, 1);
+
+    r.h.rc = FG_ECANCELED;
+    for (int i = 0; i < 5; i++)
+        ck_assert_int_eq(brig_call(&r, &ctx), FG_ECANCELED);
+    STATE_EQ(r.b, CLOSED);
+    fg_breaker_stats s = snap(r.b, T0);
+    ck_assert_uint_eq(s.window_calls, 0);
+    ck_assert_uint_eq(s.consecutive_failures, 0);
+
+    r.h.rc = FG_EHANDLER;
+    ck_assert_int_eq(brig_call(&r, &ctx), FG_EHANDLER);
+    ck_assert_int_eq(brig_call(&r, &ctx), FG_EHANDLER);
+    STATE_EQ(r.b, OPEN);
+    brig_free(&r);
+}
+END_TEST
+
 /* A classifier sees every outcome (with the ctx, the latency, the
  * rejecting stage and its arg) and decides what counts. */
 typedef struct crec {
@@ -3295,6 +3320,7 @@ Suite *fg_suite_breaker(void) {
     tcase_add_test(tc, test_stage_call);
     tcase_add_test(tc, test_stage_split);
     tcase_add_test(tc, test_stage_later_rejection);
+    tcase_add_test(tc, test_stage_canceled_ignored);
     tcase_add_test(tc, test_stage_classifier);
     tcase_add_test(tc, test_stage_slow);
     suite_add_tcase(s, tc);

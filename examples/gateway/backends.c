@@ -14,6 +14,17 @@ static void gw_sleep_ns(uint64_t ns) {
     }
 }
 
+/* Sleep up to ns, in 5 ms steps, ending early when the request is canceled
+ * (its client went away). Returns nonzero when canceled. */
+static int gw_work(fg_ctx *ctx, uint64_t ns) {
+    while (ns > 0 && !fg_ctx_canceled(ctx)) {
+        uint64_t step = ns < 5000000u ? ns : 5000000u;
+        gw_sleep_ns(step);
+        ns -= step;
+    }
+    return fg_ctx_canceled(ctx);
+}
+
 static uint64_t gw_now_ns(void) { return fg_clock_monotonic_now(NULL); }
 
 /* splitmix64 of a shared counter: cheap, thread-safe dice. */
@@ -104,12 +115,14 @@ static int gw_payments(fg_ctx *ctx, void *arg) {
                          (int)id.len, id.ptr);
     if (dice < 90) {
         uint64_t left = fg_ctx_time_left(ctx);
-        gw_sleep_ns(left < 400000000u ? left : 400000000u);
+        if (gw_work(ctx, left < 400000000u ? left : 400000000u))
+            return FG_ECANCELED;
         gw_answer(ctx, 504, "{\"payment\":\"%.*s\",\"error\":\"backend too slow\"}\n",
                   (int)id.len, id.ptr);
         return FG_ETIMEDOUT;
     }
-    gw_sleep_ns(150000000u);
+    if (gw_work(ctx, 150000000u))
+        return FG_ECANCELED;
     return gw_answer(ctx, 200, "{\"payment\":\"%.*s\",\"status\":\"ok\",\"slow\":true}\n",
                      (int)id.len, id.ptr);
 }

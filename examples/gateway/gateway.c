@@ -40,7 +40,9 @@
 
 #include <ck_ring.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
+#include <event2/event_struct.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <event2/thread.h>
@@ -92,6 +94,8 @@ struct gw_slot {
     int state;          /* enum gw_slot_state; loop thread only */
     int admitted;       /* entered the runtime: an exit is owed */
     uint64_t start_ns;
+    struct event close_ev; /* the client hanging up while in flight */
+    int close_armed;
     struct gw_slot *next_free;
     char method[16];
 };
@@ -382,11 +386,36 @@ static void gw_slot_put(struct gw_server *srv, struct gw_slot *slot) {
     srv->in_flight--;
 }
 
+/* The client hung up while its request was in flight (EV_CLOSED on its
+ * socket): cancel it, so the chain, and a backend that checks
+ * fg_ctx_canceled, stop early. The answer then goes nowhere (libevent frees
+ * the request when it is sent). */
+static void gw_on_hangup(evutil_socket_t fd, short what, void *arg) {
+    struct gw_slot *slot = arg;
+    (void)fd;
+    (void)what;
+    slot->close_armed = 0;
+    fg_ctx_cancel(&slot->ctx);
+}
+
+static void gw_watch_hangup(struct gw_server *srv, struct gw_slot *slot) {
+    struct evhttp_connection *evcon = evhttp_request_get_connection(slot->req);
+    struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+    if (fd < 0 || event_assign(&slot->close_ev, srv->base, fd, EV_CLOSED, gw_on_hangup, slot) != 0)
+        return;
+    slot->close_armed = event_add(&slot->close_ev, NULL) == 0;
+}
+
 /* The backend has run (or the request is being abandoned): exit the chain
  * and answer. Loop thread. */
 static void gw_finish(struct gw_server *srv, struct gw_slot *slot, int result) {
     fg_ctx *ctx = &slot->ctx;
     int code = result;
+    if (slot->close_armed) {
+        event_del(&slot->close_ev);
+        slot->close_armed = 0;
+    }
     if (slot->admitted) {
         (void)fg_runtime_exit(srv->rt, ctx, result);
         code = fg_ctx_status(ctx);
@@ -623,6 +652,7 @@ static void gw_on_request(struct evhttp_request *req, void *arg) {
         return;
     }
     slot->admitted = 1;
+    gw_watch_hangup(srv, slot);
     uint64_t delay = fg_ctx_delay(&slot->ctx);
     if (delay > 0) {
         /* A smoothing limiter reserved a later start: wait on the loop, not

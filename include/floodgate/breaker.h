@@ -45,8 +45,10 @@
 
 FG_BEGIN_DECLS
 
+/* A circuit breaker (opaque): fg_breaker_new makes one. */
 typedef struct fg_breaker fg_breaker;
 
+/* A breaker's state. */
 typedef enum fg_breaker_state_kind {
     FG_BREAKER_CLOSED = 0,
     FG_BREAKER_OPEN = 1,
@@ -64,6 +66,7 @@ typedef enum fg_breaker_mode {
     FG_BREAKER_DISABLED = 3,
 } fg_breaker_mode;
 
+/* How the closed state's sliding window is measured. */
 typedef enum fg_breaker_window_kind {
     FG_BREAKER_WINDOW_COUNT = 0, /* the last window_size calls */
     FG_BREAKER_WINDOW_TIME = 1,  /* the last window_ns, in window_buckets buckets */
@@ -89,9 +92,12 @@ typedef enum fg_breaker_reason {
     FG_BREAKER_REASON_RESET = 8,         /* fg_breaker_reset */
 } fg_breaker_reason;
 
+/* A state change, as a listener receives it. */
 typedef struct fg_breaker_event {
+    /* The state before and after the change (equal for a mode change). */
     fg_breaker_state_kind from, to;
     fg_breaker_mode mode; /* the mode after the change */
+    /* Why it changed. */
     fg_breaker_reason reason;
     uint64_t at_ns;       /* the clock reading that caused it */
     uint64_t generation;  /* increases with every change: orders reports */
@@ -108,6 +114,10 @@ typedef struct fg_breaker_event {
 typedef void (*fg_breaker_listener)(fg_breaker *breaker, const fg_breaker_event *event,
                                     void *arg);
 
+/*
+ * Breaker options. 0 in a field means its default, given in its comment.
+ * Start from FG_BREAKER_OPTIONS_INIT and set what you need.
+ */
 typedef struct fg_breaker_options {
     double failure_ratio;          /* open at >= this share of failures; 0 means 0.5; > 1
                                       never */
@@ -116,7 +126,7 @@ typedef struct fg_breaker_options {
     uint64_t slow_call_ns;         /* a call is slow when latency >= this; 0 means 60 s */
     uint32_t min_requests;         /* calls in the window before ratios count; 0 means 100 */
     uint32_t consecutive_failures; /* open after this many failures in a row; 0: off */
-    fg_breaker_window_kind window;
+    fg_breaker_window_kind window; /* COUNT (the default) or TIME */
     uint32_t window_size;          /* COUNT: calls; 0 means 100 */
     uint64_t window_ns;            /* TIME: length; 0 means 10 s */
     uint32_t window_buckets;       /* TIME: buckets; 0 means 10 */
@@ -129,9 +139,10 @@ typedef struct fg_breaker_options {
                                       open_for_ns */
     fg_clock clock;                /* for set_mode / reset times; now == NULL: monotonic */
     fg_breaker_listener listener;  /* NULL: none */
-    void *listener_arg;
+    void *listener_arg;            /* passed to listener */
 } fg_breaker_options;
 
+/* Defaults: every option at its default. */
 #define FG_BREAKER_OPTIONS_INIT                                                               \
     {                                                                                         \
         0, 0, 0, 0, 0, FG_BREAKER_WINDOW_COUNT, 0, 0, 0, 0, 0, 0, 0, 0, {NULL, NULL, NULL},   \
@@ -143,7 +154,7 @@ typedef struct fg_breaker_options {
     (UINT32_C(1) << 20)           /* COUNT window calls                                       \
                                    */
 #define FG_BREAKER_MAX_BUCKETS 64 /* TIME window buckets */
-#define FG_BREAKER_MAX_PROBES  10000
+#define FG_BREAKER_MAX_PROBES  10000 /* half_open_probes */
 
 /*
  * fg_breaker_new - a closed breaker with an empty window.
@@ -214,22 +225,22 @@ FG_API fg_breaker_state_kind fg_breaker_state(const fg_breaker *breaker);
 
 /* A snapshot of a breaker's state and counters. */
 typedef struct fg_breaker_stats {
-    fg_breaker_state_kind state;
-    fg_breaker_mode mode;
+    fg_breaker_state_kind state; /* the state now */
+    fg_breaker_mode mode;        /* the mode now */
     uint64_t generation;   /* state changes so far (the last event's generation) */
     uint64_t window_calls; /* calls in the window at now_ns */
-    uint64_t window_failures;
-    uint64_t window_slow;
-    uint64_t consecutive_failures;
+    uint64_t window_failures;      /* of those, failures */
+    uint64_t window_slow;          /* of those, slow calls */
+    uint64_t consecutive_failures; /* failures in a row, up to now */
     uint64_t open_until_ns;   /* when OPEN */
     uint64_t probes_admitted; /* in the current half-open period */
-    uint64_t probes_succeeded;
+    uint64_t probes_succeeded; /* of those, the ones that succeeded */
     uint64_t rejected;        /* since creation */
     uint64_t shadow_rejected; /* DISABLED mode: would have been rejected */
     uint64_t discarded;       /* outcomes of permits from an earlier state */
     uint64_t opened;          /* transitions into OPEN */
-    uint64_t half_opened;
-    uint64_t closed;
+    uint64_t half_opened;     /* transitions into HALF-OPEN */
+    uint64_t closed;          /* transitions into CLOSED */
 } fg_breaker_stats;
 
 /*
@@ -289,8 +300,9 @@ FG_API int fg_breaker_carry(fg_breaker *to, fg_breaker *from, uint64_t now_ns);
 /*
  * A classifier: turns a chain outcome into what the breaker counts. The
  * default (NULL) counts FG_OUTCOME_OK as success, FG_OUTCOME_FAILED as
- * failure, and a rejection by a later stage as IGNORE (that was not the
- * dependency failing). Called on the thread that exits the request.
+ * failure except FG_ECANCELED (the caller went away or gave up: IGNORE),
+ * and a rejection by a later stage as IGNORE (that was not the dependency
+ * failing). Called on the thread that exits the request.
  */
 typedef fg_breaker_result (*fg_breaker_classifier)(const fg_ctx *ctx,
                                                    const fg_outcome *outcome, void *arg);
