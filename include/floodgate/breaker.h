@@ -154,7 +154,8 @@ typedef struct fg_breaker_options {
     (UINT32_C(1) << 20)           /* COUNT window calls                                       \
                                    */
 #define FG_BREAKER_MAX_BUCKETS 64 /* TIME window buckets */
-#define FG_BREAKER_MAX_PROBES  10000 /* half_open_probes */
+/* The most half_open_probes. */
+#define FG_BREAKER_MAX_PROBES  10000
 
 /*
  * fg_breaker_new - a closed breaker with an empty window.
@@ -225,22 +226,22 @@ FG_API fg_breaker_state_kind fg_breaker_state(const fg_breaker *breaker);
 
 /* A snapshot of a breaker's state and counters. */
 typedef struct fg_breaker_stats {
-    fg_breaker_state_kind state; /* the state now */
-    fg_breaker_mode mode;        /* the mode now */
-    uint64_t generation;   /* state changes so far (the last event's generation) */
-    uint64_t window_calls; /* calls in the window at now_ns */
+    fg_breaker_state_kind state;   /* the state now */
+    fg_breaker_mode mode;          /* the mode now */
+    uint64_t generation;           /* state changes so far (the last event's generation) */
+    uint64_t window_calls;         /* calls in the window at now_ns */
     uint64_t window_failures;      /* of those, failures */
     uint64_t window_slow;          /* of those, slow calls */
     uint64_t consecutive_failures; /* failures in a row, up to now */
-    uint64_t open_until_ns;   /* when OPEN */
-    uint64_t probes_admitted; /* in the current half-open period */
-    uint64_t probes_succeeded; /* of those, the ones that succeeded */
-    uint64_t rejected;        /* since creation */
-    uint64_t shadow_rejected; /* DISABLED mode: would have been rejected */
-    uint64_t discarded;       /* outcomes of permits from an earlier state */
-    uint64_t opened;          /* transitions into OPEN */
-    uint64_t half_opened;     /* transitions into HALF-OPEN */
-    uint64_t closed;          /* transitions into CLOSED */
+    uint64_t open_until_ns;        /* when OPEN */
+    uint64_t probes_admitted;      /* in the current half-open period */
+    uint64_t probes_succeeded;     /* of those, the ones that succeeded */
+    uint64_t rejected;             /* since creation */
+    uint64_t shadow_rejected;      /* DISABLED mode: would have been rejected */
+    uint64_t discarded;            /* outcomes of permits from an earlier state */
+    uint64_t opened;               /* transitions into OPEN */
+    uint64_t half_opened;          /* transitions into HALF-OPEN */
+    uint64_t closed;               /* transitions into CLOSED */
 } fg_breaker_stats;
 
 /*

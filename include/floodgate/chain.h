@@ -28,7 +28,7 @@ FG_BEGIN_DECLS
 
 #define FG_CHAIN_MAX_STAGES  FG_CTX_MAX_DEPTH /* stages in one chain */
 #define FG_CHAIN_MAX_RETRIES 100              /* FG_STAGE_RETRY honoured at most this often */
-#define FG_CHAIN_NAME_MAX    128
+#define FG_CHAIN_NAME_MAX    128              /* bytes in a chain name, inclusive */
 
 /*
  * The handler: does the request's real work. Return 0 for success or a
@@ -48,12 +48,13 @@ typedef int (*fg_handler_fn)(fg_ctx *ctx, void *arg);
  */
 typedef int (*fg_fallback_fn)(fg_ctx *ctx, int code, void *arg);
 
+/* Chain options. Start from FG_CHAIN_OPTIONS_INIT and set what you need. */
 typedef struct fg_chain_options {
     const char *name;        /* copied; NULL means "default" */
     fg_clock clock;          /* now == NULL means the monotonic clock */
     fg_fallback_fn fallback; /* NULL: fg_chain_call returns the rejection code */
-    void *fallback_arg;
-    int fallback_failures; /* nonzero: handler failures go to the fallback too */
+    void *fallback_arg;      /* passed to fallback and fallback_arg_free */
+    int fallback_failures;   /* nonzero: handler failures go to the fallback too */
     /* Called with fallback_arg when the chain is freed (the chain then owns
      * it); NULL: the caller owns fallback_arg. */
     void (*fallback_arg_free)(void *arg);

@@ -30,9 +30,9 @@ FG_BEGIN_DECLS
  * such tests take no real time.
  */
 typedef struct fg_clock {
-    uint64_t (*now)(void *arg);
-    void *arg;
-    void (*sleep)(void *arg, uint64_t ns);
+    uint64_t (*now)(void *arg);            /* the reading in ns; NULL: the default clock */
+    void *arg;                             /* passed to now and sleep */
+    void (*sleep)(void *arg, uint64_t ns); /* wait ns; NULL: a real monotonic sleep */
 } fg_clock;
 
 /*

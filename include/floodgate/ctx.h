@@ -48,14 +48,14 @@ typedef struct fg_chain fg_chain;
 
 /* A borrowed byte string: ptr may be NULL only when len is 0. */
 typedef struct fg_str {
-    const char *ptr;
-    size_t len;
+    const char *ptr; /* the first byte; need not be NUL-terminated */
+    size_t len;      /* bytes */
 } fg_str;
 
 /* One request header or metadata entry (both borrowed). */
 typedef struct fg_header {
-    fg_str name;
-    fg_str value;
+    fg_str name;  /* the header (or metadata) name */
+    fg_str value; /* its value */
 } fg_header;
 
 /*
@@ -63,7 +63,7 @@ typedef struct fg_header {
  * them; until it runs they are all zero (valid == 0).
  */
 typedef struct fg_trace_fields {
-    uint8_t trace_id[16];
+    uint8_t trace_id[16]; /* the W3C trace-id */
     uint8_t span_id[8];   /* this hop's span */
     uint8_t parent_id[8]; /* the caller's span; all zero when we started the trace */
     uint8_t flags;        /* W3C trace-flags: 0x01 sampled, 0x02 random */
@@ -72,9 +72,9 @@ typedef struct fg_trace_fields {
 
 /* One entered stage, as the chain records it. Private to floodgate. */
 typedef struct fg_ctx_frame {
-    const fg_stage *stage;
-    uint64_t slot;
-    uint64_t enter_ns;
+    const fg_stage *stage; /* the stage entered */
+    uint64_t slot;         /* the word its enter hook wrote, for its exit hook */
+    uint64_t enter_ns;     /* ctx->now_ns when it was entered */
 } fg_ctx_frame;
 
 /*
@@ -91,6 +91,7 @@ typedef struct fg_ctx {
     uint32_t retry_count; /* attempts after the first; the chain counts them */
     uint32_t nheaders;    /* entries used in headers[]; fg_ctx_add_header */
     void *user;           /* the caller's; floodgate never touches it */
+    /* This hop's trace, set by the trace stage (floodgate/trace.h). */
     fg_trace_fields trace;
     /* The decision, written by the chain: 0 while admitted or when the handler
      * succeeded, else the rejection or failure code. */
@@ -128,7 +129,7 @@ typedef struct fg_ctx {
          * FG_STAGE_NAME_MAX) and a NUL. */
         char names[3][129];
         fg_ctx_frame frames[FG_CTX_MAX_DEPTH];
-    } priv;
+    } priv; /* floodgate's alone */
 } fg_ctx;
 
 /*

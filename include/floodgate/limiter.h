@@ -34,6 +34,7 @@
 
 FG_BEGIN_DECLS
 
+/* A token bucket (opaque): fg_limiter_new makes one. */
 typedef struct fg_limiter fg_limiter;
 
 /*
@@ -58,6 +59,8 @@ typedef struct fg_limiter_options {
     fg_clock clock;       /* for the _now calls and rate changes; now == NULL: monotonic */
 } fg_limiter_options;
 
+/* Defaults: every field unset. In C:
+ * fg_limiter_options o = FG_LIMITER_OPTIONS_INIT; o.rate = 100; o.burst = 20; */
 #define FG_LIMITER_OPTIONS_INIT                                                               \
     {                                                                                         \
         0, 0, 0, 0, 0, 0, { NULL, NULL, NULL }                                                \
@@ -163,6 +166,7 @@ FG_API int fg_limiter_get(const fg_limiter *limiter, fg_limiter_options *opts);
 
 /* ---- one bucket per key -------------------------------------------------- */
 
+/* A table of token buckets, one per key (opaque): fg_keyed_limiter_new. */
 typedef struct fg_keyed_limiter fg_keyed_limiter;
 
 /* What a full table does with a key it has no room for. */
@@ -171,19 +175,24 @@ typedef enum fg_keyed_when_full {
     FG_KEYED_ADMIT_NEW = 1,  /* admit it, unlimited, without a bucket */
 } fg_keyed_when_full;
 
+/* Keyed limiter options. Start from FG_KEYED_LIMITER_OPTIONS_INIT; bucket.rate,
+ * bucket.burst and max_keys are required. */
 typedef struct fg_keyed_limiter_options {
     fg_limiter_options bucket; /* each key's bucket; warm-up is not offered per key */
     uint32_t max_keys;         /* keys held at once, >= 1; memory is fixed by it */
     uint32_t key_max;          /* longest key in bytes; 0 means FG_KEYED_KEY_MAX_DEFAULT */
+    /* What happens to a new key when the table is full. */
     fg_keyed_when_full when_full;
 } fg_keyed_limiter_options;
 
-#define FG_KEYED_KEY_MAX_DEFAULT 47
-#define FG_KEYED_KEY_MAX_LIMIT   255
-#define FG_KEYED_MAX_KEYS        (UINT32_C(1) << 28)
+#define FG_KEYED_KEY_MAX_DEFAULT 47                  /* key_max when it is 0 */
+#define FG_KEYED_KEY_MAX_LIMIT   255                 /* largest key_max */
+#define FG_KEYED_MAX_KEYS        (UINT32_C(1) << 28) /* largest max_keys */
+/* Defaults: every field unset, FG_KEYED_REJECT_NEW. */
 #define FG_KEYED_LIMITER_OPTIONS_INIT                                                         \
     { FG_LIMITER_OPTIONS_INIT, 0, 0, FG_KEYED_REJECT_NEW }
 
+/* A keyed limiter's counters and sizes (fg_keyed_limiter_stats). */
 typedef struct fg_keyed_stats {
     uint64_t keys;          /* keys held now */
     uint64_t capacity;      /* most keys the table holds at once: max_keys */
@@ -283,6 +292,7 @@ typedef enum fg_key_source {
     FG_KEY_BAGGAGE = 3
 } fg_key_source;
 
+/* What a keyed stage does with a request that has no key. */
 typedef enum fg_key_missing {
     FG_KEY_MISSING_ADMIT = 0,  /* not limited by this stage */
     FG_KEY_MISSING_REJECT = 1, /* rejected with FG_ELIMITED */
@@ -293,19 +303,21 @@ typedef enum fg_key_missing {
  * FG_ENOTFOUND when the request has no key. Called on the request's thread. */
 typedef int (*fg_key_fn)(const fg_ctx *ctx, fg_str *key, void *arg);
 
+/* Limit stage options. Start from FG_LIMIT_STAGE_OPTIONS_INIT. */
 typedef struct fg_limit_stage_options {
     const char *name; /* the stage's name; copied; NULL means "limit" */
     uint64_t tokens;  /* tokens per request; 0 means 1 */
     int shadow;       /* nonzero: decide and count, never reject or delay */
-    /* keyed stages only */
+    /* keyed stages only: where the key comes from */
     fg_key_source key_source;
     const char
         *key_name;    /* header name (FG_KEY_HEADER) or baggage key (FG_KEY_BAGGAGE); copied */
     fg_key_fn key_fn; /* FG_KEY_CUSTOM */
-    void *key_arg;
-    fg_key_missing missing;
+    void *key_arg;    /* passed to key_fn */
+    fg_key_missing missing; /* a request without its key */
 } fg_limit_stage_options;
 
+/* Defaults: one token per request; keyed: a header's key, admit when missing. */
 #define FG_LIMIT_STAGE_OPTIONS_INIT                                                           \
     { NULL, 0, 0, FG_KEY_HEADER, NULL, NULL, NULL, FG_KEY_MISSING_ADMIT }
 

@@ -33,8 +33,9 @@ typedef enum fg_outcome_kind {
     FG_OUTCOME_REJECTED = 2, /* a later stage rejected it; the handler did not run */
 } fg_outcome_kind;
 
+/* A request's outcome, as each exit hook receives it. */
 typedef struct fg_outcome {
-    fg_outcome_kind kind;
+    fg_outcome_kind kind; /* how it ended */
     /* 0 for OK; the handler's negative code for FAILED (FG_EHANDLER when it
      * gave none); the rejecting stage's code for REJECTED. */
     int code;
@@ -75,8 +76,11 @@ typedef struct fg_outcome {
  */
 typedef struct fg_stage_ops {
     const char *kind; /* e.g. "limiter"; a static string */
+    /* Admit (0) or reject (a negative code) a request; see above. */
     int (*enter)(void *state, fg_ctx *ctx, uint64_t *slot);
+    /* See how an entered request ended: 0, or FG_STAGE_RETRY; see above. */
     int (*exit)(void *state, fg_ctx *ctx, const fg_outcome *outcome, uint64_t slot);
+    /* Free the state with the stage. */
     void (*destroy)(void *state);
 } fg_stage_ops;
 

@@ -10,18 +10,20 @@
 
 #include "common.h"
 
+/* The version of these headers, MAJOR.MINOR.PATCH (the soname carries MAJOR). */
 #define FG_VERSION_MAJOR 0
 #define FG_VERSION_MINOR 1
 #define FG_VERSION_PATCH 0
 
-/* "0.1.0": the compile-time version as a string literal. */
 #define FG_VERSION_STRINGIFY_(x) #x
+/* FG_VERSION_STRINGIFY(x) - x, after macro expansion, as a string literal. */
 #define FG_VERSION_STRINGIFY(x)  FG_VERSION_STRINGIFY_(x)
+/* "0.1.0": the compile-time version as a string literal. */
 #define FG_VERSION_STRING                                                                     \
     FG_VERSION_STRINGIFY(FG_VERSION_MAJOR)                                                    \
     "." FG_VERSION_STRINGIFY(FG_VERSION_MINOR) "." FG_VERSION_STRINGIFY(FG_VERSION_PATCH)
 
-/* MAJOR*10000 + MINOR*100 + PATCH, comparable with FG_VERSION_NUMBER. */
+/* MAJOR*10000 + MINOR*100 + PATCH, comparable with fg_version(). */
 #define FG_VERSION_NUMBER                                                                     \
     ((FG_VERSION_MAJOR * 10000) + (FG_VERSION_MINOR * 100) + FG_VERSION_PATCH)
 
