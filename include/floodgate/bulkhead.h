@@ -34,6 +34,7 @@
 
 FG_BEGIN_DECLS
 
+/* A bulkhead (opaque): fg_bulkhead_new makes one. */
 typedef struct fg_bulkhead fg_bulkhead;
 
 /*
@@ -187,10 +188,12 @@ FG_API int fg_bulkhead_stats_get(const fg_bulkhead *bulkhead, fg_bulkhead_stats 
 
 /* ---- the stage ------------------------------------------------------------ */
 
+/* Bulkhead stage options. Start from FG_BULKHEAD_STAGE_OPTIONS_INIT. */
 typedef struct fg_bulkhead_stage_options {
     int shadow; /* nonzero: decide and count, never reject or wait */
 } fg_bulkhead_stage_options;
 
+/* Defaults: an enforcing stage (not shadow). */
 #define FG_BULKHEAD_STAGE_OPTIONS_INIT                                                        \
     { 0 }
 

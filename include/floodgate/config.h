@@ -34,18 +34,18 @@ FG_BEGIN_DECLS
  * "routes[3].match.when", and line and column for syntax errors, else 0)
  * and what. */
 typedef struct fg_config_error {
-    char path[192];
-    int line;
-    int column;
-    char message[224];
+    char path[192];    /* the JSON path; "" for the document as a whole */
+    int line;          /* 1-based, for a syntax error; else 0 */
+    int column;        /* 1-based, for a syntax error; else 0 */
+    char message[224]; /* what is wrong */
 } fg_config_error;
 
 /* Every problem a load found, up to FG_CONFIG_MAX_ERRORS (in document
  * order); `omitted` counts the ones past that. */
 typedef struct fg_config_errors {
-    size_t count;
-    size_t omitted;
-    fg_config_error items[FG_CONFIG_MAX_ERRORS];
+    size_t count;                                /* entries used in items */
+    size_t omitted;                              /* problems not kept */
+    fg_config_error items[FG_CONFIG_MAX_ERRORS]; /* the problems, in document order */
 } fg_config_errors;
 
 /*
@@ -59,6 +59,7 @@ FG_API size_t fg_config_errors_format(const fg_config_errors *errors, char *buf,
 
 /* ---- the registry ---------------------------------------------------------------- */
 
+/* The names a config may use: handlers, fallbacks, custom stages (opaque). */
 typedef struct fg_registry fg_registry;
 
 /*
@@ -152,6 +153,7 @@ FG_API int fg_runtime_load_file(fg_runtime *rt, const fg_registry *registry, con
 
 /* ---- watching a file ----------------------------------------------------------------- */
 
+/* A watcher of a config file (opaque): fg_runtime_watch starts one. */
 typedef struct fg_watch fg_watch;
 
 /*
@@ -166,17 +168,13 @@ typedef struct fg_watch fg_watch;
 typedef void (*fg_reload_fn)(fg_runtime *rt, int rc, const fg_config_errors *errors,
                              void *arg);
 
-/*
- * fg_watch_options - how a file is watched.
- *   debounce_ns  after a change, wait until the file has been quiet this
- *                long, then reload once (0: 100 ms)
- *   on_reload    called after every attempt (NULL: none)
- *   arg          passed to on_reload
- */
+/* fg_watch_options - how a file is watched. */
 typedef struct fg_watch_options {
+    /* After a change, wait until the file has been quiet this long, then
+     * reload once (0: 100 ms). */
     uint64_t debounce_ns;
-    fg_reload_fn on_reload;
-    void *arg;
+    fg_reload_fn on_reload; /* called after every attempt (NULL: none) */
+    void *arg;              /* passed to on_reload */
 } fg_watch_options;
 
 /* Defaults: 100 ms debounce, no callback. */
@@ -189,9 +187,9 @@ typedef struct fg_watch_options {
  * (attempts - loaded - failed is 1 while a load runs, else 0).
  */
 typedef struct fg_watch_stats {
-    uint64_t attempts;
-    uint64_t loaded;
-    uint64_t failed;
+    uint64_t attempts; /* loads begun */
+    uint64_t loaded;   /* loads that succeeded */
+    uint64_t failed;   /* loads that failed */
 } fg_watch_stats;
 
 /*

@@ -103,6 +103,8 @@ FG_API int fg_deadline_outgoing(const fg_ctx *ctx, uint64_t now_ns, char *buf, s
 
 /* ---- the timeout stage ---------------------------------------------------------------- */
 
+/* Timeout stage options. Start from FG_TIMEOUT_OPTIONS_INIT; set timeout_ns,
+ * header, or both. */
 typedef struct fg_timeout_options {
     /* The request's time budget from the moment it enters this stage; 0:
      * none (only an inbound header, if any, sets a deadline). */
@@ -116,6 +118,7 @@ typedef struct fg_timeout_options {
     uint64_t max_inbound_ns;
 } fg_timeout_options;
 
+/* Defaults: nothing set. */
 #define FG_TIMEOUT_OPTIONS_INIT                                                               \
     { 0, NULL, 0 }
 
@@ -134,6 +137,7 @@ typedef struct fg_timeout_options {
  */
 FG_API int fg_stage_timeout(const fg_timeout_options *opts, const char *name, fg_stage **out);
 
+/* What a timeout stage has counted (fg_timeout_stats_get). */
 typedef struct fg_timeout_stats {
     uint64_t requests;        /* entered the stage */
     uint64_t shortened;       /* whose deadline this stage set or shortened */

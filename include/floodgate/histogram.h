@@ -53,6 +53,7 @@ FG_BEGIN_DECLS
 
 /* ---- counter ------------------------------------------------------------- */
 
+/* A sharded monotonic counter (opaque): fg_counter_new makes one. */
 typedef struct fg_counter fg_counter;
 
 /*
@@ -94,6 +95,7 @@ FG_API uint64_t fg_counter_read(const fg_counter *c);
 
 /* ---- histogram ----------------------------------------------------------- */
 
+/* A latency histogram (opaque): fg_histogram_new makes one. */
 typedef struct fg_histogram fg_histogram;
 
 /* Values below this many ns are recorded exactly (one bucket each). */
@@ -111,11 +113,11 @@ typedef struct fg_histogram_stats {
      * the highest: min_ns <= every recorded value <= max_ns, each within
      * 1/64 of the true extreme, exact below 128 ns; max_ns <= 1 h. */
     uint64_t min_ns;
-    uint64_t max_ns;
-    uint64_t p50_ns; /* fg_histogram_quantile at 0.5, 0.9, 0.99, 0.999 */
-    uint64_t p90_ns;
-    uint64_t p99_ns;
-    uint64_t p999_ns;
+    uint64_t max_ns;  /* the highest non-empty bucket's upper bound */
+    uint64_t p50_ns;  /* fg_histogram_quantile at 0.5, 0.9, 0.99, 0.999 */
+    uint64_t p90_ns;  /* at 0.9 */
+    uint64_t p99_ns;  /* at 0.99 */
+    uint64_t p999_ns; /* at 0.999 */
 } fg_histogram_stats;
 
 /*

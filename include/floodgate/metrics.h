@@ -39,6 +39,7 @@
 
 FG_BEGIN_DECLS
 
+/* A metrics registry (opaque): fg_metrics_new, or a runtime's own. */
 typedef struct fg_metrics fg_metrics;
 
 #define FG_METRICS_NAME_MAX                                                                   \
@@ -98,6 +99,7 @@ typedef struct fg_slo_options {
     uint64_t window_ns;    /* the slow window; 0 means 1 hour; >= 60 ns */
 } fg_slo_options;
 
+/* Defaults: no objective declared. */
 #define FG_SLO_OPTIONS_INIT                                                                   \
     { 0, 0, 0, 0 }
 
@@ -223,7 +225,9 @@ typedef struct fg_route_stats {
     uint64_t other;               /* any other code */
     uint64_t delayed;             /* admitted with a wait (ctx->delay_ns > 0) */
     uint64_t delay_ns;            /* total of those waits */
+    /* Requests whose latency was recorded, and the sum of those latencies in ns. */
     uint64_t latency_count, latency_sum_ns;
+    /* Latency quantiles (p50, p90, p99, p99.9) in ns. */
     uint64_t p50_ns, p90_ns, p99_ns, p999_ns;
 } fg_route_stats;
 

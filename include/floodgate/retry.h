@@ -106,6 +106,7 @@ FG_BEGIN_DECLS
  */
 typedef struct fg_retry_budget fg_retry_budget;
 
+/* Retry budget options. Start from FG_RETRY_BUDGET_OPTIONS_INIT. */
 typedef struct fg_retry_budget_options {
     double ratio;         /* retries per request, 0 .. 100 (kept in thousandths) */
     uint32_t min_per_sec; /* floor: retries per second allowed without deposits */
@@ -119,9 +120,9 @@ typedef struct fg_retry_budget_options {
         0.2, 10, UINT64_C(10000000000), { NULL, NULL, NULL }                                  \
     }
 
-#define FG_RETRY_BUDGET_RATIO_MAX  100.0
-#define FG_RETRY_BUDGET_TTL_MIN_NS UINT64_C(1000000)       /* 1 ms */
-#define FG_RETRY_BUDGET_TTL_MAX_NS UINT64_C(3600000000000) /* 1 h */
+#define FG_RETRY_BUDGET_RATIO_MAX  100.0                   /* the largest ratio */
+#define FG_RETRY_BUDGET_TTL_MIN_NS UINT64_C(1000000)       /* the shortest ttl_ns: 1 ms */
+#define FG_RETRY_BUDGET_TTL_MAX_NS UINT64_C(3600000000000) /* the longest ttl_ns: 1 h */
 
 /* What a budget has done. */
 typedef struct fg_retry_budget_stats {
@@ -190,6 +191,7 @@ FG_API int fg_retry_budget_stats_get(const fg_retry_budget *budget,
 
 /* ---- the retry stage ------------------------------------------------------------------- */
 
+/* How backoffs are spread; e(n) is defined in the file comment. */
 typedef enum fg_jitter {
     FG_JITTER_NONE = 0,         /* exactly e(n) */
     FG_JITTER_FULL = 1,         /* uniform in [0, e(n)] */
@@ -218,16 +220,18 @@ typedef int (*fg_retry_classifier)(const fg_ctx *ctx, const fg_outcome *outcome,
  */
 FG_API int fg_retry_classify_default(const fg_ctx *ctx, const fg_outcome *outcome, void *arg);
 
+/* Retry stage options. Start from FG_RETRY_OPTIONS_INIT. */
 typedef struct fg_retry_options {
     /* Attempts in all, the first included: 1 .. FG_RETRY_MAX_ATTEMPTS. */
     uint32_t max_attempts;
     uint64_t base_ns;        /* the first backoff, e(1); 0: retry at once */
     uint64_t max_backoff_ns; /* the cap on every backoff; >= base_ns */
     double multiplier;       /* growth per retry, 1 .. 1000 (NONE and FULL) */
+    /* How the backoffs are spread. */
     fg_jitter jitter;
     uint64_t seed;                /* 0: a random stream per request; else the exact schedule */
     fg_retry_classifier classify; /* NULL: fg_retry_classify_default */
-    void *classify_arg;
+    void *classify_arg;           /* passed to classify */
     /* Reads now (the deadline check, withdrawals) and sleeps the backoff;
      * now == NULL: the monotonic clock. Give it the chain's clock. */
     fg_clock clock;
