@@ -39,15 +39,16 @@ static uint64_t gw_draw(gw_backends *b) {
  * Returns what the handler returns to floodgate: 0, or FG_EHANDLER for a
  * 5xx (the breaker counts those as failures). */
 __attribute__((format(printf, 3, 4))) static int gw_answer(fg_ctx *ctx, int status,
-                                                            const char *fmt, ...) {
+                                                           const char *fmt, ...) {
     gw_response *resp = ctx->user;
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(resp->body, sizeof(resp->body), fmt, ap);
     va_end(ap);
     resp->status = status;
-    resp->body_len = n < 0 ? 0 : (size_t)n >= sizeof(resp->body) ? sizeof(resp->body) - 1
-                                                                   : (size_t)n;
+    resp->body_len = n < 0                             ? 0
+                     : (size_t)n >= sizeof(resp->body) ? sizeof(resp->body) - 1
+                                                       : (size_t)n;
     return status < 500 ? 0 : FG_EHANDLER;
 }
 
@@ -76,7 +77,8 @@ static int gw_orders(fg_ctx *ctx, gw_backends *b, const char *version) {
         gw_sleep_ns(b->latency_us * 1000u);
     if (!gw_plain(user))
         user = (fg_str){"?", 1};
-    return gw_answer(ctx, 200, "{\"service\":\"orders\",\"version\":\"%s\",\"user\":\"%.*s\"}\n",
+    return gw_answer(ctx, 200,
+                     "{\"service\":\"orders\",\"version\":\"%s\",\"user\":\"%.*s\"}\n",
                      version, (int)user.len, user.ptr);
 }
 
@@ -131,8 +133,10 @@ int gw_backends_register(fg_registry *reg, gw_backends *b) {
     static const struct {
         const char *name;
         fg_handler_fn fn;
-    } all[] = {{"health", gw_health},           {"orders_v1", gw_orders_v1},
-               {"orders_v2", gw_orders_v2},     {"orders_gray", gw_orders_gray},
+    } all[] = {{"health", gw_health},
+               {"orders_v1", gw_orders_v1},
+               {"orders_v2", gw_orders_v2},
+               {"orders_gray", gw_orders_gray},
                {"payments", gw_payments}};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         int rc = fg_registry_add_handler(reg, all[i].name, all[i].fn, b);
@@ -147,7 +151,8 @@ fg_handler_fn gw_backends_bare(const char *path) {
         return gw_health;
     if (strncmp(path, "/api/orders", 11) == 0 && (path[11] == '\0' || path[11] == '/'))
         return gw_orders_v1;
-    if (strncmp(path, "/api/payments/", 14) == 0 && path[14] != '\0' && !strchr(path + 14, '/'))
+    if (strncmp(path, "/api/payments/", 14) == 0 && path[14] != '\0' &&
+        !strchr(path + 14, '/'))
         return gw_payments;
     return NULL;
 }

@@ -68,14 +68,14 @@ void __tsan_release(void *addr);
 #define GW_TAKEOVER(p) ((void)(p))
 #endif
 
-#define GW_SLOTS        1024 /* requests in flight at once; more get 503 at once */
-#define GW_RING         2048 /* ring size: a power of two above GW_SLOTS */
-#define GW_MAX_WORKERS  64
-#define GW_EVENTS       256 /* breaker transitions kept for /-/events */
-#define GW_DRAIN_SECS   5   /* longest wait for in-flight requests on shutdown */
-#define GW_IDLE_SECS    10  /* libevent's read/write timeout per connection */
-#define GW_HEADERS_MAX  (64 * 1024)
-#define GW_BODY_LIMIT   (64 * 1024)
+#define GW_SLOTS       1024 /* requests in flight at once; more get 503 at once */
+#define GW_RING        2048 /* ring size: a power of two above GW_SLOTS */
+#define GW_MAX_WORKERS 64
+#define GW_EVENTS      256 /* breaker transitions kept for /-/events */
+#define GW_DRAIN_SECS  5   /* longest wait for in-flight requests on shutdown */
+#define GW_IDLE_SECS   10  /* libevent's read/write timeout per connection */
+#define GW_HEADERS_MAX ((ev_ssize_t)64 * 1024)
+#define GW_BODY_LIMIT  ((ev_ssize_t)64 * 1024)
 
 enum gw_slot_state { GW_FREE, GW_DELAYED, GW_QUEUED, GW_DONE };
 
@@ -161,6 +161,14 @@ struct gw_server {
 
 static uint64_t gw_now_ns(void) { return fg_clock_monotonic_now(NULL); }
 
+/* errno as text, thread-safe (strerror is not). */
+static const char *gw_errno_text(char *buf, size_t cap) {
+    int e = errno;
+    if (strerror_r(e, buf, cap) != 0)
+        (void)snprintf(buf, cap, "error %d", e);
+    return buf;
+}
+
 static void gw_log(const struct gw_server *srv, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 static void gw_log(const struct gw_server *srv, const char *fmt, ...) {
@@ -168,9 +176,9 @@ static void gw_log(const struct gw_server *srv, const char *fmt, ...) {
         return;
     va_list ap;
     va_start(ap, fmt);
-    fputs("gateway: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    (void)fputs("gateway: ", stderr);
+    (void)vfprintf(stderr, fmt, ap);
+    (void)fputc('\n', stderr);
     va_end(ap);
 }
 
@@ -187,7 +195,7 @@ static void gw_on_reload(fg_runtime *rt, int rc, const fg_config_errors *errors,
     if (rc != 0 && errors != NULL && errors->count > 0)
         (void)fg_config_errors_format(errors, srv->last_error, sizeof(srv->last_error));
     else if (rc != 0)
-        snprintf(srv->last_error, sizeof(srv->last_error), "%s", fg_strerror(rc));
+        (void)snprintf(srv->last_error, sizeof(srv->last_error), "%s", fg_strerror(rc));
     pthread_mutex_unlock(&srv->info_lock);
     if (rc == 0)
         gw_log(srv, "config loaded (version %s, generation %llu)", version,
@@ -200,7 +208,7 @@ static void gw_on_breaker(const char *name, const fg_breaker_event *ev, void *ar
     struct gw_server *srv = arg;
     pthread_mutex_lock(&srv->info_lock);
     struct gw_event *e = &srv->events[srv->nevents % GW_EVENTS];
-    snprintf(e->breaker, sizeof(e->breaker), "%s", name);
+    (void)snprintf(e->breaker, sizeof(e->breaker), "%s", name);
     e->from = fg_breaker_state_name(ev->from);
     e->to = fg_breaker_state_name(ev->to);
     e->at_ms = (gw_now_ns() - srv->backends.start_ns) / 1000000u;
@@ -272,19 +280,32 @@ static void gw_reply_text(struct evhttp_request *req, int status, const char *re
 
 static const char *gw_reason(int status) {
     switch (status) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 414: return "URI Too Long";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 499: return "Client Closed Request";
-    case 500: return "Internal Server Error";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return "";
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 414:
+        return "URI Too Long";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 499:
+        return "Client Closed Request";
+    case 500:
+        return "Internal Server Error";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return "";
     }
 }
 
@@ -299,16 +320,24 @@ static int gw_status_of(const fg_ctx *ctx, int code) {
             strcmp(fg_ctx_rejected_by(ctx), "per_user") == 0)
             return 400;
         return 429;
-    case FG_ETOOLONG: return 400; /* a limiter key over its bound */
+    case FG_ETOOLONG:
+        return 400; /* a limiter key over its bound */
     case FG_EBREAKER:
     case FG_EOVERLOADED:
-    case FG_EINJECTED: return 503;
-    case FG_ENOROUTE: return 404;
-    case FG_ETIMEDOUT: return 504;
-    case FG_ECANCELED: return 499;
-    case FG_EHANDLER: return 502;
-    case FG_EREJECTED: return 403;
-    default: return 500;
+    case FG_EINJECTED:
+        return 503;
+    case FG_ENOROUTE:
+        return 404;
+    case FG_ETIMEDOUT:
+        return 504;
+    case FG_ECANCELED:
+        return 499;
+    case FG_EHANDLER:
+        return 502;
+    case FG_EREJECTED:
+        return 403;
+    default:
+        return 500;
     }
 }
 
@@ -337,7 +366,7 @@ static void gw_decision_headers(struct evhttp_request *req, const fg_ctx *ctx, i
 static void gw_retry_after(struct evhttp_request *req, uint64_t ns) {
     char buf[32];
     uint64_t secs = (ns + 999999999u) / 1000000000u;
-    snprintf(buf, sizeof(buf), "%llu", (unsigned long long)(secs < 1 ? 1 : secs));
+    (void)snprintf(buf, sizeof(buf), "%llu", (unsigned long long)(secs < 1 ? 1 : secs));
     evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", buf);
 }
 
@@ -351,15 +380,19 @@ static void gw_reply_outcome(struct evhttp_request *req, const fg_ctx *ctx, int 
     gw_decision_headers(req, ctx, code);
     if (status == 429 || status == 503)
         gw_retry_after(req, fg_ctx_retry_after(ctx));
-    int n = snprintf(body, sizeof(body),
-                     "{\"error\":\"%s\",\"message\":\"%s\",\"stage\":\"%s\",\"route\":\"%s\"}\n",
-                     outcome ? outcome : fg_err_name(code), fg_strerror(code), stage ? stage : "",
-                     fg_ctx_route(ctx) ? fg_ctx_route(ctx) : "");
+    int n =
+        snprintf(body, sizeof(body),
+                 "{\"error\":\"%s\",\"message\":\"%s\",\"stage\":\"%s\",\"route\":\"%s\"}\n",
+                 outcome ? outcome : fg_err_name(code), fg_strerror(code), stage ? stage : "",
+                 fg_ctx_route(ctx) ? fg_ctx_route(ctx) : "");
     if (status == 400 && code == FG_ELIMITED)
-        n = snprintf(body, sizeof(body), "{\"error\":\"bad_request\",\"message\":\"x-user-id "
-                                         "header required\"}\n");
+        n = snprintf(body, sizeof(body),
+                     "{\"error\":\"bad_request\",\"message\":\"x-user-id "
+                     "header required\"}\n");
     gw_reply(req, status, gw_reason(status), "application/json", body,
-             n < 0 ? 0 : (size_t)n < sizeof(body) ? (size_t)n : sizeof(body) - 1);
+             n < 0                      ? 0
+             : (size_t)n < sizeof(body) ? (size_t)n
+                                        : sizeof(body) - 1);
 }
 
 /* ---- slots ------------------------------------------------------------------------------ */
@@ -402,7 +435,8 @@ static void gw_watch_hangup(struct gw_server *srv, struct gw_slot *slot) {
     struct evhttp_connection *evcon = evhttp_request_get_connection(slot->req);
     struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
     evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
-    if (fd < 0 || event_assign(&slot->close_ev, srv->base, fd, EV_CLOSED, gw_on_hangup, slot) != 0)
+    if (fd < 0 ||
+        event_assign(&slot->close_ev, srv->base, fd, EV_CLOSED, gw_on_hangup, slot) != 0)
         return;
     slot->close_armed = event_add(&slot->close_ev, NULL) == 0;
 }
@@ -514,7 +548,8 @@ static void gw_config_info(struct gw_server *srv, struct evhttp_request *req) {
     evbuffer_add_printf(out, "\",\"generation\":%llu,\"source\":\"",
                         (unsigned long long)fg_runtime_generation(srv->rt));
     gw_json_str(out, srv->config_path ? srv->config_path : "embedded");
-    evbuffer_add_printf(out, "\",\"reloads\":{\"attempts\":%llu,\"loaded\":%llu,\"failed\":%llu},",
+    evbuffer_add_printf(out,
+                        "\",\"reloads\":{\"attempts\":%llu,\"loaded\":%llu,\"failed\":%llu},",
                         (unsigned long long)ws.attempts, (unsigned long long)ws.loaded,
                         (unsigned long long)ws.failed);
     pthread_mutex_lock(&srv->info_lock);
@@ -524,7 +559,8 @@ static void gw_config_info(struct gw_server *srv, struct evhttp_request *req) {
     pthread_mutex_unlock(&srv->info_lock);
     evbuffer_add_printf(out, "\"},\"in_flight\":%u,\"saturated\":%llu}\n", srv->in_flight,
                         (unsigned long long)srv->saturated);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                      "application/json");
     evhttp_send_reply(req, 200, "OK", out);
     evbuffer_free(out);
 }
@@ -535,8 +571,9 @@ static void gw_events_info(struct gw_server *srv, struct evhttp_request *req) {
         gw_reply_text(req, 500, "Internal Server Error", "out of memory\n");
         return;
     }
-    evbuffer_add_printf(out, "{\"uptime_ms\":%llu,\"breaker_transitions\":[",
-                        (unsigned long long)((gw_now_ns() - srv->backends.start_ns) / 1000000u));
+    evbuffer_add_printf(
+        out, "{\"uptime_ms\":%llu,\"breaker_transitions\":[",
+        (unsigned long long)((gw_now_ns() - srv->backends.start_ns) / 1000000u));
     pthread_mutex_lock(&srv->info_lock);
     uint64_t first = srv->nevents > GW_EVENTS ? srv->nevents - GW_EVENTS : 0;
     for (uint64_t i = first; i < srv->nevents; i++) {
@@ -548,25 +585,37 @@ static void gw_events_info(struct gw_server *srv, struct evhttp_request *req) {
     }
     pthread_mutex_unlock(&srv->info_lock);
     evbuffer_add_printf(out, "]}\n");
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                      "application/json");
     evhttp_send_reply(req, 200, "OK", out);
     evbuffer_free(out);
 }
 
-/* ---- a request ------------------------------------------------------------------------------ */
+/* ---- a request
+ * ------------------------------------------------------------------------------ */
 
 static const char *gw_method_name(enum evhttp_cmd_type cmd) {
     switch (cmd) {
-    case EVHTTP_REQ_GET: return "GET";
-    case EVHTTP_REQ_POST: return "POST";
-    case EVHTTP_REQ_HEAD: return "HEAD";
-    case EVHTTP_REQ_PUT: return "PUT";
-    case EVHTTP_REQ_DELETE: return "DELETE";
-    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
-    case EVHTTP_REQ_TRACE: return "TRACE";
-    case EVHTTP_REQ_CONNECT: return "CONNECT";
-    case EVHTTP_REQ_PATCH: return "PATCH";
-    default: return "";
+    case EVHTTP_REQ_GET:
+        return "GET";
+    case EVHTTP_REQ_POST:
+        return "POST";
+    case EVHTTP_REQ_HEAD:
+        return "HEAD";
+    case EVHTTP_REQ_PUT:
+        return "PUT";
+    case EVHTTP_REQ_DELETE:
+        return "DELETE";
+    case EVHTTP_REQ_OPTIONS:
+        return "OPTIONS";
+    case EVHTTP_REQ_TRACE:
+        return "TRACE";
+    case EVHTTP_REQ_CONNECT:
+        return "CONNECT";
+    case EVHTTP_REQ_PATCH:
+        return "PATCH";
+    default:
+        return "";
     }
 }
 
@@ -574,8 +623,8 @@ static const char *gw_method_name(enum evhttp_cmd_type cmd) {
  * refuse it with. */
 static int gw_parse(struct gw_slot *slot, struct evhttp_request *req, const char *path) {
     fg_ctx *ctx = &slot->ctx;
-    snprintf(slot->method, sizeof(slot->method), "%s",
-             gw_method_name(evhttp_request_get_command(req)));
+    (void)snprintf(slot->method, sizeof(slot->method), "%s",
+                   gw_method_name(evhttp_request_get_command(req)));
     int rc = fg_ctx_init(ctx, slot->method, path);
     if (rc == FG_ETOOLONG)
         return 414;
@@ -665,13 +714,15 @@ static void gw_on_request(struct evhttp_request *req, void *arg) {
     gw_submit(srv, slot);
 }
 
-/* ---- start and stop ------------------------------------------------------------------------ */
+/* ---- start and stop ------------------------------------------------------------------------
+ */
 
 static void gw_on_drain_tick(evutil_socket_t fd, short what, void *arg) {
     struct gw_server *srv = arg;
     (void)fd;
     (void)what;
-    if (srv->in_flight == 0 || gw_now_ns() - srv->drain_start_ns > GW_DRAIN_SECS * 1000000000ull)
+    if (srv->in_flight == 0 ||
+        gw_now_ns() - srv->drain_start_ns > GW_DRAIN_SECS * 1000000000ull)
         event_base_loopbreak(srv->base);
 }
 
@@ -771,19 +822,21 @@ static void gw_abandon_all(struct gw_server *srv) {
 }
 
 static void gw_usage(FILE *to) {
-    fputs("usage: gateway [options]\n"
-          "  --addr ADDR          listen address (default 127.0.0.1)\n"
-          "  --port N             port (default 8080; 0: any free port)\n"
-          "  --port-file FILE     write the bound port to FILE once listening\n"
-          "  --config FILE        load FILE and reload it when it changes\n"
-          "                       (default: the embedded examples/gateway/floodgate.json)\n"
-          "  --workers N          handler threads, 1..64 (default 4)\n"
-          "  --bare               no floodgate: the same server without the chain\n"
-          "  --latency-us N       the orders backends' work per request (default 1000)\n"
-          "  --flaky-period-ms N  the payments backend's schedule period (default 20000)\n"
-          "  --quiet              no log lines\n"
-          "endpoints: /healthz /api/orders /api/payments/:id, and /metrics /-/config /-/events\n",
-          to);
+    (void)fputs(
+        "usage: gateway [options]\n"
+        "  --addr ADDR          listen address (default 127.0.0.1)\n"
+        "  --port N             port (default 8080; 0: any free port)\n"
+        "  --port-file FILE     write the bound port to FILE once listening\n"
+        "  --config FILE        load FILE and reload it when it changes\n"
+        "                       (default: the embedded examples/gateway/floodgate.json)\n"
+        "  --workers N          handler threads, 1..64 (default 4)\n"
+        "  --bare               no floodgate: the same server without the chain\n"
+        "  --latency-us N       the orders backends' work per request (default 1000)\n"
+        "  --flaky-period-ms N  the payments backend's schedule period (default 20000)\n"
+        "  --quiet              no log lines\n"
+        "endpoints: /healthz /api/orders /api/payments/:id, and /metrics /-/config "
+        "/-/events\n",
+        to);
 }
 
 static int gw_number(const char *s, unsigned long long max, unsigned long long *out) {
@@ -803,7 +856,7 @@ static int gw_options(struct gw_server *srv, int argc, char **argv) {
         unsigned long long n;
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             gw_usage(stdout);
-            exit(0);
+            exit(0); // NOLINT(concurrency-mt-unsafe): before any thread
         } else if (strcmp(a, "--bare") == 0) {
             srv->bare = 1;
             continue;
@@ -811,7 +864,7 @@ static int gw_options(struct gw_server *srv, int argc, char **argv) {
             srv->quiet = 1;
             continue;
         } else if (v == NULL) {
-            fprintf(stderr, "gateway: %s needs a value (see --help)\n", a);
+            (void)fprintf(stderr, "gateway: %s needs a value (see --help)\n", a);
             return -1;
         } else if (strcmp(a, "--addr") == 0) {
             srv->addr = v;
@@ -830,7 +883,7 @@ static int gw_options(struct gw_server *srv, int argc, char **argv) {
                    n >= 4) {
             srv->backends.flaky_period_ms = n;
         } else {
-            fprintf(stderr, "gateway: bad option or value: %s %s (see --help)\n", a, v);
+            (void)fprintf(stderr, "gateway: bad option or value: %s %s (see --help)\n", a, v);
             return -1;
         }
         i++;
@@ -866,6 +919,7 @@ int main(int argc, char **argv) {
     static struct gw_server server; /* large (the slots' rings): not on the stack */
     struct gw_server *srv = &server;
     int status = 1;
+    char ebuf[128];
     srv->addr = "127.0.0.1";
     srv->port = 8080;
     srv->workers = 4;
@@ -875,24 +929,25 @@ int main(int argc, char **argv) {
     srv->wake_pipe[0] = srv->wake_pipe[1] = -1;
     if (gw_options(srv, argc, argv) != 0)
         return 2;
-    signal(SIGPIPE, SIG_IGN);
+    (void)signal(SIGPIPE, SIG_IGN); // NOLINT(concurrency-mt-unsafe): before any thread
 
     if (gw_init(srv) != 0) {
-        fprintf(stderr, "gateway: cannot set up: %s\n", strerror(errno));
+        (void)fprintf(stderr, "gateway: cannot set up: %s\n",
+                      gw_errno_text(ebuf, sizeof(ebuf)));
         goto out;
     }
     int rc = gw_load_config(srv);
     if (rc != 0) {
-        fprintf(stderr, "gateway: cannot load %s: %s\n%s\n",
-                srv->config_path ? srv->config_path : "the embedded config", fg_strerror(rc),
-                srv->last_error);
+        (void)fprintf(stderr, "gateway: cannot load %s: %s\n%s\n",
+                      srv->config_path ? srv->config_path : "the embedded config",
+                      fg_strerror(rc), srv->last_error);
         goto out;
     }
 
     srv->base = event_base_new();
     srv->http = srv->base ? evhttp_new(srv->base) : NULL;
     if (srv->http == NULL) {
-        fprintf(stderr, "gateway: cannot start libevent\n");
+        (void)fprintf(stderr, "gateway: cannot start libevent\n");
         goto out;
     }
     evhttp_set_gencb(srv->http, gw_on_request, srv);
@@ -904,22 +959,25 @@ int main(int argc, char **argv) {
                                               EVHTTP_REQ_PATCH | EVHTTP_REQ_OPTIONS);
     srv->bound = evhttp_bind_socket_with_handle(srv->http, srv->addr, (ev_uint16_t)srv->port);
     if (srv->bound == NULL) {
-        fprintf(stderr, "gateway: cannot listen on %s:%u: %s\n", srv->addr, srv->port,
-                strerror(errno));
+        (void)fprintf(stderr, "gateway: cannot listen on %s:%u: %s\n", srv->addr, srv->port,
+                      gw_errno_text(ebuf, sizeof(ebuf)));
         goto out;
     }
     srv->port = gw_bound_port(srv->bound);
-    srv->wake_ev = event_new(srv->base, srv->wake_pipe[0], EV_READ | EV_PERSIST, gw_on_wake, srv);
+    srv->wake_ev =
+        event_new(srv->base, srv->wake_pipe[0], EV_READ | EV_PERSIST, gw_on_wake, srv);
     srv->sigint_ev = evsignal_new(srv->base, SIGINT, gw_on_signal, srv);
     srv->sigterm_ev = evsignal_new(srv->base, SIGTERM, gw_on_signal, srv);
     if (srv->wake_ev == NULL || srv->sigint_ev == NULL || srv->sigterm_ev == NULL ||
         event_add(srv->wake_ev, NULL) != 0 || event_add(srv->sigint_ev, NULL) != 0 ||
         event_add(srv->sigterm_ev, NULL) != 0 || gw_start_workers(srv) != 0) {
-        fprintf(stderr, "gateway: cannot start: %s\n", strerror(errno));
+        (void)fprintf(stderr, "gateway: cannot start: %s\n",
+                      gw_errno_text(ebuf, sizeof(ebuf)));
         goto out;
     }
     if (srv->port_file != NULL && gw_write_port_file(srv->port_file, srv->port) != 0) {
-        fprintf(stderr, "gateway: cannot write %s: %s\n", srv->port_file, strerror(errno));
+        (void)fprintf(stderr, "gateway: cannot write %s: %s\n", srv->port_file,
+                      gw_errno_text(ebuf, sizeof(ebuf)));
         goto out;
     }
     {
@@ -929,7 +987,7 @@ int main(int argc, char **argv) {
         printf("gateway: listening on http://%s:%u (%s%s, %u workers)\n", srv->addr, srv->port,
                srv->bare ? "bare, no floodgate" : "config ", srv->bare ? "" : version,
                srv->workers);
-        fflush(stdout);
+        (void)fflush(stdout);
     }
     event_base_dispatch(srv->base);
     status = 0;
