@@ -842,6 +842,10 @@ struct stats {
 
 enum { PAY_OK, PAY_FAILED, PAY_REFUSED, PAY_N };
 
+/* The payments client's connections: enough that a few slow calls (up to the
+ * 300 ms timeout) do not stall it, far below the bulkhead's 16. */
+#define PAY_CONNS 4
+
 struct client {
     char name[32];
     enum role role;
@@ -874,7 +878,8 @@ static void record(struct client *cl, const char *path, int rc, const struct res
     st->answered++;
     enum outcome oc = outcome_of(r->outcome);
     enum route rt = route_of(r->route);
-    enum target tg = target_of(r->target);
+    /* A route without a split names itself as the target: no split there. */
+    enum target tg = strcmp(r->target, r->route) == 0 ? TG_NONE : target_of(r->target);
     st->status_outcome[r->status < STATUS_N ? r->status : 0][oc]++;
     st->route_target[rt][tg]++;
     uint64_t us = (uint64_t)(lat_ns > 0 ? lat_ns / 1000 : 0);
@@ -1164,6 +1169,8 @@ static const char *role_label(const struct client *cl, char *buf, size_t n) {
 static const char *outcome_meaning(int status, enum outcome oc) {
     if (status == 0)
         return "no answer: connection failed or timed out";
+    if (status == 400)
+        return "bad request: /api/orders needs x-user-id (a deliberate probe)";
     switch (oc) {
     case OC_OK:
         return "served by the backend";
@@ -1186,8 +1193,7 @@ static const char *outcome_meaning(int status, enum outcome oc) {
     case OC_REJECTED:
         return "rejected by a stage";
     case OC_NONE:
-        return status == 400 ? "bad request: /api/orders needs x-user-id (a deliberate probe)"
-                             : "answered outside the chain";
+        return "answered outside the chain";
     case OC_OTHER:
     case OC_N:
         break;
@@ -1378,6 +1384,8 @@ static void report_breaker(FILE *o, const struct totals *T, const struct gateway
             }
         }
     }
+    while (ncol > 1 && strip[ncol - 1] == ' ') /* after the last request */
+        ncol--;
     strip[ncol] = phase[ncol] = '\0';
     say(o, "  payments |%s|  one column = %.2f s, from t=%.2fs\n", strip, (double)w / 1000.0,
         (double)(first * w) / 1000.0);
@@ -1389,29 +1397,43 @@ static void report_breaker(FILE *o, const struct totals *T, const struct gateway
 }
 
 static void report_users(FILE *o, struct client *cls, int ncl) {
+    struct stats pay = {0};
+    int npay = 0;
     say(o, "\nUsers (each x-user-id may send 10/s with a burst of 20; the rest get 429 and a "
            "Retry-After)\n");
     say(o, "  %-9s %-28s %6s %6s %6s %6s  %s\n", "user", "behaviour", "sent", "2xx", "429",
         "other", "target");
     for (int i = 0; i < ncl; i++) {
         const struct client *cl = &cls[i];
-        char lb[64], tg[64];
+        char lb[64];
+        const char *tg;
+        if (cl->role == ROLE_PAYMENTS) {
+            pay.sent += cl->st->sent;
+            pay.ok += cl->st->ok;
+            pay.limited += cl->st->limited;
+            pay.other += cl->st->other;
+            npay++;
+            continue;
+        }
         if (cl->role == ROLE_SWEEP)
             continue;
         const uint64_t *t = cl->st->targets;
-        if (cl->role == ROLE_PAYMENTS)
-            (void)snprintf(tg, sizeof(tg), "-");
-        else if (t[TG_STABLE] > 0 && t[TG_CANARY] > 0)
-            (void)snprintf(tg, sizeof(tg), "stable AND canary (not sticky!)");
+        if (t[TG_STABLE] > 0 && t[TG_CANARY] > 0)
+            tg = "stable AND canary (not sticky!)";
         else
-            (void)snprintf(tg, sizeof(tg), "%s",
-                           t[TG_N] > 0        ? "gray"
-                           : t[TG_CANARY] > 0 ? "canary"
-                           : t[TG_STABLE] > 0 ? "stable"
-                                              : "-");
+            tg = t[TG_N] > 0        ? "gray"
+                 : t[TG_CANARY] > 0 ? "canary"
+                 : t[TG_STABLE] > 0 ? "stable"
+                                    : "-";
         say(o, "  %-9s %-28s %6" PRIu64 " %6" PRIu64 " %6" PRIu64 " %6" PRIu64 "  %s\n",
             cl->name, role_label(cl, lb, sizeof(lb)), cl->st->sent, cl->st->ok,
             cl->st->limited, cl->st->other, tg);
+    }
+    if (npay > 0) {
+        char lb[64];
+        (void)snprintf(lb, sizeof(lb), "POST %.0f/s, %d connections", opt.payments_rate, npay);
+        say(o, "  %-9s %-28s %6" PRIu64 " %6" PRIu64 " %6" PRIu64 " %6" PRIu64 "  %s\n",
+            "payments", lb, pay.sent, pay.ok, pay.limited, pay.other, "(no user limit)");
     }
 }
 
@@ -1456,14 +1478,14 @@ static void report(FILE *o, struct client *cls, int ncl, const struct totals *T,
     if (gi->have_config)
         say(o, "config \"%s\" (generation %.0f, %s)\n", gi->version, gi->generation,
             gi->source);
-    say(o,
-        "%d users on /api/orders (%d polite at %.0f/s, %d misbehaving at %.0f/s), payments "
-        "at %.0f/s,\n",
-        opt.users, opt.users - opt.abusers, opt.rate, opt.abusers, opt.abuse_rate,
-        opt.payments_rate);
-    say(o,
-        "and a sweep over %d user ids: %" PRIu64 " requests, %" PRIu64 " answered (%.0f/s).\n",
-        opt.sweep, a->sent, a->answered, secs > 0 ? (double)a->sent / secs : 0.0);
+    say(o, "%d users on /api/orders (%d polite at %.0f/s, %d misbehaving at %.0f/s)",
+        opt.users, opt.users - opt.abusers, opt.rate, opt.abusers, opt.abuse_rate);
+    if (opt.payments_rate > 0)
+        say(o, ", payments at %.0f/s", opt.payments_rate);
+    if (opt.sweep > 0)
+        say(o, ",\na sweep over %d user ids", opt.sweep);
+    say(o, ": %" PRIu64 " requests, %" PRIu64 " answered (%.0f/s).\n", a->sent, a->answered,
+        secs > 0 ? (double)a->sent / secs : 0.0);
     report_status(o, T);
     report_split(o, T);
     report_breaker(o, T, gi);
@@ -1604,26 +1626,23 @@ static void json_report(FILE *o, struct client *cls, int ncl, const struct total
 static void usage(FILE *o) {
     say(o,
         "usage: loadgen --port N [options]\n"
-        "  Drives the floodgate gateway example with simulated users and reports what it "
-        "did.\n"
-        "  --host HOST            gateway address (default 127.0.0.1)\n"
-        "  --port N               gateway port (required)\n"
-        "  --duration-ms N        how long to send (default 12000; 100..600000)\n"
-        "  --users N              users on /api/orders (default 8; 1..%d)\n"
-        "  --abusers N            how many of them misbehave (default 2)\n"
-        "  --rate R               a polite user's requests/s (default 5)\n"
-        "  --abuse-rate R         a misbehaving user's requests/s (default 50)\n"
-        "  --payments-rate R      payments POSTs/s over two connections (default 80; 0 = "
-        "none)\n"
-        "  --sweep N              distinct user ids, each asked twice (default 1000; 0 = "
-        "none)\n"
-        "  --max-requests N       at most this many requests in all (default 500000)\n"
-        "  --flaky-period-ms N    the gateway's --flaky-period-ms, to mark the backend's\n"
-        "                         failing phase in the report (default: not shown)\n"
-        "  --report               print the readable report\n"
-        "  --json                 print a JSON summary (after the report, if both)\n"
-        "  Exit status: 0 when the gateway answered, 1 when it never did, 2 for bad usage.\n",
-        MAX_USERS);
+        "Drives the floodgate gateway example with simulated users, then reports.\n"
+        "  --host HOST          gateway address (default 127.0.0.1)\n"
+        "  --port N             gateway port (required)\n"
+        "  --duration-ms N      how long to send (default 12000; 100..600000)\n"
+        "  --users N            users on /api/orders (default 8; 1..%d)\n"
+        "  --abusers N          how many of them misbehave (default 2)\n"
+        "  --rate R             a polite user's requests/s (default 5)\n"
+        "  --abuse-rate R       a misbehaving user's requests/s (default 50)\n"
+        "  --payments-rate R    payments POSTs/s over %d connections (default 80; 0: none)\n"
+        "  --sweep N            distinct user ids, each asked twice (default 1000; 0: none)\n"
+        "  --max-requests N     about this many requests at most (default 500000)\n"
+        "  --flaky-period-ms N  the gateway's --flaky-period-ms, to mark the backend's\n"
+        "                       failing phase in the report (default: not shown)\n"
+        "  --report             print the readable report\n"
+        "  --json               print a JSON summary (after the report, if both)\n"
+        "Exit status: 0 when the gateway answered, 1 when it never did, 2 for bad usage.\n",
+        MAX_USERS, PAY_CONNS);
 }
 
 static int parse_args(int argc, char **argv) {
@@ -1839,7 +1858,7 @@ int main(int argc, char **argv) {
         return 1;
 
     /* The clients: users, then two payments connections, then the sweep. */
-    int npay = opt.payments_rate > 0 ? 2 : 0;
+    int npay = opt.payments_rate > 0 ? PAY_CONNS : 0;
     int ncl = opt.users + npay + (opt.sweep > 0 ? 1 : 0);
     struct client *cls = calloc((size_t)ncl, sizeof(*cls));
     if (cls == NULL) {
