@@ -51,6 +51,7 @@
 
 FG_BEGIN_DECLS
 
+/* An adaptive concurrency limit (opaque): fg_adaptive_new makes one. */
 typedef struct fg_adaptive fg_adaptive;
 
 /* The algorithm that moves the limit. */

@@ -60,12 +60,13 @@ FG_BEGIN_DECLS
  * ("expected ')'"). route is the index of the route at fault, or -1.
  */
 typedef struct fg_parse_error {
-    int code;
-    int route;
-    size_t column;
-    char message[160];
+    int code;          /* the error code, e.g. FG_EPARSE */
+    int route;         /* the index of the route at fault, or -1 */
+    size_t column;     /* 1-based, in the expression; 0: not about one */
+    char message[160]; /* what is wrong */
 } fg_parse_error;
 
+/* A compiled rule expression (opaque): fg_expr_compile makes one. */
 typedef struct fg_expr fg_expr;
 
 /*
@@ -108,6 +109,7 @@ FG_API void fg_expr_free(fg_expr *expr);
 
 /* ---- routes ---------------------------------------------------------------------- */
 
+/* How a route matches the request path. */
 typedef enum fg_path_kind {
     FG_PATH_ANY = 0,     /* every path */
     FG_PATH_EXACT = 1,   /* the path equals `path` */
@@ -129,26 +131,27 @@ typedef enum fg_value_source {
     FG_SOURCE_COOKIE = 4,  /* the named cookie of the Cookie header */
 } fg_value_source;
 
+/* How a value predicate compares the value it reads. */
 typedef enum fg_match_op {
     FG_MATCH_PRESENT = 0, /* the value exists (any content) */
     FG_MATCH_EXACT = 1,   /* equals `value` */
     FG_MATCH_PREFIX = 2,  /* starts with `value` */
     FG_MATCH_LT = 3,      /* a number < `number` (not a number: no match) */
-    FG_MATCH_LE = 4,
-    FG_MATCH_GT = 5,
-    FG_MATCH_GE = 6,
-    FG_MATCH_EQ = 7, /* a number == `number` */
+    FG_MATCH_LE = 4,      /* a number <= `number` */
+    FG_MATCH_GT = 5,      /* a number > `number` */
+    FG_MATCH_GE = 6,      /* a number >= `number` */
+    FG_MATCH_EQ = 7,      /* a number == `number` */
 } fg_match_op;
 
 /* One value predicate: source[name] op value/number; invert negates it (an
  * inverted PRESENT means "absent"). */
 typedef struct fg_value_match {
-    fg_value_source source;
-    const char *name; /* copied */
-    fg_match_op op;
-    const char *value; /* EXACT, PREFIX; copied */
-    double number;     /* LT .. EQ */
-    int invert;
+    fg_value_source source; /* where the value is read */
+    const char *name;       /* copied */
+    fg_match_op op;         /* how it is compared */
+    const char *value;      /* EXACT, PREFIX; copied */
+    double number;          /* LT .. EQ */
+    int invert;             /* nonzero: negate the result */
 } fg_value_match;
 
 /*
@@ -157,24 +160,25 @@ typedef struct fg_value_match {
  * one target needs no weight). stages run after the chain's, in order.
  */
 typedef struct fg_route_target {
-    const char *name; /* copied; NULL: the route's name */
-    uint32_t weight;
+    const char *name;      /* copied; NULL: the route's name */
+    uint32_t weight;       /* its share of the split (see above) */
     fg_handler_fn handler; /* required */
-    void *arg;
-    fg_stage **stages; /* nstages references, taken by fg_router_add */
-    size_t nstages;
+    void *arg;             /* passed to handler */
+    fg_stage **stages;     /* nstages references, taken by fg_router_add */
+    size_t nstages;        /* entries in stages */
 } fg_route_target;
 
+/* A route, for fg_router_add. Start from FG_ROUTE_SPEC_INIT. */
 typedef struct fg_route_spec {
-    const char *name; /* copied; required, unique in the router */
-    fg_path_kind path_kind;
-    const char *path;    /* copied; EXACT, PREFIX, PATTERN */
-    const char *methods; /* copied; "GET,POST" (case-sensitive); NULL or "": any */
-    const fg_value_match *matches;
-    size_t nmatches;
-    const char *when; /* rule expression, compiled by fg_router_add; NULL: none */
-    const fg_route_target *targets;
-    size_t ntargets;
+    const char *name;              /* copied; required, unique in the router */
+    fg_path_kind path_kind;        /* how path is matched */
+    const char *path;              /* copied; EXACT, PREFIX, PATTERN */
+    const char *methods;           /* copied; "GET,POST" (case-sensitive); NULL or "": any */
+    const fg_value_match *matches; /* value predicates; all must match */
+    size_t nmatches;               /* entries in matches */
+    const char *when;              /* rule expression, compiled by fg_router_add; NULL: none */
+    const fg_route_target *targets; /* what serves the route; at least one */
+    size_t ntargets;                /* entries in targets */
     /* The split: sticky on source[split_key] when split_key is set (the
      * same key always lands on the same target for a given weight table),
      * else random per request. A request without the key is split at
@@ -185,9 +189,11 @@ typedef struct fg_route_spec {
     const char *split_salt;
 } fg_route_spec;
 
+/* Defaults: every path, any method, no predicates, no rule, a random split. */
 #define FG_ROUTE_SPEC_INIT                                                                    \
     { NULL, FG_PATH_ANY, NULL, NULL, NULL, 0, NULL, NULL, 0, FG_SOURCE_HEADER, NULL, NULL }
 
+/* A router (opaque): fg_router_new makes one. */
 typedef struct fg_router fg_router;
 
 /*
@@ -252,10 +258,10 @@ FG_API const char *fg_router_route_name(const fg_router *router, size_t i);
 
 /* The result of a match. */
 typedef struct fg_route_match {
-    int route;  /* index in the order added */
-    int target; /* index in the route's targets */
-    const char *route_name;
-    const char *target_name;
+    int route;               /* index in the order added */
+    int target;              /* index in the route's targets */
+    const char *route_name;  /* the route's name (as in ctx->route) */
+    const char *target_name; /* the target's name (as in ctx->target) */
 } fg_route_match;
 
 /*

@@ -30,6 +30,7 @@
 
 FG_BEGIN_DECLS
 
+/* A runtime (opaque): fg_runtime_new makes one. */
 typedef struct fg_runtime fg_runtime;
 
 /*

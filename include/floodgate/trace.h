@@ -39,10 +39,10 @@ FG_BEGIN_DECLS
 
 /* A parsed traceparent (binary ids). */
 typedef struct fg_traceparent {
-    uint8_t version;
-    uint8_t trace_id[16];
-    uint8_t parent_id[8];
-    uint8_t flags;
+    uint8_t version;      /* the version field */
+    uint8_t trace_id[16]; /* the trace-id */
+    uint8_t parent_id[8]; /* the caller's span id */
+    uint8_t flags;        /* the trace-flags: FG_TRACE_FLAG_* */
 } fg_traceparent;
 
 /*
@@ -87,8 +87,9 @@ typedef enum fg_sampler_kind {
     FG_SAMPLER_PARENT_BASED = 3, /* the caller's sampled flag; `root` for new traces */
 } fg_sampler_kind;
 
+/* A sampling rule (fg_sampler_decide). */
 typedef struct fg_sampler {
-    fg_sampler_kind kind;
+    fg_sampler_kind kind; /* the strategy */
     double ratio;         /* FG_SAMPLER_RATIO (and root RATIO): 0 .. 1 */
     fg_sampler_kind root; /* PARENT_BASED: the rule for traces we start (not PARENT_BASED) */
 } fg_sampler;
@@ -118,8 +119,8 @@ FG_API int fg_sampler_decide(const fg_sampler *sampler, const uint8_t trace_id[1
 
 /* One list-member: key and value borrow the header (or the caller's) bytes. */
 typedef struct fg_tracestate_member {
-    fg_str key;
-    fg_str value;
+    fg_str key;   /* the member's key */
+    fg_str value; /* its value */
 } fg_tracestate_member;
 
 /*
@@ -129,6 +130,7 @@ typedef struct fg_tracestate_member {
  */
 typedef struct fg_tracestate {
     uint32_t n; /* members used */
+    /* The members; the first n are used. */
     fg_tracestate_member members[FG_TRACESTATE_MAX_MEMBERS];
 } fg_tracestate;
 
@@ -224,10 +226,10 @@ FG_API int fg_tracestate_format(const fg_tracestate *ts, char *buf, size_t cap, 
  * "ttl=60;private"), empty when none; formatting passes it on unchanged.
  */
 typedef struct fg_baggage_member {
-    fg_str key;
-    fg_str value;
-    fg_str properties;
-    int plain;
+    fg_str key;        /* an HTTP token */
+    fg_str value;      /* percent-encoded, unless plain */
+    fg_str properties; /* the raw text after the first ';'; may be empty */
+    int plain;         /* nonzero: value holds raw bytes (from fg_baggage_set) */
 } fg_baggage_member;
 
 /* A baggage list, in header order. Zero it or parse into it before use.
@@ -236,6 +238,7 @@ typedef struct fg_baggage {
     uint32_t n;         /* members used */
     uint32_t malformed; /* members the last parse skipped as malformed */
     uint32_t dropped;   /* members the last parse dropped past the limits */
+    /* The members; the first n are used. */
     fg_baggage_member members[FG_BAGGAGE_MAX_MEMBERS];
 } fg_baggage;
 
@@ -337,8 +340,8 @@ FG_API int fg_ctx_baggage(const fg_ctx *ctx, const char *key, size_t key_len, ch
  * during the call: copy what you keep.
  */
 typedef struct fg_span {
-    fg_str name; /* the stage's span_name, else the request path */
-    uint8_t trace_id[16];
+    fg_str name;          /* the stage's span_name, else the request path */
+    uint8_t trace_id[16]; /* the trace-id */
     uint8_t span_id[8];   /* this hop's span */
     uint8_t parent_id[8]; /* the caller's span; all zero for a trace we started */
     uint8_t flags;        /* as propagated: FG_TRACE_FLAG_* */
@@ -351,9 +354,9 @@ typedef struct fg_span {
     int code;                /* 0, or the failure / rejection code */
     const char *rejected_by; /* the rejecting stage's name, or NULL */
     uint32_t retry_count;    /* retries the request made */
-    fg_str method;           /* the request's method and path */
-    fg_str path;
-    const fg_ctx *ctx; /* the request, for anything else */
+    fg_str method;           /* the request's method */
+    fg_str path;             /* the request's path */
+    const fg_ctx *ctx;       /* the request, for anything else */
 } fg_span;
 
 /* The span hook: called once per finished span on the thread that runs the
@@ -361,13 +364,14 @@ typedef struct fg_span {
  * path. */
 typedef void (*fg_span_fn)(const fg_span *span, void *arg);
 
+/* Trace stage options. Start from FG_TRACE_OPTIONS_INIT. */
 typedef struct fg_trace_options {
     const char *name;      /* the stage's name; copied; NULL means "trace" */
     const char *span_name; /* copied; NULL: each span is named by its path */
     fg_sampler sampler;    /* whether this hop records the trace */
     fg_span_fn on_span;    /* NULL: no hook */
-    void *on_span_arg;
-    int hook_unsampled; /* nonzero: also report spans not sampled */
+    void *on_span_arg;     /* passed to on_span */
+    int hook_unsampled;    /* nonzero: also report spans not sampled */
 } fg_trace_options;
 
 /* Parent-based sampling, always on for traces we start; no hook. */
@@ -398,9 +402,9 @@ FG_API int fg_stage_trace(const fg_trace_options *opts, fg_stage **out);
 /* Outgoing trace headers: slices of the caller's buffer; an empty slice
  * means "do not send this header". */
 typedef struct fg_trace_headers {
-    fg_str traceparent;
-    fg_str tracestate;
-    fg_str baggage;
+    fg_str traceparent; /* the traceparent value */
+    fg_str tracestate;  /* the tracestate value */
+    fg_str baggage;     /* the baggage value */
 } fg_trace_headers;
 
 /* A buffer this large always holds all three (with their NULs). */
