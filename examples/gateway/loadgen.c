@@ -170,10 +170,16 @@ static int ci_has_token(const char *v, size_t n, const char *tok) {
     return 0;
 }
 
+/* Copies at most cap - 1 bytes, control characters replaced (they may reach a terminal). */
 static void copy_field(char *dst, size_t cap, const char *src, size_t n) {
     if (n >= cap)
         n = cap - 1;
-    memcpy(dst, src, n);
+    for (size_t i = 0; i < n; i++) {
+        char ch = src[i];
+        if ((unsigned char)ch < 0x20 || ch == 0x7f)
+            ch = '?';
+        dst[i] = ch;
+    }
     dst[n] = '\0';
 }
 
@@ -240,8 +246,11 @@ static int json_str(const char *p, const char *end, const char *key, char *out, 
     for (v++; v < end && *v != '"'; v++) {
         if (*v == '\\' && v + 1 < end)
             v++;
+        char ch = *v;
+        if ((unsigned char)ch < 0x20 || ch == '"' || ch == '\\')
+            ch = '?'; /* nothing that would upset a terminal or our own JSON */
         if (n + 1 < cap)
-            out[n++] = *v;
+            out[n++] = ch;
     }
     out[n] = '\0';
     return 0;
@@ -857,7 +866,6 @@ struct client {
     uint32_t (*pay)[PAY_N]; /* ROLE_PAYMENTS: outcomes per SLOT_MS since t0 */
     size_t pay_slots;
     uint8_t *sweep_first, *sweep_second; /* ROLE_SWEEP: the target per id, per pass */
-    int sweep_done;                      /* ids asked in the second pass */
 };
 
 static const char *const polite_names[] = {"alice", "bob",   "carol", "dave", "erin",
@@ -1054,10 +1062,8 @@ static void *client_main(void *arg) {
             uint8_t code = (uint8_t)(tg == TG_NONE ? 0 : tg);
             if (sweep_pass == 0)
                 cl->sweep_first[sweep_id] = code;
-            else {
+            else
                 cl->sweep_second[sweep_id] = code;
-                cl->sweep_done++;
-            }
         }
         /* A polite client waits as long as Retry-After asks; a misbehaving one does not. */
         if (r.status == 429 && r.retry_after > 0 && cl->role != ROLE_ABUSER &&
@@ -1106,7 +1112,7 @@ struct gateway_info {
     int have_config;
     char version[64], source[128];
     double generation;
-    int64_t metrics_lines, metrics_bytes; /* -1 when /metrics did not answer */
+    int64_t metrics_lines; /* -1 when /metrics did not answer */
     char trace_sent[33], trace_back[64], traceparent_back[80];
 };
 
@@ -1221,7 +1227,7 @@ struct totals {
     struct stats all;
     uint32_t (*pay)[PAY_N];
     size_t pay_slots;
-    int sweep_ids, sweep_stable, sweep_canary, sweep_other, sweep_checked, sweep_same;
+    int sweep_ids, sweep_stable, sweep_canary, sweep_checked, sweep_same;
     char canary_example[4][24];
     int64_t elapsed_ns;
     double offset_ms; /* gateway uptime at t0, when known */
@@ -1818,7 +1824,6 @@ static void collect(struct gateway_info *gi) {
     gi->metrics_lines = -1;
     if (control_get("/metrics", "", &r, &s, NULL) == E_OK && r.status == 200) {
         gi->metrics_lines = 0;
-        gi->metrics_bytes = (int64_t)s.total;
         for (const char *p = s.p; *p != '\0';) {
             const char *nl = strchr(p, '\n');
             if (*p != '#' && *p != '\n')
@@ -1979,7 +1984,6 @@ int main(int argc, char **argv) {
                 T.sweep_ids++;
                 T.sweep_stable += f == TG_STABLE;
                 T.sweep_canary += f == TG_CANARY;
-                T.sweep_other += f == TG_OTHER;
                 if (f == TG_CANARY && ne < 4)
                     (void)snprintf(T.canary_example[ne++], sizeof(T.canary_example[0]),
                                    "sweep-%04d", k);
