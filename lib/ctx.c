@@ -187,6 +187,7 @@ void fg__ctx_keep_names(fg_ctx *ctx) {
         return; /* refused before it began: the fields were never written */
     ctx->route = fg_ctx_keep_name(ctx, 0, ctx->route);
     ctx->target = fg_ctx_keep_name(ctx, 1, ctx->target);
+    ctx->priv.chain = NULL; /* it may go too: fg_ctx_time_left reads the monotonic clock */
     if (ctx->rejected_by != NULL)
         ctx->priv.rejected_name = fg_ctx_keep_name(
             ctx, 2, ctx->priv.rejected_name ? ctx->priv.rejected_name

@@ -37,7 +37,8 @@ struct fg_stage {
 int fg__is_tchar(unsigned char c);
 int fg__is_token(const char *s, size_t len);
 /* Copy the ctx's route, target and rejecting stage names into the ctx itself
- * and point at the copies, so they outlive the chain (lib/ctx.c; the runtime
+ * and point at the copies, and forget the chain, so that nothing read from a
+ * finished ctx points into a chain a reload may free (lib/ctx.c; the runtime
  * calls it as a request finishes). */
 void fg__ctx_keep_names(fg_ctx *ctx);
 int fg__name_equal(const fg_str *a, const char *b, size_t blen);

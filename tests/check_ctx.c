@@ -744,6 +744,7 @@ START_TEST(test_names_outlive_reload) {
 
     /* Split API: admitted, reloads while in flight, exit frees the old chain. */
     ck_assert_int_eq(fg_ctx_init(ctx, "GET", "/"), 0);
+    ck_assert_int_eq(fg_ctx_set_deadline(ctx, fg_clock_monotonic_now(NULL) + 60 * FG_NS_PER_S), 1);
     ck_assert_int_eq(fg_runtime_enter(r.rt, ctx), 0);
     ck_assert_str_eq(fg_ctx_route(ctx), "route-a");
     ffi_reload_twice(&r);
@@ -751,6 +752,9 @@ START_TEST(test_names_outlive_reload) {
     ffi_reload_twice(&r);
     ck_assert_str_eq(fg_ctx_route(ctx), "route-a");
     ck_assert_str_eq(fg_ctx_target(ctx), "route-a");
+    /* The time left no longer asks the (freed) chain's clock. */
+    ck_assert_uint_gt(fg_ctx_time_left(ctx), 0);
+    ck_assert_uint_le(fg_ctx_time_left(ctx), 60 * FG_NS_PER_S);
 
     /* Split API, rejected: the limiter (carried by name) has no token left. */
     ck_assert_int_eq(fg_ctx_init(ctx, "GET", "/"), 0);

@@ -43,8 +43,9 @@ FG_API uint64_t fg_ctx_remaining(const fg_ctx *ctx, uint64_t now_ns);
 
 /*
  * fg_ctx_time_left - fg_ctx_remaining at the current reading of the clock
- * of the chain ctx runs in (the monotonic clock before it entered one): for
- * handlers, which have no clock at hand.
+ * of the chain ctx runs in (the monotonic clock before it entered one, and
+ * once a request through a runtime has finished, since a reload may free
+ * its chain): for handlers, which have no clock at hand.
  */
 FG_API uint64_t fg_ctx_time_left(const fg_ctx *ctx);
 
