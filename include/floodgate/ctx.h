@@ -104,16 +104,16 @@ typedef struct fg_ctx {
      * clock before calling the handler; after fg_chain_enter the caller
      * schedules the handler that much later itself. */
     uint64_t delay_ns;
-    fg_header headers[FG_CTX_MAX_HEADERS];
+    fg_header headers[FG_CTX_MAX_HEADERS]; /* the first nheaders are set (fg_ctx_add_header) */
     /* Written by the router (floodgate/router.h) when it has chosen: the
      * route's and target's names (NULL before), and the path parameters of
      * a pattern route, name without its ':' or '*', value borrowing path.
      * The names belong to the chain; once a request through a runtime has
      * finished (see fg_ctx_route) they point at copies inside the ctx. */
-    const char *route;
-    const char *target;
-    uint32_t nparams;
-    fg_header params[FG_CTX_MAX_PARAMS];
+    const char *route;                   /* the route's name, or NULL */
+    const char *target;                  /* the target's name, or NULL */
+    uint32_t nparams;                    /* entries used in params */
+    fg_header params[FG_CTX_MAX_PARAMS]; /* the path parameters */
 
     struct {
         const fg_chain *chain;

@@ -53,7 +53,7 @@ FG_BEGIN_DECLS
 
 /* FG_OK is 0; every FG_E<name> from the table is its negative value. */
 enum fg_errno {
-    FG_OK = 0,
+    FG_OK = 0, /* success */
 #define FG_ERRNO_ENUM_(name, value, msg) FG_##name = (value),
     FG_ERRNO_MAP(FG_ERRNO_ENUM_)
 #undef FG_ERRNO_ENUM_

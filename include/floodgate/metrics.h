@@ -113,8 +113,8 @@ typedef struct fg_slo_status {
     /* Burn rate: the bad share divided by the allowed share (1.0 spends the
      * budget exactly at the end of the window; 14.4 over the fast window is
      * the workbook's page threshold). 0 with no traffic. */
-    double error_burn_fast, error_burn_slow;
-    double latency_burn_fast, latency_burn_slow;
+    double error_burn_fast, error_burn_slow;     /* errors: fast and slow window */
+    double latency_burn_fast, latency_burn_slow; /* slow requests: fast and slow window */
     /* 1 when the slow window meets the objective (or has no traffic). */
     int error_ok, latency_ok;
 } fg_slo_status;

@@ -184,9 +184,9 @@ typedef struct fg_route_spec {
      * else random per request. A request without the key is split at
      * random. split_salt (copied; NULL: the route's name) makes splits of
      * different routes independent. */
-    fg_value_source split_source;
-    const char *split_key;
-    const char *split_salt;
+    fg_value_source split_source; /* where split_key is read */
+    const char *split_key;        /* copied; NULL: a random split */
+    const char *split_salt;       /* copied; NULL: the route's name */
 } fg_route_spec;
 
 /* Defaults: every path, any method, no predicates, no rule, a random split. */
