@@ -24,8 +24,9 @@ NR == 1 {
     root = ENVIRON["PWD"] "/"
     if (substr(dir, 1, length(root)) == root)
         dir = substr(dir, length(root) + 1)
-    if (!sub(/[^\/]*$/, "", dir))
-        dir = ""
+    sub(/[^\/]*$/, "", dir)
+    if (dir ~ /^\//) # not under the working directory: assume docs/
+        dir = "docs/"
 }
 
 {
