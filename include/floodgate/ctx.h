@@ -119,9 +119,9 @@ typedef struct fg_ctx {
         const fg_chain *chain;
         uint32_t state;
         uint32_t depth;
-        const void *route_target; /* the router's chosen target */
-        void *snapshot;           /* the runtime snapshot a split request holds */
-        uint32_t canceled;        /* atomic: fg_ctx_cancel (floodgate/deadline.h) */
+        const void *route_target;  /* the router's chosen target */
+        void *snapshot;            /* the runtime snapshot a split request holds */
+        uint32_t canceled;         /* atomic: fg_ctx_cancel (floodgate/deadline.h) */
         const char *rejected_name; /* the rejecting stage's name, once kept */
         /* The route, target and rejecting stage names, copied when a request
          * through a runtime finishes (they would otherwise die with its chain
