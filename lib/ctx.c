@@ -189,9 +189,10 @@ void fg__ctx_keep_names(fg_ctx *ctx) {
     ctx->target = fg_ctx_keep_name(ctx, 1, ctx->target);
     ctx->priv.chain = NULL; /* it may go too: fg_ctx_time_left reads the monotonic clock */
     if (ctx->rejected_by != NULL)
-        ctx->priv.rejected_name = fg_ctx_keep_name(
-            ctx, 2, ctx->priv.rejected_name ? ctx->priv.rejected_name
-                                            : fg_stage_name(ctx->rejected_by));
+        ctx->priv.rejected_name =
+            fg_ctx_keep_name(ctx, 2,
+                             ctx->priv.rejected_name ? ctx->priv.rejected_name
+                                                     : fg_stage_name(ctx->rejected_by));
 }
 
 uint64_t fg_ctx_retry_after(const fg_ctx *ctx) { return ctx ? ctx->retry_after_ns : 0; }

@@ -709,8 +709,8 @@ static const char ffi_cfg_b[] =
     "\"chain\":[{\"limiter\":\"one\"}],"
     "\"routes\":[{\"name\":\"route-b\",\"handler\":\"reload\"}]}";
 
-static const char ffi_cfg_c[] =
-    "{\"version\":\"c\",\"chain\":[],\"routes\":[{\"name\":\"route-c\",\"handler\":\"reload\"}]}";
+static const char ffi_cfg_c[] = "{\"version\":\"c\",\"chain\":[],\"routes\":[{\"name\":"
+                                "\"route-c\",\"handler\":\"reload\"}]}";
 
 /* Reload twice from inside the handler: the first swap retires the chain the
  * request runs on, the second one's poll may free it once the call is over. */
@@ -719,14 +719,18 @@ static int ffi_reload_handler(fg_ctx *ctx, void *arg) {
     (void)ctx;
     if (fg_runtime_load_json(r->rt, r->reg, ffi_cfg_b, strlen(ffi_cfg_b), NULL) != 0)
         return -4242;
-    return fg_runtime_load_json(r->rt, r->reg, ffi_cfg_a, strlen(ffi_cfg_a), NULL) == 0 ? 0
-                                                                                       : -4243;
+    return fg_runtime_load_json(r->rt, r->reg, ffi_cfg_a, strlen(ffi_cfg_a), NULL) == 0
+               ? 0
+               : -4243;
 }
 
 static void ffi_reload_twice(struct ffi_reload *r) {
-    ck_assert_int_eq(fg_runtime_load_json(r->rt, r->reg, ffi_cfg_b, strlen(ffi_cfg_b), NULL), 0);
-    ck_assert_int_eq(fg_runtime_load_json(r->rt, r->reg, ffi_cfg_a, strlen(ffi_cfg_a), NULL), 0);
-    ck_assert_int_eq(fg_runtime_load_json(r->rt, r->reg, ffi_cfg_b, strlen(ffi_cfg_b), NULL), 0);
+    ck_assert_int_eq(fg_runtime_load_json(r->rt, r->reg, ffi_cfg_b, strlen(ffi_cfg_b), NULL),
+                     0);
+    ck_assert_int_eq(fg_runtime_load_json(r->rt, r->reg, ffi_cfg_a, strlen(ffi_cfg_a), NULL),
+                     0);
+    ck_assert_int_eq(fg_runtime_load_json(r->rt, r->reg, ffi_cfg_b, strlen(ffi_cfg_b), NULL),
+                     0);
 }
 
 /* Names read after a request finished stay valid across the reloads that
@@ -744,7 +748,8 @@ START_TEST(test_names_outlive_reload) {
 
     /* Split API: admitted, reloads while in flight, exit frees the old chain. */
     ck_assert_int_eq(fg_ctx_init(ctx, "GET", "/"), 0);
-    ck_assert_int_eq(fg_ctx_set_deadline(ctx, fg_clock_monotonic_now(NULL) + 60 * FG_NS_PER_S), 1);
+    ck_assert_int_eq(fg_ctx_set_deadline(ctx, fg_clock_monotonic_now(NULL) + 60 * FG_NS_PER_S),
+                     1);
     ck_assert_int_eq(fg_runtime_enter(r.rt, ctx), 0);
     ck_assert_str_eq(fg_ctx_route(ctx), "route-a");
     ffi_reload_twice(&r);
