@@ -276,6 +276,15 @@ bench-peers:
 	$(PEER_GO_ENV) go build -o build/peers/xtime ./bench/peers/xtime
 	@sh bench/peers/compare.sh build/peers/xtime build/release/bench/bench
 
+# The Go binding (examples/go) beside golang.org/x/time/rate in one run:
+# limiter decisions and an http.Handler middleware, medians side by side.
+# GO_BENCH_TIME (500ms) and GO_BENCH_COUNT (3) pass through to the script.
+.PHONY: bench-go
+bench-go:
+	@scripts/deps.sh lang
+	@$(MAKE) --no-print-directory SANITIZE= TSAN= build/release/libfloodgate.a
+	sh tests/test_go.sh build/release bench
+
 # ---- fuzzing: libFuzzer targets under tests/fuzz/, built with clang ----------
 #
 #   make fuzz                      build every target and run each FUZZ_SECONDS
