@@ -984,9 +984,10 @@ int main(int argc, char **argv) {
         char version[128] = "none";
         if (!srv->bare)
             (void)fg_runtime_version(srv->rt, version, sizeof(version));
-        printf("gateway: listening on http://%s:%u (%s%s, %u workers)\n", srv->addr, srv->port,
-               srv->bare ? "bare, no floodgate" : "config ", srv->bare ? "" : version,
-               srv->workers);
+        /* Scripts read this line: keep its shape. */
+        (void)printf("gateway: listening on http://%s:%u (%s%s)\n", srv->addr, srv->port,
+                     srv->bare ? "bare: no floodgate" : "config ", srv->bare ? "" : version);
+        gw_log(srv, "%u workers, %u request slots", srv->workers, GW_SLOTS);
         (void)fflush(stdout);
     }
     event_base_dispatch(srv->base);
