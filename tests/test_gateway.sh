@@ -139,7 +139,7 @@ cp "$here/../examples/gateway/floodgate.json" "$tmp/cfg/floodgate.json"
 start A
 
 run basic --port "$A_port"
-run badinput --port "$A_port"
+run badinput --port "$A_port" --pid "$A_pid" --max-rss-growth-mib "$rss_mib"
 
 # The slow clients take the idle timeout (10 s) to be closed: meanwhile gateway
 # B starts and its probes run. Only the slowloris probe talks to A until it is
