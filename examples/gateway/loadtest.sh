@@ -7,8 +7,10 @@
 #   floodgate the gateway with examples/gateway/loadtest.json: the full chain
 #             of the demo config (trace, global limiter, per-user keyed
 #             limiter, split, bulkhead, breaker, timeout), with limits so
-#             high that every request is admitted: the comparison measures
-#             the overhead, not rejections
+#             high that every request is admitted (and a 5 s timeout and
+#             slow-call bound: they do their work but never fire even on a
+#             busy machine): the comparison measures the overhead, not
+#             rejections
 #   nginx     nginx with limit_req keyed on x-user-id (rate and burst so high
 #             nothing is rejected) as a reverse proxy in front of the bare
 #             gateway, over keep-alive upstream connections
@@ -17,6 +19,9 @@
 #   throughput floodgate / bare                       (target >= 0.95)
 #   added p99: (p99 floodgate - p99 bare) / (p99 nginx - p99 bare)
 #                                                     (target: a small fraction)
+# It also shows the server side's CPU time per request (user + system, from
+# /proc: the gateway's, or nginx's worker's plus the bare gateway's), which
+# other work on the machine disturbs far less than throughput and latency.
 # The targets are reported as met=yes|no, not enforced (a loaded or shared
 # machine moves them); the script fails only when something does not work:
 # a server that does not start, non-2xx answers, connect errors or timeouts.
@@ -77,6 +82,7 @@ start_gw() {
         >"$tmp/$s_name.out" 2>"$tmp/$s_name.err" &
     s_pid=$!
     pids="$pids $s_pid"
+    eval "${s_name}_pid=$s_pid"
     s_i=0
     while [ ! -s "$tmp/$s_name.port" ]; do
         kill -0 "$s_pid" 2>/dev/null && [ "$s_i" -lt 100 ] ||
@@ -146,6 +152,17 @@ EOF
     : >"$tmp/nginx/error.log"
 done
 
+# nginx's worker process (the master only supervises it).
+ng_worker=$(cat "/proc/$ng_pid/task/$ng_pid/children" 2>/dev/null | cut -d' ' -f1)
+[ -n "$ng_worker" ] || ng_worker=$ng_pid
+
+# cpu_ticks PID...: user + system CPU time of the processes, in clock ticks.
+clk_tck=$(getconf CLK_TCK)
+cpu_ticks() {
+    for p in "$@"; do sed 's/.*) //' "/proc/$p/stat"; done |
+        awk '{ t += $12 + $13 } END { print t }'
+}
+
 # One request per call, a different user each time (1,000 of them per wrk
 # thread), the same script for every configuration.
 cat >"$tmp/users.lua" <<'EOF'
@@ -163,33 +180,42 @@ to_us() {
         if (m < 0) exit 1; printf "%.1f\n", v * m }'
 }
 
-# bench NAME PORT RUN: a warm-up, then the measured run; appends
-# "NAME rps p50_us p99_us" to $tmp/results.
+# bench NAME PORT RUN PID...: a warm-up, then the measured run; appends
+# "NAME rps p50_us p99_us cpu_us_per_request" to $tmp/results, the CPU time
+# being what the server processes PID... used during the run.
 bench() {
     url="http://127.0.0.1:$2/api/orders/7"
     wrk -t"$wthreads" -c"$conns" -d2s -s "$tmp/users.lua" "$url" >"$tmp/warm.txt" 2>&1 ||
         die "wrk warm-up against $1 failed: $(cat "$tmp/warm.txt")"
     out="$tmp/$1.$3.txt"
+    b_name=$1 b_port=$2 b_run=$3
+    shift 3
+    c0=$(cpu_ticks "$@")
     timeout $((dur + 30)) wrk -t"$wthreads" -c"$conns" -d"${dur}s" --latency -s "$tmp/users.lua" \
-        "$url" >"$out" 2>&1 || die "wrk against $1 failed: $(cat "$out")"
+        "$url" >"$out" 2>&1 || die "wrk against $b_name failed: $(cat "$out")"
+    c1=$(cpu_ticks "$@")
     for f in "$tmp/warm.txt" "$out"; do
         if grep -q "Non-2xx or 3xx responses" "$f"; then
-            die "$1: answers other than 2xx; every request must be admitted:
+            die "$b_name: answers other than 2xx; every request must be admitted:
 $(cat "$f")"
         fi
         if grep -E "Socket errors: connect [1-9]|timeout [1-9]" "$f" >/dev/null; then
-            die "$1: connect errors or timeouts:
+            die "$b_name: connect errors or timeouts:
 $(cat "$f")"
         fi
     done
     rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
     p50=$(awk '$1 == "50%" { print $2 }' "$out")
     p99=$(awk '$1 == "99%" { print $2 }' "$out")
-    [ -n "$rps" ] && [ -n "$p50" ] && [ -n "$p99" ] || die "cannot parse wrk's output for $1:
+    nreq=$(awk '/ requests in / { print $1 }' "$out")
+    [ -n "$rps" ] && [ -n "$p50" ] && [ -n "$p99" ] && [ -n "$nreq" ] ||
+        die "cannot parse wrk's output for $b_name:
 $(cat "$out")"
-    echo "$1 $rps $(to_us "$p50") $(to_us "$p99")" >>"$tmp/results"
-    printf 'run %d %-9s %10.0f req/s  p50 %8.1f us  p99 %8.1f us\n' "$3" "$1" "$rps" \
-        "$(to_us "$p50")" "$(to_us "$p99")"
+    cpu=$(awk -v a="$c0" -v b="$c1" -v t="$clk_tck" -v n="$nreq" \
+        'BEGIN { printf "%.2f", (b - a) * 1000000 / t / n }')
+    echo "$b_name $rps $(to_us "$p50") $(to_us "$p99") $cpu" >>"$tmp/results"
+    printf 'run %d %-9s %10.0f req/s  p50 %8.1f us  p99 %8.1f us  server CPU %6.2f us/req\n' \
+        "$b_run" "$b_name" "$rps" "$(to_us "$p50")" "$(to_us "$p99")" "$cpu"
 }
 
 echo "loadtest: wrk -t$wthreads -c$conns -d${dur}s --latency (2 s warm-up first), $runs runs each;"
@@ -199,9 +225,9 @@ echo "          load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 : >"$tmp/results"
 run=1
 while [ $run -le "$runs" ]; do
-    bench bare "$bare_port" $run
-    bench floodgate "$fg_port" $run
-    bench nginx "$ng_port" $run
+    bench bare "$bare_port" $run "$bare_pid"
+    bench floodgate "$fg_port" $run "$fg_pid"
+    bench nginx "$ng_port" $run "$bare_pid" "$ng_worker"
     run=$((run + 1))
 done
 
@@ -212,14 +238,16 @@ median() {
 }
 
 echo
-printf '%-34s %12s %12s %12s\n' "configuration (median of $runs)" "requests/s" "p50 (us)" "p99 (us)"
+printf '%-36s %10s %10s %10s %12s\n' "configuration (median of $runs)" "requests/s" "p50 (us)" \
+    "p99 (us)" "CPU us/req"
 for n in bare floodgate nginx; do
     case $n in
     bare) label="bare gateway (--bare)" ;;
     floodgate) label="gateway + floodgate (loadtest.json)" ;;
     nginx) label="nginx limit_req -> bare gateway" ;;
     esac
-    printf '%-34s %12.0f %12.1f %12.1f\n' "$label" "$(median $n 2)" "$(median $n 3)" "$(median $n 4)"
+    printf '%-36s %10.0f %10.1f %10.1f %12.2f\n' "$label" "$(median $n 2)" "$(median $n 3)" \
+        "$(median $n 4)" "$(median $n 5)"
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ -s "$tmp/nginx/error.log" ]; then
@@ -228,7 +256,8 @@ if [ -s "$tmp/nginx/error.log" ]; then
 fi
 echo
 awk -v rb="$(median bare 2)" -v rf="$(median floodgate 2)" \
-    -v pb="$(median bare 4)" -v pf="$(median floodgate 4)" -v pn="$(median nginx 4)" 'BEGIN {
+    -v pb="$(median bare 4)" -v pf="$(median floodgate 4)" -v pn="$(median nginx 4)" \
+    -v cb="$(median bare 5)" -v cf="$(median floodgate 5)" -v cn="$(median nginx 5)" 'BEGIN {
     t = rf / rb
     printf "throughput floodgate / bare: %.3f (target >= 0.95) met=%s\n", t, (t >= 0.95) ? "yes" : "no"
     af = pf - pb; an = pn - pb
@@ -239,4 +268,6 @@ awk -v rb="$(median bare 2)" -v rf="$(median floodgate 2)" \
             (r < 0.25) ? "yes" : "no"
     } else
         printf "; the nginx hop added nothing measurable: no ratio\n"
+    printf "server CPU per request: bare %.2f us; floodgate adds %+.2f us, the nginx hop %+.2f us\n",
+        cb, cf - cb, cn - cb
 }'
