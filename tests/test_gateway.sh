@@ -63,7 +63,7 @@ UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:${UBSAN_OPTIONS:-}"
 TSAN_OPTIONS="halt_on_error=0:exitcode=66:second_deadlock_stack=1:suppressions=$here/../examples/gateway/tsan.supp:${TSAN_OPTIONS:-}"
 export ASAN_OPTIONS UBSAN_OPTIONS TSAN_OPTIONS
 
-# start NAME ARGS...: run the gateway; sets NAME_pid and NAME_port.
+# start NAME ARGS...: run the gateway; sets s_pid and s_port.
 start() {
     s_name=$1
     shift
@@ -71,7 +71,6 @@ start() {
         >"$tmp/$s_name.out" 2>"$tmp/$s_name.err" &
     s_pid=$!
     pids="$pids $s_pid"
-    eval "${s_name}_pid=$s_pid"
     s_i=0
     while [ ! -s "$tmp/$s_name.port" ]; do
         if ! kill -0 "$s_pid" 2>/dev/null || [ "$s_i" -ge 300 ]; then
@@ -86,16 +85,15 @@ start() {
     case "$s_port" in
     '' | *[!0-9]*) echo "FAIL gateway: $s_name port file holds '$s_port'"; exit 1 ;;
     esac
-    eval "${s_name}_port=$s_port"
 }
 
-# stop NAME VERSION [sent]: SIGTERM (unless a probe has sent it: a second one
+# stop NAME PID PORT VERSION [sent]: SIGTERM (unless a probe has sent it: a second one
 # could land after the gateway has restored the default action while it tears
 # down), exit 0 within 30 s, the ready line on stdout, no sanitizer report on
 # stderr.
 stop() {
-    eval "t_pid=\$${1}_pid t_port=\$${1}_port"
-    [ "${3:-}" = sent ] || kill -TERM "$t_pid" 2>/dev/null
+    t_pid=$2 t_port=$3
+    [ "${5:-}" = sent ] || kill -TERM "$t_pid" 2>/dev/null
     # A watchdog: short sleeps, so nothing outlives it for long when killed.
     (
         i=0
@@ -113,8 +111,8 @@ stop() {
         echo "FAIL gateway: $1 exited $t_rc after SIGTERM, want 0 (137: did not stop in 30 s)"
         fail=1
     fi
-    if ! grep -qxF "gateway: listening on http://127.0.0.1:$t_port (config $2)" "$tmp/$1.out"; then
-        echo "FAIL gateway: $1 stdout lacks the ready line for port $t_port, config $2:"
+    if ! grep -qxF "gateway: listening on http://127.0.0.1:$t_port (config $4)" "$tmp/$1.out"; then
+        echo "FAIL gateway: $1 stdout lacks the ready line for port $t_port, config $4:"
         head -5 "$tmp/$1.out"
         fail=1
     fi
@@ -137,6 +135,7 @@ run() {
 mkdir "$tmp/cfg"
 cp "$here/../examples/gateway/floodgate.json" "$tmp/cfg/floodgate.json"
 start A
+A_pid=$s_pid A_port=$s_port
 
 run basic --port "$A_port"
 run badinput --port "$A_port" --pid "$A_pid" --max-rss-growth-mib "$rss_mib"
@@ -149,6 +148,7 @@ timeout "$limit" python3 "$probe" slowloris --port "$A_port" --prompt "$prompt" 
 slow_pid=$!
 pids="$pids $slow_pid"
 start B --config "$tmp/cfg/floodgate.json" --flaky-period-ms 4000
+B_pid=$s_pid B_port=$s_port
 run breaker --port "$B_port" --period-ms 4000
 run reload --port "$B_port" --config "$tmp/cfg/floodgate.json"
 wait "$slow_pid"
@@ -168,13 +168,14 @@ if [ -x "$loadgen" ]; then
     fi
 fi
 
-stop A gateway-demo-1
-stop B gateway-demo-1
+stop A "$A_pid" "$A_port" gateway-demo-1
+stop B "$B_pid" "$B_port" gateway-demo-1
 
 # C: one worker, 500 ms orders; the probe sends SIGTERM with two in flight.
 start C --workers 1 --latency-us 500000
+C_pid=$s_pid C_port=$s_port
 run drain --port "$C_port" --pid "$C_pid"
-stop C gateway-demo-1 sent
+stop C "$C_pid" "$C_port" gateway-demo-1 sent
 
 secs=$(($(date +%s) - start_s))
 if [ "$fail" -ne 0 ]; then

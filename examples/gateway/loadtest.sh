@@ -74,7 +74,7 @@ die() {
     exit 1
 }
 
-# start_gw NAME ARGS...: a gateway on a free port; sets NAME_port.
+# start_gw NAME ARGS...: a gateway on a free port; sets s_pid and s_port.
 start_gw() {
     s_name=$1
     shift
@@ -82,19 +82,21 @@ start_gw() {
         >"$tmp/$s_name.out" 2>"$tmp/$s_name.err" &
     s_pid=$!
     pids="$pids $s_pid"
-    eval "${s_name}_pid=$s_pid"
     s_i=0
     while [ ! -s "$tmp/$s_name.port" ]; do
-        kill -0 "$s_pid" 2>/dev/null && [ "$s_i" -lt 100 ] ||
+        if ! kill -0 "$s_pid" 2>/dev/null || [ "$s_i" -ge 100 ]; then
             die "gateway $s_name ($*) did not start: $(cat "$tmp/$s_name.err")"
+        fi
         s_i=$((s_i + 1))
         sleep 0.1
     done
-    eval "${s_name}_port=$(cat "$tmp/$s_name.port")"
+    s_port=$(cat "$tmp/$s_name.port")
 }
 
 start_gw bare --bare --latency-us 0
+bare_pid=$s_pid bare_port=$s_port
 start_gw fg --config "$here/loadtest.json" --latency-us 0
+fg_pid=$s_pid fg_port=$s_port
 grep -q "config gateway-loadtest-1" "$tmp/fg.out" ||
     die "the floodgate gateway does not serve loadtest.json: $(cat "$tmp/fg.out" "$tmp/fg.err")"
 
@@ -146,14 +148,16 @@ EOF
     [ -s "$tmp/nginx/nginx.pid" ] && kill -0 "$ng_pid" 2>/dev/null && break
     kill -KILL "$ng_pid" 2>/dev/null
     ng_tries=$((ng_tries + 1))
-    grep -q "Address already in use" "$tmp/nginx/error.log" "$tmp/nginx/stdout" 2>/dev/null &&
-        [ $ng_tries -lt 20 ] || die "nginx did not start: $(cat "$tmp/nginx/error.log" "$tmp/nginx/stdout")"
+    if ! grep -q "Address already in use" "$tmp/nginx/error.log" "$tmp/nginx/stdout" 2>/dev/null ||
+        [ $ng_tries -ge 20 ]; then
+        die "nginx did not start: $(cat "$tmp/nginx/error.log" "$tmp/nginx/stdout")"
+    fi
     ng_port=$((ng_port + 1))
     : >"$tmp/nginx/error.log"
 done
 
 # nginx's worker process (the master only supervises it).
-ng_worker=$(cat "/proc/$ng_pid/task/$ng_pid/children" 2>/dev/null | cut -d' ' -f1)
+ng_worker=$(cut -d' ' -f1 "/proc/$ng_pid/task/$ng_pid/children" 2>/dev/null)
 [ -n "$ng_worker" ] || ng_worker=$ng_pid
 
 # cpu_ticks PID...: user + system CPU time of the processes, in clock ticks.
@@ -184,12 +188,12 @@ to_us() {
 # "NAME rps p50_us p99_us cpu_us_per_request" to $tmp/results, the CPU time
 # being what the server processes PID... used during the run.
 bench() {
-    url="http://127.0.0.1:$2/api/orders/7"
-    wrk -t"$wthreads" -c"$conns" -d2s -s "$tmp/users.lua" "$url" >"$tmp/warm.txt" 2>&1 ||
-        die "wrk warm-up against $1 failed: $(cat "$tmp/warm.txt")"
-    out="$tmp/$1.$3.txt"
     b_name=$1 b_port=$2 b_run=$3
     shift 3
+    url="http://127.0.0.1:$b_port/api/orders/7"
+    out="$tmp/$b_name.$b_run.txt"
+    wrk -t"$wthreads" -c"$conns" -d2s -s "$tmp/users.lua" "$url" >"$tmp/warm.txt" 2>&1 ||
+        die "wrk warm-up against $b_name failed: $(cat "$tmp/warm.txt")"
     c0=$(cpu_ticks "$@")
     timeout $((dur + 30)) wrk -t"$wthreads" -c"$conns" -d"${dur}s" --latency -s "$tmp/users.lua" \
         "$url" >"$out" 2>&1 || die "wrk against $b_name failed: $(cat "$out")"
@@ -208,9 +212,10 @@ $(cat "$f")"
     p50=$(awk '$1 == "50%" { print $2 }' "$out")
     p99=$(awk '$1 == "99%" { print $2 }' "$out")
     nreq=$(awk '/ requests in / { print $1 }' "$out")
-    [ -n "$rps" ] && [ -n "$p50" ] && [ -n "$p99" ] && [ -n "$nreq" ] ||
+    if [ -z "$rps" ] || [ -z "$p50" ] || [ -z "$p99" ] || [ -z "$nreq" ]; then
         die "cannot parse wrk's output for $b_name:
 $(cat "$out")"
+    fi
     cpu=$(awk -v a="$c0" -v b="$c1" -v t="$clk_tck" -v n="$nreq" \
         'BEGIN { printf "%.2f", (b - a) * 1000000 / t / n }')
     echo "$b_name $rps $(to_us "$p50") $(to_us "$p99") $cpu" >>"$tmp/results"
