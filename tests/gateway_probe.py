@@ -36,6 +36,9 @@ import sys
 import threading
 import time
 
+# x-fg-outcome on every answer through the chain (CONTRACT.md: fg_outcome_name).
+OUTCOMES = {"ok", "rate_limited", "breaker_open", "no_route", "timed_out", "overloaded",
+            "handler_failed", "canceled", "rejected", "fault_injected"}
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
@@ -345,8 +348,12 @@ def probe_basic(args):
     ok_orders += r.status == 200
     r = orders(c, "k" * 48)
     ck.eq(r.status, 400, "48-byte x-user-id status")
+    ck.ok(r.header("x-fg-outcome") in OUTCOMES, "48-byte x-user-id: x-fg-outcome %r is none of "
+          "the contract's outcome names" % r.header("x-fg-outcome"))
     r = orders(c, None)
     ck.eq(r.status, 400, "orders without x-user-id status")
+    ck.ok(r.header("x-fg-outcome") in OUTCOMES, "no x-user-id: x-fg-outcome %r is none of the "
+          "contract's outcome names" % r.header("x-fg-outcome"))
     if not c.open:
         c = Conn(port)
 
