@@ -10,8 +10,9 @@
  *   admitted: push the slot on the job ring (ck_ring, one producer, many
  *   consumers) and post the semaphore   --> pop, fg_route_dispatch (the
  *                                           route's backend), push the slot
- *                                           on the done ring (many producers,
- *                                           one consumer), wake the loop
+ *                                           on the worker's own done ring
+ *                                           (one producer, one consumer),
+ *                                           wake the loop
  *   pop done slots, fg_runtime_exit,
  *   answer with the backend's status
  *
@@ -68,14 +69,15 @@ void __tsan_release(void *addr);
 #define GW_TAKEOVER(p) ((void)(p))
 #endif
 
-#define GW_SLOTS       1024 /* requests in flight at once; more get 503 at once */
-#define GW_RING        2048 /* ring size: a power of two above GW_SLOTS */
-#define GW_MAX_WORKERS 64
-#define GW_EVENTS      256 /* breaker transitions kept for /-/events */
-#define GW_DRAIN_SECS  5   /* longest wait for in-flight requests on shutdown */
-#define GW_IDLE_SECS   10  /* libevent's read/write timeout per connection */
-#define GW_HEADERS_MAX ((ev_ssize_t)64 * 1024)
-#define GW_BODY_LIMIT  ((ev_ssize_t)64 * 1024)
+#define GW_SLOTS          1024 /* requests in flight at once; more get 503 at once */
+#define GW_RING           2048 /* ring size: a power of two above GW_SLOTS */
+#define GW_MAX_WORKERS    64
+#define GW_EVENTS         256   /* breaker transitions kept for /-/events */
+#define GW_WATCH_AFTER_US 20000 /* watch for hang-ups of requests in flight this long */
+#define GW_DRAIN_SECS     5     /* longest wait for in-flight requests on shutdown */
+#define GW_IDLE_SECS      10    /* libevent's read/write timeout per connection */
+#define GW_HEADERS_MAX    ((ev_ssize_t)64 * 1024)
+#define GW_BODY_LIMIT     ((ev_ssize_t)64 * 1024)
 
 enum gw_slot_state { GW_FREE, GW_DELAYED, GW_QUEUED, GW_DONE };
 
@@ -94,7 +96,9 @@ struct gw_slot {
     int state;          /* enum gw_slot_state; loop thread only */
     int admitted;       /* entered the runtime: an exit is owed */
     uint64_t start_ns;
-    struct event close_ev; /* the client hanging up while in flight */
+    struct event slow_ev;  /* fires when the request has been in flight a while */
+    struct event close_ev; /* then: the client hanging up */
+    int slow_armed;
     int close_armed;
     struct gw_slot *next_free;
     char method[16];
@@ -142,12 +146,17 @@ struct gw_server {
     struct ck_ring jobs; /* loop -> workers (SPMC) */
     struct ck_ring_buffer jobs_buf[GW_RING];
     sem_t jobs_sem;
-    struct ck_ring done; /* workers -> loop (MPSC) */
-    struct ck_ring_buffer done_buf[GW_RING];
+    struct gw_worker {
+        struct gw_server *srv;
+        pthread_t thread;
+        /* worker -> loop, one ring per worker (SPSC): a worker preempted
+         * halfway through an enqueue holds up nobody else's completions. */
+        struct ck_ring done;
+        struct ck_ring_buffer done_buf[GW_RING];
+    } pool[GW_MAX_WORKERS];
     int wake_pipe[2];
     unsigned wake_pending; /* atomic: a wake byte is in the pipe */
     unsigned stop;         /* atomic: workers end */
-    pthread_t threads[GW_MAX_WORKERS];
     unsigned nthreads;
 
     /* reload and breaker reports, from the watcher's and request threads */
@@ -229,7 +238,8 @@ static void gw_wake_loop(struct gw_server *srv) {
 }
 
 static void *gw_worker(void *arg) {
-    struct gw_server *srv = arg;
+    struct gw_worker *self = arg;
+    struct gw_server *srv = self->srv;
     for (;;) {
         while (sem_wait(&srv->jobs_sem) != 0 && errno == EINTR) {
         }
@@ -246,8 +256,8 @@ static void *gw_worker(void *arg) {
         else
             slot->result = fg_route_dispatch(&slot->ctx);
         GW_HANDOVER(slot);
-        while (!ck_ring_enqueue_mpsc(&srv->done, srv->done_buf, slot)) {
-        }
+        /* Never full: the ring holds more entries than there are slots. */
+        (void)ck_ring_enqueue_spsc(&self->done, self->done_buf, slot);
         gw_wake_loop(srv);
     }
 }
@@ -262,15 +272,17 @@ static void gw_submit(struct gw_server *srv, struct gw_slot *slot) {
 
 /* ---- answers ------------------------------------------------------------------------- */
 
+/* The loop's reply buffer: evhttp_send_reply moves its contents out, so one
+ * serves every answer. */
+static struct evbuffer *gw_reply_buf;
+
 static void gw_reply(struct evhttp_request *req, int status, const char *reason,
                      const char *ctype, const char *body, size_t len) {
-    struct evbuffer *out = evbuffer_new();
-    if (out != NULL && len > 0)
-        evbuffer_add(out, body, len);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", ctype);
-    evhttp_send_reply(req, status, reason, out);
-    if (out != NULL)
-        evbuffer_free(out);
+    /* A HEAD answer has the headers of a GET answer, never its body. */
+    if (len > 0 && evhttp_request_get_command(req) != EVHTTP_REQ_HEAD)
+        (void)evbuffer_add(gw_reply_buf, body, len);
+    (void)evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", ctype);
+    evhttp_send_reply(req, status, reason, gw_reply_buf);
 }
 
 static void gw_reply_text(struct evhttp_request *req, int status, const char *reason,
@@ -346,7 +358,9 @@ static void gw_decision_headers(struct evhttp_request *req, const fg_ctx *ctx, i
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     const char *outcome = fg_outcome_name(code);
     char buf[FG_TRACEPARENT_LEN + 1];
-    evhttp_add_header(h, "x-fg-outcome", outcome ? outcome : "error");
+    if (outcome == NULL) /* not an outcome code: a stage refused the input itself */
+        outcome = fg_ctx_rejected_by(ctx) != NULL ? "rejected" : "error";
+    evhttp_add_header(h, "x-fg-outcome", outcome);
     if (fg_ctx_route(ctx) != NULL)
         evhttp_add_header(h, "x-fg-route", fg_ctx_route(ctx));
     if (fg_ctx_target(ctx) != NULL)
@@ -431,7 +445,8 @@ static void gw_on_hangup(evutil_socket_t fd, short what, void *arg) {
     fg_ctx_cancel(&slot->ctx);
 }
 
-static void gw_watch_hangup(struct gw_server *srv, struct gw_slot *slot) {
+static void gw_watch_hangup(struct gw_slot *slot) {
+    struct gw_server *srv = slot->srv;
     struct evhttp_connection *evcon = evhttp_request_get_connection(slot->req);
     struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
     evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
@@ -441,13 +456,34 @@ static void gw_watch_hangup(struct gw_server *srv, struct gw_slot *slot) {
     slot->close_armed = event_add(&slot->close_ev, NULL) == 0;
 }
 
+static void gw_on_slow(evutil_socket_t fd, short what, void *arg) {
+    struct gw_slot *slot = arg;
+    (void)fd;
+    (void)what;
+    slot->slow_armed = 0;
+    gw_watch_hangup(slot);
+}
+
+/* Watch for a hang-up only once a request has been in flight
+ * GW_WATCH_AFTER_US: a timer costs no system call, a socket watch two (add
+ * and delete), and most requests are answered long before it matters. */
+static void gw_watch_slow(struct gw_server *srv, struct gw_slot *slot) {
+    static const struct timeval after = {0, GW_WATCH_AFTER_US};
+    if (evtimer_assign(&slot->slow_ev, srv->base, gw_on_slow, slot) == 0)
+        slot->slow_armed = evtimer_add(&slot->slow_ev, &after) == 0;
+}
+
 /* The backend has run (or the request is being abandoned): exit the chain
  * and answer. Loop thread. */
 static void gw_finish(struct gw_server *srv, struct gw_slot *slot, int result) {
     fg_ctx *ctx = &slot->ctx;
     int code = result;
+    if (slot->slow_armed) {
+        (void)event_del(&slot->slow_ev);
+        slot->slow_armed = 0;
+    }
     if (slot->close_armed) {
-        event_del(&slot->close_ev);
+        (void)event_del(&slot->close_ev);
         slot->close_armed = 0;
     }
     if (slot->admitted) {
@@ -470,6 +506,18 @@ static void gw_finish(struct gw_server *srv, struct gw_slot *slot, int result) {
     gw_slot_put(srv, slot);
 }
 
+/* Finish every completed request, from every worker's ring. Loop thread. */
+static void gw_drain_done(struct gw_server *srv) {
+    struct gw_slot *slot;
+    for (unsigned i = 0; i < srv->nthreads; i++) {
+        struct gw_worker *w = &srv->pool[i];
+        while (ck_ring_dequeue_spsc(&w->done, w->done_buf, &slot)) {
+            GW_TAKEOVER(slot);
+            gw_finish(srv, slot, slot->result);
+        }
+    }
+}
+
 static void gw_on_wake(evutil_socket_t fd, short what, void *arg) {
     struct gw_server *srv = arg;
     char drain[64];
@@ -477,11 +525,7 @@ static void gw_on_wake(evutil_socket_t fd, short what, void *arg) {
     while (read(fd, drain, sizeof(drain)) > 0) {
     }
     __atomic_store_n(&srv->wake_pending, 0, __ATOMIC_SEQ_CST);
-    struct gw_slot *slot;
-    while (ck_ring_dequeue_mpsc(&srv->done, srv->done_buf, &slot)) {
-        GW_TAKEOVER(slot);
-        gw_finish(srv, slot, slot->result);
-    }
+    gw_drain_done(srv);
 }
 
 static void gw_on_delay(evutil_socket_t fd, short what, void *arg) {
@@ -701,7 +745,7 @@ static void gw_on_request(struct evhttp_request *req, void *arg) {
         return;
     }
     slot->admitted = 1;
-    gw_watch_hangup(srv, slot);
+    gw_watch_slow(srv, slot);
     uint64_t delay = fg_ctx_delay(&slot->ctx);
     if (delay > 0) {
         /* A smoothing limiter reserved a later start: wait on the loop, not
@@ -791,7 +835,9 @@ static int gw_load_config(struct gw_server *srv) {
 
 static int gw_start_workers(struct gw_server *srv) {
     for (unsigned i = 0; i < srv->workers; i++) {
-        if (pthread_create(&srv->threads[i], NULL, gw_worker, srv) != 0)
+        srv->pool[i].srv = srv;
+        ck_ring_init(&srv->pool[i].done, GW_RING);
+        if (pthread_create(&srv->pool[i].thread, NULL, gw_worker, &srv->pool[i]) != 0)
             return -1;
         srv->nthreads++;
     }
@@ -803,19 +849,14 @@ static void gw_stop_workers(struct gw_server *srv) {
     for (unsigned i = 0; i < srv->nthreads; i++)
         sem_post(&srv->jobs_sem);
     for (unsigned i = 0; i < srv->nthreads; i++)
-        pthread_join(srv->threads[i], NULL);
-    srv->nthreads = 0;
+        pthread_join(srv->pool[i].thread, NULL);
 }
 
 /* After the loop: every slot still in use gets its exit and an answer. */
 static void gw_abandon_all(struct gw_server *srv) {
-    struct gw_slot *slot;
-    while (ck_ring_dequeue_mpsc(&srv->done, srv->done_buf, &slot)) {
-        GW_TAKEOVER(slot);
-        gw_finish(srv, slot, slot->result);
-    }
+    gw_drain_done(srv);
     for (unsigned i = 0; i < GW_SLOTS; i++) {
-        slot = &srv->slots[i];
+        struct gw_slot *slot = &srv->slots[i];
         if (slot->state != GW_FREE)
             gw_finish(srv, slot, FG_ECANCELED);
     }
@@ -902,7 +943,6 @@ static int gw_init(struct gw_server *srv) {
         srv->free_list = &srv->slots[i];
     }
     ck_ring_init(&srv->jobs, GW_RING);
-    ck_ring_init(&srv->done, GW_RING);
     if (sem_init(&srv->jobs_sem, 0, 0) != 0 || pipe(srv->wake_pipe) != 0 ||
         evutil_make_socket_nonblocking(srv->wake_pipe[0]) != 0 ||
         evutil_make_socket_nonblocking(srv->wake_pipe[1]) != 0 ||
@@ -948,6 +988,11 @@ int main(int argc, char **argv) {
     srv->http = srv->base ? evhttp_new(srv->base) : NULL;
     if (srv->http == NULL) {
         (void)fprintf(stderr, "gateway: cannot start libevent\n");
+        goto out;
+    }
+    gw_reply_buf = evbuffer_new();
+    if (gw_reply_buf == NULL) {
+        (void)fprintf(stderr, "gateway: out of memory\n");
         goto out;
     }
     evhttp_set_gencb(srv->http, gw_on_request, srv);
@@ -1009,6 +1054,8 @@ out:
         event_free(srv->sigterm_ev);
     if (srv->http)
         evhttp_free(srv->http);
+    if (gw_reply_buf != NULL)
+        evbuffer_free(gw_reply_buf);
     if (srv->base)
         event_base_free(srv->base);
     fg_runtime_free(srv->rt);
