@@ -734,6 +734,7 @@ static void gw_on_request(struct evhttp_request *req, void *arg) {
             gw_slot_put(srv, slot);
             return;
         }
+        gw_watch_slow(srv, slot); /* a gateway feature, not floodgate's: same in both */
         gw_submit(srv, slot);
         return;
     }
