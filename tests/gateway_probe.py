@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """tests/gateway_probe.py - drive the HTTP gateway example over real HTTP on
-loopback and check its answers against examples/gateway/CONTRACT.md.
+loopback and check its answers against examples/gateway/README.md.
 
 Standard library only. The client is a small HTTP/1.1 implementation on raw
 sockets (not http.client) because the probes must send what a careful client
@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 
-# x-fg-outcome on every answer through the chain (CONTRACT.md: fg_outcome_name).
+# x-fg-outcome on every answer through the chain (README.md: fg_outcome_name).
 OUTCOMES = {"ok", "rate_limited", "breaker_open", "no_route", "timed_out", "overloaded",
             "handler_failed", "canceled", "rejected", "fault_injected"}
 HEX32 = re.compile(r"^[0-9a-f]{32}$")

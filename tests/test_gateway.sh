@@ -1,6 +1,6 @@
 #!/bin/sh
 # tests/test_gateway.sh - the HTTP gateway example (examples/gateway/) over real
-# HTTP on loopback, against examples/gateway/CONTRACT.md; the probes themselves
+# HTTP on loopback, against examples/gateway/README.md; the probes themselves
 # are in tests/gateway_probe.py (Python 3, standard library only).
 #
 # Two gateways run on free ports (--port 0 --port-file):

@@ -904,7 +904,7 @@ static void record(struct client *cl, const char *path, int rc, const struct res
     else
         st->targets[tg]++;
 
-    /* What CONTRACT.md promises, checked on every answer. */
+    /* What README.md promises, checked on every answer. */
     if ((r->status == 429 || r->status == 503) && r->retry_after < 1)
         st->no_retry_after++;
     int chained = strncmp(path, "/api/", 5) == 0 || strcmp(path, "/healthz") == 0;
@@ -1500,7 +1500,7 @@ static void report(FILE *o, struct client *cls, int ncl, const struct totals *T,
     report_trace(o, T, gi);
     uint64_t broken = a->no_retry_after + a->bad_trace_id + a->no_outcome + a->wrong_version;
     if (broken > 0) {
-        say(o, "\nNot as CONTRACT.md says:\n");
+        say(o, "\nNot as README.md says:\n");
         if (a->no_retry_after > 0)
             say(o, "  %" PRIu64 " answers 429/503 without Retry-After >= 1\n",
                 a->no_retry_after);
