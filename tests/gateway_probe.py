@@ -1120,12 +1120,13 @@ def probe_drain(args):
     os.kill(args.pid, signal.SIGTERM)
     # New connections: refused once the listener is closed. A SYN that meets
     # the listener while it closes may go unanswered instead (the kernel
-    # drops it); that connection is not accepted either.
+    # drops it), or complete into the backlog and be reset when the listener
+    # closes; that connection is not accepted either.
     refused = None
     while refused is None and time.monotonic() - t0 < 2.0:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        except (ConnectionRefusedError, socket.timeout):
+        except (ConnectionRefusedError, ConnectionResetError, socket.timeout):
             refused = time.monotonic() - t0
             break
         time.sleep(0.01)
