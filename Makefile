@@ -58,7 +58,21 @@ B := build/$(VARIANT)
 
 # Recursive (=) so pkg-config is asked after `deps` has run.
 DEP_CFLAGS = $(shell $(PKG_CONFIG) --cflags ck jansson)
-DEP_LIBS = $(shell $(PKG_CONFIG) --libs ck jansson) -lpthread
+DEP_LIBS = $(shell $(PKG_CONFIG) --libs ck jansson) $(OPT_LIBS) -lpthread
+
+# Optional parts: the cluster limiter (hiredis) and the etcd config source
+# (libcurl). Built when pkg-config finds them (`make deps` installs both);
+# FG_NO_REDIS=1 / FG_NO_ETCD=1 build the core without them.
+ifneq ($(FG_NO_REDIS),1)
+HAVE_HIREDIS = $(shell $(PKG_CONFIG) --exists hiredis && echo 1)
+endif
+ifneq ($(FG_NO_ETCD),1)
+HAVE_CURL = $(shell $(PKG_CONFIG) --exists libcurl && echo 1)
+endif
+OPT_CFLAGS = $(if $(HAVE_HIREDIS),-DFG_HAVE_HIREDIS=1 $(shell $(PKG_CONFIG) --cflags hiredis)) \
+             $(if $(HAVE_CURL),-DFG_HAVE_CURL=1 $(shell $(PKG_CONFIG) --cflags libcurl))
+OPT_LIBS = $(if $(HAVE_HIREDIS),$(shell $(PKG_CONFIG) --libs hiredis)) \
+           $(if $(HAVE_CURL),$(shell $(PKG_CONFIG) --libs libcurl))
 CHECK_CFLAGS = $(shell $(PKG_CONFIG) --cflags check)
 CHECK_LIBS = $(shell $(PKG_CONFIG) --libs check)
 
@@ -67,7 +81,7 @@ STD := -std=c11 -D_POSIX_C_SOURCE=200809L
 CFLAGS ?=
 LDFLAGS ?=
 LIB_CFLAGS = $(STD) $(WARN) $(OPT) $(SAN) $(SANDEFS) -fPIC -fvisibility=hidden \
-             -Iinclude $(DEP_CFLAGS) $(CFLAGS)
+             -Iinclude $(DEP_CFLAGS) $(OPT_CFLAGS) $(CFLAGS)
 APP_CFLAGS = $(STD) $(WARN) $(OPT) $(SAN) $(SANDEFS) -Iinclude $(DEP_CFLAGS) $(CFLAGS)
 
 LIB_SRCS := $(wildcard lib/*.c)
@@ -86,10 +100,12 @@ SHARED := $(B)/libfloodgate.so.$(VERSION)
 # skips it (packagers, offline builds).
 ifeq ($(FG_NO_DEPS),1)
 DEPS_STEP :=
+SERVERS_STEP :=
 PROMTOOL_STEP :=
 LANG_STEP :=
 else
 DEPS_STEP := deps
+SERVERS_STEP := deps-servers
 PROMTOOL_STEP := deps-promtool
 LANG_STEP := deps-lang
 endif
@@ -99,7 +115,7 @@ TOOL := $(B)/tools/floodgate
 GATEWAY := $(B)/examples/gateway
 LOADGEN := $(B)/examples/loadgen
 
-.PHONY: all lib tools deps deps-lint deps-promtool deps-lang check test-unit test-shell bench bench-run \
+.PHONY: all lib tools deps deps-servers deps-lint deps-promtool deps-lang check test-unit test-shell bench bench-run \
         examples demo install uninstall lint format format-check tidy cppcheck clean
 
 all: lib tools
@@ -108,6 +124,9 @@ lib: $(STATIC) $(SHARED) $(B)/libfloodgate.so
 
 deps:
 	@scripts/deps.sh build
+
+deps-servers:
+	@scripts/deps.sh servers
 
 deps-lint:
 	@scripts/deps.sh lint
@@ -160,6 +179,12 @@ $(B)/tests/prom_sample: tests/prom_sample.c $(STATIC) $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(APP_CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(DEP_LIBS)
 
+# Drivers of the scale-out tests (tests/test_cluster.sh, tests/test_etcd.sh):
+# programs that use the library against the real servers those tests start.
+$(B)/tests/%_driver: tests/%_driver.c $(STATIC) $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(APP_CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(DEP_LIBS)
+
 check: test-unit test-shell
 
 test-unit: $(B)/tests/check_floodgate
@@ -179,11 +204,14 @@ test-unit: $(B)/tests/check_floodgate
 ifeq ($(VARIANT),release)
 test-shell: $(B)/tests/prom_sample | $(PROMTOOL_STEP) $(LANG_STEP)
 endif
-test-shell: lib $(TOOL) $(GATEWAY) $(LOADGEN)
+test-shell: lib $(TOOL) $(GATEWAY) $(LOADGEN) $(B)/tests/cluster_driver $(B)/tests/etcd_driver \
+            | $(SERVERS_STEP)
 	sh tests/test_exports.sh $(B)/libfloodgate.so $(VARIANT)
 	sh tests/test_cli.sh $(TOOL)
 	sh tests/test_headers.sh
 	sh tests/test_gateway.sh $(GATEWAY) $(LOADGEN) $(VARIANT)
+	sh tests/test_cluster.sh $(B)/tests/cluster_driver $(VARIANT)
+	sh tests/test_etcd.sh $(B)/tests/etcd_driver $(VARIANT)
 ifeq ($(VARIANT),release)
 	sh tests/test_python.sh $(B)
 	sh tests/test_go.sh $(B)
@@ -252,8 +280,12 @@ $(B)/bench/bench: $(BENCH_SRCS) $(wildcard bench/*.h) $(STATIC) $(HEADERS)
 # after the bench binary, reading the same BENCH_ARGS: --quick replays
 # 100,000 lines instead of 1,000,000, and --filter X runs it only when X is a
 # substring of "replay_throughput", as the binary matches its figures.
+# The scale-out figures need redis-server and etcd: bench/servers.sh starts
+# them on free ports when they are installed (scripts/deps.sh servers) and
+# passes their addresses in FG_BENCH_REDIS / FG_BENCH_ETCD; without them
+# those figures say they were skipped.
 bench-run: $(B)/bench/bench $(TOOL)
-	$(B)/bench/bench $(BENCH_ARGS)
+	sh bench/servers.sh $(B)/bench/bench $(BENCH_ARGS)
 	@set -- $(BENCH_ARGS); lines=1000000; filter=; \
 	while [ $$# -gt 0 ]; do \
 	    case $$1 in --quick) lines=100000 ;; --filter) filter=$${2-}; [ $$# -gt 1 ] && shift ;; esac; \
@@ -328,6 +360,7 @@ install: lib $(TOOL)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libfloodgate.so
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
 	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' \
+	    -e 's|@OPT_LIBS@|$(strip $(OPT_LIBS))|' \
 	    pkg-config/floodgate.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/floodgate.pc
 	chmod 644 $(DESTDIR)$(PKGCONFIGDIR)/floodgate.pc
 

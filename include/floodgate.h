@@ -34,5 +34,6 @@
 #include "floodgate/deadline.h"
 #include "floodgate/histogram.h"
 #include "floodgate/metrics.h"
+#include "floodgate/cluster.h"
 
 #endif /* FLOODGATE_H */

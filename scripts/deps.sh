@@ -1,9 +1,13 @@
 #!/bin/sh
 # scripts/deps.sh - install the Debian packages floodgate needs, only if missing.
 #
-# Usage: scripts/deps.sh [build|lint|promtool|peers|lang|loadtest|docs|all]
-#   build: pkg-config, Concurrency Kit, jansson, Check, libevent (what `make`,
-#          `make demo` and `make check` need; libevent only for the gateway example)
+# Usage: scripts/deps.sh [build|servers|lint|promtool|peers|lang|loadtest|docs|all]
+#   build: pkg-config, Concurrency Kit, jansson, Check, libevent, hiredis,
+#          libcurl (what `make`, `make demo` and `make check` need; libevent only
+#          for the gateway example; hiredis and libcurl for the cluster limiter
+#          and the etcd config source, which the core builds without)
+#   servers: redis-server, etcd and etcdctl, which `make check` starts on
+#          127.0.0.1 for the cluster limiter's and the etcd watcher's tests
 #   lint:  clang-tidy, cppcheck, clang-format (what `make lint` needs)
 #   promtool: Prometheus's promtool, which `make check` (release) runs on the
 #          metrics exposition (tests/test_promtool.sh)
@@ -41,6 +45,15 @@ build | all)
     need_pc jansson libjansson-dev
     need_pc check check
     need_pc libevent libevent-dev
+    need_pc hiredis libhiredis-dev
+    need_pc libcurl libcurl4-openssl-dev
+    ;;
+esac
+case "$want" in
+servers | all)
+    [ -x /usr/bin/redis-server ] || need_cmd redis-server redis-server
+    [ -x /usr/bin/etcd ] || need_cmd etcd etcd-server
+    [ -x /usr/bin/etcdctl ] || need_cmd etcdctl etcd-client
     ;;
 esac
 case "$want" in

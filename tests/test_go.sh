@@ -38,6 +38,10 @@ export GOCACHE="$B/go/cache" GOTMPDIR="$B/go/tmp"
 hash=$(cat "$lib" "$root"/include/floodgate.h "$root"/include/floodgate/*.h | cksum | tr ' ' _)
 export CGO_CFLAGS="-O2 -g -I$root/include -DFGGO_LIB_HASH=$hash"
 deplibs=$(pkg-config --libs ck jansson)
+# the optional parts (cluster limiter, etcd source) when the library has them
+for opt in hiredis libcurl; do
+    if pkg-config --exists "$opt"; then deplibs="$deplibs $(pkg-config --libs "$opt")"; fi
+done
 CGO_LDFLAGS="$lib $deplibs -lpthread"
 export CGO_LDFLAGS
 
