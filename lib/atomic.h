@@ -48,6 +48,9 @@ static inline bool fg__cas_u32(uint32_t *p, uint32_t expected, uint32_t desired)
 static inline uint8_t fg__xchg_u8(uint8_t *p, uint8_t v) {
     return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST);
 }
+static inline uint64_t fg__xchg_u64(uint64_t *p, uint64_t v) {
+    return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST);
+}
 static inline uint8_t fg__load_u8(const uint8_t *p) {
     return __atomic_load_n(p, __ATOMIC_ACQUIRE);
 }
@@ -90,6 +93,7 @@ static inline bool fg__cas_u32(uint32_t *p, uint32_t expected, uint32_t desired)
 }
 /* xchg with a memory operand is implicitly locked: a full barrier. */
 static inline uint8_t fg__xchg_u8(uint8_t *p, uint8_t v) { return ck_pr_fas_8(p, v); }
+static inline uint64_t fg__xchg_u64(uint64_t *p, uint64_t v) { return ck_pr_fas_64(p, v); }
 static inline uint8_t fg__load_u8(const uint8_t *p) {
     uint8_t v = ck_pr_load_8(p);
     ck_pr_fence_load();

@@ -1,12 +1,12 @@
 /*
- * lib/limit_stage.c - the chain stages around fg_limiter and
- * fg_keyed_limiter: take tokens at the request's clock reading, reject with
- * FG_ELIMITED and a retry-after hint, or admit with a smoothing delay that
- * never runs past the request's deadline. In shadow mode decide and count,
- * never act.
+ * lib/limit_stage.c - the chain stages around fg_limiter,
+ * fg_keyed_limiter and fg_cluster_limiter: take tokens at the request's clock reading, reject
+ * with FG_ELIMITED and a retry-after hint, or admit with a smoothing delay that never runs
+ * past the request's deadline. In shadow mode decide and count, never act.
  */
 #include <string.h>
 
+#include "floodgate/cluster.h"
 #include "floodgate/error.h"
 #include "floodgate/limiter.h"
 #include "floodgate/trace.h"
@@ -17,8 +17,9 @@
 #include "limiter_internal.h"
 
 struct fg_limit_stage {
-    fg_limiter *limiter; /* one of these two */
+    fg_limiter *limiter; /* one of these three */
     fg_keyed_limiter *keyed;
+    fg_cluster_limiter *cluster;
     uint64_t tokens;
     int shadow;
     fg_key_source key_source;
@@ -71,6 +72,14 @@ static int fg_limit_enter(void *state, fg_ctx *ctx, uint64_t *slot) {
     uint64_t wait;
     int rc =
         fg_limiter_try_wait(st->limiter, ctx->now_ns, st->tokens, fg_wait_bound(ctx), &wait);
+    return fg_limit_verdict(st, ctx, rc, wait);
+}
+
+static int fg_limit_cluster_enter(void *state, fg_ctx *ctx, uint64_t *slot) {
+    (void)slot;
+    struct fg_limit_stage *st = state;
+    uint64_t wait;
+    int rc = fg_cluster_limiter_try(st->cluster, ctx->now_ns, st->tokens, &wait);
     return fg_limit_verdict(st, ctx, rc, wait);
 }
 
@@ -131,6 +140,8 @@ static void fg_limit_destroy(void *state) {
 }
 
 static const fg_stage_ops fg_limit_ops = {"limit", fg_limit_enter, NULL, fg_limit_destroy};
+static const fg_stage_ops fg_limit_cluster_ops = {"limit_cluster", fg_limit_cluster_enter,
+                                                  NULL, fg_limit_destroy};
 static const fg_stage_ops fg_limit_keyed_ops = {"limit_keyed", fg_limit_keyed_enter, NULL,
                                                 fg_limit_destroy};
 
@@ -207,9 +218,28 @@ int fg_stage_limit_keyed(fg_keyed_limiter *keyed, const fg_limit_stage_options *
     return fg_limit_stage_make(&fg_limit_keyed_ops, st, opts, out);
 }
 
+int fg_stage_limit_cluster(fg_cluster_limiter *cl, const fg_limit_stage_options *opts,
+                           fg_stage **out) {
+    if (out != NULL)
+        *out = NULL;
+    if (cl == NULL || out == NULL)
+        return FG_EINVAL;
+    fg_cluster_options co;
+    if (fg_cluster_limiter_get(cl, &co) != 0)
+        return FG_EINVAL;
+    if (opts && opts->tokens > co.burst)
+        return FG_ERANGE;
+    struct fg_limit_stage *st = fg_limit_stage_alloc(opts);
+    if (st == NULL)
+        return FG_ENOMEM;
+    st->cluster = cl;
+    return fg_limit_stage_make(&fg_limit_cluster_ops, st, opts, out);
+}
+
 int fg_limit_stage_stats(const fg_stage *stage, fg_limit_stats *stats) {
     if (stage == NULL || stats == NULL ||
-        (stage->ops != &fg_limit_ops && stage->ops != &fg_limit_keyed_ops))
+        (stage->ops != &fg_limit_ops && stage->ops != &fg_limit_keyed_ops &&
+         stage->ops != &fg_limit_cluster_ops))
         return FG_EINVAL;
     struct fg_limit_stage *st = stage->state;
     stats->admitted = fg__load_u64(&st->admitted);

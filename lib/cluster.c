@@ -1,0 +1,798 @@
+/*
+ * lib/cluster.c - the cluster limiter: a GCRA bucket in Redis, spent
+ * locally through leases.
+ *
+ * Three layers:
+ *   - the hot path (fg_cluster_limiter_try): take n tokens from the lease
+ *     with one compare-and-swap on `held`; no lock, no system call except
+ *     one pipe write per lease when the lease falls below its low-water
+ *     mark (half the lease), which wakes the renewer;
+ *   - the slow path: a request that finds the lease empty takes the Redis
+ *     mutex (waiting at most timeout_ns), and asks Redis for max(n, lease)
+ *     tokens within what is left of the timeout. A refusal is remembered in
+ *     `denied_until`, so a saturated cluster costs one round trip per
+ *     refill, not one per request;
+ *   - the renewer thread: prefetches the next lease when woken, gives back
+ *     expired lease tokens, and in fallback mode reconnects with backoff.
+ * Redis is only ever touched with `mu` held, so one connection serves all.
+ *
+ * The bucket state in Redis is one key: the theoretical arrival time (TAT)
+ * in microseconds of the Redis server's clock, as a decimal string, expiring
+ * when the bucket would be full again (a missing key is a full bucket). The
+ * script takes `want` tokens or as many as the bucket holds, after giving
+ * back `refund`, and returns what it granted and how far the TAT is ahead
+ * of now, from which the caller computes any retry-after locally.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "floodgate/cluster.h"
+#include "floodgate/error.h"
+
+#include "alloc.h"
+#include "atomic.h"
+#include "internal.h"
+
+#ifdef FG_HAVE_HIREDIS
+#include <hiredis/hiredis.h>
+
+/* Lua: KEYS[1] the bucket; ARGV interval_us, tau_us, want, refund. */
+static const char fg_cluster_script[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+    "local interval = tonumber(ARGV[1])\n"
+    "local tau = tonumber(ARGV[2])\n"
+    "local want = tonumber(ARGV[3])\n"
+    "local refund = tonumber(ARGV[4])\n"
+    "local tat = tonumber(redis.call('GET', KEYS[1]) or now) or now\n"
+    "if tat < now then tat = now end\n"
+    "if refund > 0 then\n"
+    "  tat = tat - refund * interval\n"
+    "  if tat < now then tat = now end\n"
+    "end\n"
+    "local avail = math.floor((now + tau - tat) / interval + 1e-9)\n"
+    "if avail < 0 then avail = 0 end\n"
+    "local g = want\n"
+    "if g > avail then g = avail end\n"
+    "tat = tat + g * interval\n"
+    "local ahead = tat - now\n"
+    "if ahead > 0 then\n"
+    "  redis.call('SET', KEYS[1], string.format('%.17g', tat), 'PX', math.ceil(ahead / 1000) "
+    "+ 1)\n"
+    "elseif refund > 0 then\n"
+    "  redis.call('DEL', KEYS[1])\n"
+    "end\n"
+    "return {g, math.ceil(ahead)}\n";
+#endif
+
+/* Defaults (cluster.h). */
+#define FG_CL_DEFAULT_TTL       UINT64_C(1000000000)
+#define FG_CL_DEFAULT_TIMEOUT   UINT64_C(5000000)
+#define FG_CL_DEFAULT_BACKOFF   UINT64_C(50000000)
+#define FG_CL_DEFAULT_BACKOFF_X UINT64_C(2000000000)
+#define FG_CL_TICK_NS           UINT64_C(20000000) /* the renewer's longest sleep */
+
+struct fg_cluster_limiter {
+    /* The hot path's words, on their own cache line. */
+    uint64_t held;         /* lease tokens held (atomic) */
+    uint64_t expires;      /* lease tokens are spent before this, limiter clock (atomic) */
+    uint64_t denied_until; /* the bucket is known empty until then (atomic) */
+    uint32_t mode;         /* fg_cluster_mode (atomic) */
+    uint8_t wake_pending;  /* a wake byte is in the pipe (atomic) */
+    char pad0[64];
+    /* Counters (atomic), cluster.h's fg_cluster_stats. */
+    uint64_t admitted, rejected, fb_admitted, fb_rejected, roundtrips, leased, refunded,
+        errors, fallbacks, recoveries;
+    uint64_t next_attempt; /* fallback: the next reconnect, limiter clock (atomic) */
+    char pad1[64];
+
+    /* Settings, fixed at creation. */
+    fg_cluster_options opts; /* strings point at the copies below */
+    char *redis;
+    char *prefix;
+    char *name;
+    char *key;
+    char *host; /* host or unix socket path */
+    int port;   /* 0: unix socket */
+    char interval_arg[40];
+    char tau_arg[40];
+    double interval_us;
+    double tau_us;
+    uint64_t low_water; /* renew when held falls below this */
+    fg_limiter *local;  /* FG_CLUSTER_FALLBACK_LOCAL's bucket */
+
+    /* Redis: everything below is used only with mu held. */
+    pthread_mutex_t mu;
+    void *ctx; /* redisContext *, NULL while disconnected */
+    char sha[41];
+    uint64_t backoff;
+    uint64_t rng;
+
+    /* The renewer. */
+    pthread_t thread;
+    int wake_fd[2];
+    uint8_t stop; /* atomic */
+    int thread_started;
+    int mutex_made;
+};
+
+int fg_cluster_available(void) {
+#ifdef FG_HAVE_HIREDIS
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+const char *fg_cluster_limiter_name(const fg_cluster_limiter *cl) {
+    return cl ? cl->name : "";
+}
+
+int fg_cluster_limiter_get(const fg_cluster_limiter *cl, fg_cluster_options *opts) {
+    if (cl == NULL || opts == NULL)
+        return FG_EINVAL;
+    *opts = cl->opts;
+    return 0;
+}
+
+int fg_cluster_limiter_stats(const fg_cluster_limiter *cl, fg_cluster_stats *s) {
+    if (cl == NULL || s == NULL)
+        return FG_EINVAL;
+    fg_cluster_limiter *c = (fg_cluster_limiter *)cl; /* counters are atomics */
+    s->mode = (fg_cluster_mode)fg__load_u32(&c->mode);
+    s->admitted = fg__load_u64(&c->admitted);
+    s->rejected = fg__load_u64(&c->rejected);
+    s->fallback_admitted = fg__load_u64(&c->fb_admitted);
+    s->fallback_rejected = fg__load_u64(&c->fb_rejected);
+    s->roundtrips = fg__load_u64(&c->roundtrips);
+    s->leased = fg__load_u64(&c->leased);
+    s->refunded = fg__load_u64(&c->refunded);
+    s->errors = fg__load_u64(&c->errors);
+    s->fallbacks = fg__load_u64(&c->fallbacks);
+    s->recoveries = fg__load_u64(&c->recoveries);
+    s->held = fg__load_u64(&c->held);
+    return 0;
+}
+
+#ifndef FG_HAVE_HIREDIS
+
+int fg_cluster_limiter_new(const fg_cluster_options *opts, fg_cluster_limiter **out) {
+    if (out != NULL)
+        *out = NULL;
+    (void)opts;
+    return FG_ESTATE;
+}
+
+void fg_cluster_limiter_free(fg_cluster_limiter *cl) { (void)cl; }
+
+int fg_cluster_limiter_try(fg_cluster_limiter *cl, uint64_t now_ns, uint64_t n,
+                           uint64_t *wait_ns) {
+    (void)cl;
+    (void)now_ns;
+    (void)n;
+    if (wait_ns != NULL)
+        *wait_ns = 0;
+    return FG_ESTATE;
+}
+
+#else /* FG_HAVE_HIREDIS */
+
+/* ---- small helpers ------------------------------------------------------------------- */
+
+static uint64_t fg_cl_now(const fg_cluster_limiter *cl) {
+    return fg_clock_read(&cl->opts.clock);
+}
+
+static struct timeval fg_cl_tv(uint64_t ns) {
+    if (ns < 1000)
+        ns = 1000; /* hiredis treats a zero timeout as "none" */
+    struct timeval tv = {(time_t)(ns / 1000000000), (suseconds_t)(ns % 1000000000 / 1000)};
+    return tv;
+}
+
+/* Real monotonic time, for the timeout budget (independent of a fake clock). */
+static uint64_t fg_cl_mono(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* xorshift64*, under mu. */
+static uint64_t fg_cl_rand(fg_cluster_limiter *cl) {
+    uint64_t x = cl->rng;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    cl->rng = x;
+    return x * UINT64_C(2685821657736338717);
+}
+
+static void fg_cl_wake(fg_cluster_limiter *cl) {
+    if (fg__xchg_u8(&cl->wake_pending, 1) == 0) {
+        char b = 1;
+        ssize_t w = write(cl->wake_fd[1], &b, 1);
+        (void)w; /* a full pipe already holds a wake */
+    }
+}
+
+/* Wake the renewer even if a wake is pending (to stop it). */
+static void fg_cl_wake_always(fg_cluster_limiter *cl) {
+    char b = 1;
+    ssize_t w = write(cl->wake_fd[1], &b, 1);
+    (void)w;
+}
+
+/* ---- modes and events ---------------------------------------------------------------- */
+
+static void fg_cl_event(fg_cluster_limiter *cl, fg_cluster_mode from, fg_cluster_mode to,
+                        const char *reason) {
+    if (cl->opts.on_event == NULL)
+        return;
+    fg_cluster_event ev;
+    memset(&ev, 0, sizeof(ev));
+    ev.from = from;
+    ev.to = to;
+    ev.at_ns = fg_cl_now(cl);
+    (void)snprintf(ev.reason, sizeof(ev.reason), "%s", reason);
+    cl->opts.on_event(cl->name, &ev, cl->opts.arg);
+}
+
+static void fg_cl_disconnect(fg_cluster_limiter *cl) {
+    if (cl->ctx != NULL)
+        redisFree(cl->ctx);
+    cl->ctx = NULL;
+}
+
+/* Under mu: schedule the next reconnect after the current backoff (minus up
+ * to half of it, at random), and double the backoff up to its maximum. */
+static void fg_cl_schedule(fg_cluster_limiter *cl, uint64_t now) {
+    uint64_t b = cl->backoff;
+    uint64_t jitter = b / 2 ? fg_cl_rand(cl) % (b / 2) : 0;
+    fg__store_u64(&cl->next_attempt, now + b - jitter);
+    cl->backoff = b > cl->opts.backoff_max_ns / 2 ? cl->opts.backoff_max_ns : b * 2;
+}
+
+/* Under mu: Redis failed (why says how). Count it; enter fallback mode if
+ * not already there. The lease is kept: its tokens were taken from the
+ * bucket and stay valid until they expire. */
+static void fg_cl_fail(fg_cluster_limiter *cl, const char *why) {
+    fg__faa_u64(&cl->errors, 1);
+    fg_cl_disconnect(cl);
+    uint64_t now = fg_cl_now(cl);
+    fg_cl_schedule(cl, now);
+    if (fg__load_u32(&cl->mode) == FG_CLUSTER_MODE_FALLBACK)
+        return;
+    fg__store_u32(&cl->mode, FG_CLUSTER_MODE_FALLBACK);
+    fg__faa_u64(&cl->fallbacks, 1);
+    fg_cl_event(cl, FG_CLUSTER_MODE_CLUSTER, FG_CLUSTER_MODE_FALLBACK, why);
+}
+
+/* Under mu: connect and load the script within budget_ns. 0 or -1 (with
+ * why filled). */
+static int fg_cl_connect(fg_cluster_limiter *cl, uint64_t budget_ns, char *why, size_t cap) {
+    fg_cl_disconnect(cl);
+    uint64_t t0 = fg_cl_mono();
+    redisContext *c = cl->port
+                          ? redisConnectWithTimeout(cl->host, cl->port, fg_cl_tv(budget_ns))
+                          : redisConnectUnixWithTimeout(cl->host, fg_cl_tv(budget_ns));
+    if (c == NULL || c->err) {
+        (void)snprintf(why, cap, "connect %s: %s", cl->redis,
+                       c ? c->errstr : "cannot allocate a context");
+        if (c)
+            redisFree(c);
+        return -1;
+    }
+    uint64_t spent = fg_cl_mono() - t0;
+    (void)redisSetTimeout(c, fg_cl_tv(budget_ns > spent ? budget_ns - spent : 1000));
+    fg__faa_u64(&cl->roundtrips, 1);
+    redisReply *r =
+        redisCommand(c, "SCRIPT LOAD %b", fg_cluster_script, sizeof(fg_cluster_script) - 1);
+    if (r == NULL || r->type != REDIS_REPLY_STRING || r->len != 40) {
+        (void)snprintf(why, cap, "SCRIPT LOAD on %s: %s", cl->redis,
+                       r == NULL ? c->errstr
+                       : r->type == REDIS_REPLY_ERROR ? r->str
+                                                      : "unexpected reply");
+        if (r)
+            freeReplyObject(r);
+        redisFree(c);
+        return -1;
+    }
+    memcpy(cl->sha, r->str, 40);
+    cl->sha[40] = '\0';
+    freeReplyObject(r);
+    cl->ctx = c;
+    return 0;
+}
+
+/* Under mu, in fallback mode: one reconnect attempt. */
+static void fg_cl_reconnect(fg_cluster_limiter *cl) {
+    char why[160];
+    if (fg_cl_connect(cl, cl->opts.timeout_ns, why, sizeof(why)) != 0) {
+        fg__faa_u64(&cl->errors, 1);
+        fg_cl_schedule(cl, fg_cl_now(cl));
+        return;
+    }
+    fg__store_u64(&cl->denied_until, 0);
+    fg__store_u32(&cl->mode, FG_CLUSTER_MODE_CLUSTER);
+    fg__faa_u64(&cl->recoveries, 1);
+    fg_cl_event(cl, FG_CLUSTER_MODE_FALLBACK, FG_CLUSTER_MODE_CLUSTER, "");
+}
+
+/*
+ * Under mu, connected: run the script for want tokens after giving back
+ * refund, within budget_ns. Returns 0 with *granted and *ahead_us (how far
+ * the bucket's TAT is ahead of the server's now), or -1 after fg_cl_fail.
+ */
+static int fg_cl_call(fg_cluster_limiter *cl, uint64_t want, uint64_t refund,
+                      uint64_t budget_ns, uint64_t *granted, uint64_t *ahead_us) {
+    redisContext *c = cl->ctx;
+    char want_s[24], refund_s[24], why[160];
+    (void)snprintf(want_s, sizeof(want_s), "%llu", (unsigned long long)want);
+    (void)snprintf(refund_s, sizeof(refund_s), "%llu", (unsigned long long)refund);
+    (void)redisSetTimeout(c, fg_cl_tv(budget_ns));
+    for (int attempt = 0; attempt < 2; attempt++) {
+        const char *argv[] = {"EVALSHA",        cl->sha,     "1",    cl->key,
+                              cl->interval_arg, cl->tau_arg, want_s, refund_s};
+        fg__faa_u64(&cl->roundtrips, 1);
+        redisReply *r = redisCommandArgv(c, 8, argv, NULL);
+        if (r == NULL) {
+            (void)snprintf(why, sizeof(why), "EVALSHA on %s: %s", cl->redis, c->errstr);
+            fg_cl_fail(cl, why);
+            return -1;
+        }
+        if (r->type == REDIS_REPLY_ERROR && attempt == 0 &&
+            strncmp(r->str, "NOSCRIPT", 8) == 0) {
+            /* Redis restarted or flushed its scripts: load it again. */
+            freeReplyObject(r);
+            fg__faa_u64(&cl->roundtrips, 1);
+            r = redisCommand(c, "SCRIPT LOAD %b", fg_cluster_script,
+                             sizeof(fg_cluster_script) - 1);
+            int ok = r != NULL && r->type == REDIS_REPLY_STRING && r->len == 40;
+            if (ok)
+                memcpy(cl->sha, r->str, 40);
+            if (r)
+                freeReplyObject(r);
+            if (!ok) {
+                (void)snprintf(why, sizeof(why), "SCRIPT LOAD on %s failed", cl->redis);
+                fg_cl_fail(cl, why);
+                return -1;
+            }
+            continue;
+        }
+        int ok = r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+                 r->element[0]->type == REDIS_REPLY_INTEGER &&
+                 r->element[1]->type == REDIS_REPLY_INTEGER && r->element[0]->integer >= 0;
+        if (!ok) {
+            (void)snprintf(why, sizeof(why), "EVALSHA on %s: %s", cl->redis,
+                           r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+            freeReplyObject(r);
+            fg_cl_fail(cl, why);
+            return -1;
+        }
+        *granted = (uint64_t)r->element[0]->integer;
+        *ahead_us = r->element[1]->integer > 0 ? (uint64_t)r->element[1]->integer : 0;
+        freeReplyObject(r);
+        fg__faa_u64(&cl->leased, *granted);
+        fg__faa_u64(&cl->refunded, refund);
+        cl->backoff = cl->opts.backoff_min_ns; /* Redis answered: start over */
+        return 0;
+    }
+    return -1; /* not reached: the loop returns */
+}
+
+/* Nanoseconds until k tokens are in the bucket, given the TAT's lead. */
+static uint64_t fg_cl_until(const fg_cluster_limiter *cl, uint64_t ahead_us, uint64_t k) {
+    double us = (double)ahead_us + (double)k * cl->interval_us - cl->tau_us;
+    return us <= 0 ? 0 : (uint64_t)(us * 1000.0) + 1;
+}
+
+/* Under mu: a lease call's result: keep what came, remember a refusal. */
+static void fg_cl_store(fg_cluster_limiter *cl, uint64_t now, uint64_t granted,
+                        uint64_t ahead_us, uint64_t want) {
+    if (granted > 0) {
+        fg__store_u64(&cl->expires, now + cl->opts.lease_ttl_ns);
+        fg__faa_u64(&cl->held, granted);
+    }
+    if (granted < want) {
+        /* The bucket is empty for us: until a whole lease is back, requests
+         * are refused locally, without a round trip each. */
+        uint64_t k = cl->opts.lease;
+        fg__store_u64(&cl->denied_until, now + fg_cl_until(cl, ahead_us, k));
+    }
+}
+
+/* ---- the decision paths ------------------------------------------------------------------
+ */
+
+/* Take n from the lease, lock-free. 1 when taken. */
+static int fg_cl_take(fg_cluster_limiter *cl, uint64_t now, uint64_t n) {
+    if (now >= fg__load_u64(&cl->expires))
+        return 0;
+    uint64_t h = fg__load_u64(&cl->held);
+    /* CAS loop: held only shrinks here and in the renewer's expiry (an
+     * exchange to 0), and grows by the lease calls; a failed CAS re-reads. */
+    while (h >= n) {
+        if (fg__cas_u64(&cl->held, h, h - n)) {
+            if (h >= cl->low_water && h - n < cl->low_water)
+                fg_cl_wake(cl);
+            return 1;
+        }
+        h = fg__load_u64(&cl->held);
+    }
+    return 0;
+}
+
+static int fg_cl_fallback(fg_cluster_limiter *cl, uint64_t now, uint64_t n, uint64_t *wait) {
+    if (cl->opts.fallback == FG_CLUSTER_FALLBACK_LOCAL) {
+        int rc = fg_limiter_try(cl->local, now, n < cl->opts.burst ? n : 1, wait);
+        fg__faa_u64(rc == 0 ? &cl->fb_admitted : &cl->fb_rejected, 1);
+        return rc;
+    }
+    uint64_t next = fg__load_u64(&cl->next_attempt);
+    *wait = next > now ? next - now : 1000000;
+    fg__faa_u64(&cl->fb_rejected, 1);
+    return FG_ELIMITED;
+}
+
+/* pthread_mutex_timedlock takes CLOCK_REALTIME. */
+static int fg_cl_lock(fg_cluster_limiter *cl, uint64_t budget_ns) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ns = (uint64_t)ts.tv_nsec + budget_ns;
+    ts.tv_sec += (time_t)(ns / 1000000000);
+    ts.tv_nsec = (long)(ns % 1000000000);
+    return pthread_mutex_timedlock(&cl->mu, &ts);
+}
+
+static int fg_cl_slow(fg_cluster_limiter *cl, uint64_t now, uint64_t n, uint64_t *wait) {
+    uint64_t t0 = fg_cl_mono();
+    uint64_t budget = cl->opts.timeout_ns;
+    if (fg_cl_lock(cl, budget) != 0) /* Redis is busy beyond the timeout */
+        return fg_cl_fallback(cl, now, n, wait);
+    /* The renewer may have refilled the lease, or the mode changed, while
+     * this thread waited. */
+    if (fg__load_u32(&cl->mode) == FG_CLUSTER_MODE_FALLBACK) {
+        pthread_mutex_unlock(&cl->mu);
+        return fg_cl_fallback(cl, now, n, wait);
+    }
+    if (fg_cl_take(cl, now, n)) {
+        pthread_mutex_unlock(&cl->mu);
+        fg__faa_u64(&cl->admitted, 1);
+        return 0;
+    }
+    uint64_t du = fg__load_u64(&cl->denied_until);
+    if (now < du) {
+        pthread_mutex_unlock(&cl->mu);
+        fg__faa_u64(&cl->rejected, 1);
+        *wait = du - now;
+        return FG_ELIMITED;
+    }
+    uint64_t spent = fg_cl_mono() - t0;
+    if (spent >= budget) {
+        pthread_mutex_unlock(&cl->mu);
+        return fg_cl_fallback(cl, now, n, wait);
+    }
+    /* Expired tokens go back with this call; fresh ones are topped up to a
+     * lease. */
+    uint64_t refund = 0, h;
+    if (now >= fg__load_u64(&cl->expires))
+        refund = fg__xchg_u64(&cl->held, 0);
+    h = fg__load_u64(&cl->held);
+    uint64_t want = cl->opts.lease > h ? cl->opts.lease - h : 0;
+    if (want < n)
+        want = n;
+    uint64_t granted, ahead;
+    if (fg_cl_call(cl, want, refund, budget - spent, &granted, &ahead) != 0) {
+        pthread_mutex_unlock(&cl->mu);
+        return fg_cl_fallback(cl, now, n, wait);
+    }
+    fg_cl_store(cl, now, granted, ahead, want);
+    int ok = fg_cl_take(cl, now, n);
+    pthread_mutex_unlock(&cl->mu);
+    if (ok) {
+        fg__faa_u64(&cl->admitted, 1);
+        return 0;
+    }
+    fg__faa_u64(&cl->rejected, 1);
+    *wait = fg_cl_until(cl, ahead, n);
+    if (*wait == 0)
+        *wait = 1000; /* raced away by another thread: try again soon */
+    return FG_ELIMITED;
+}
+
+int fg_cluster_limiter_try(fg_cluster_limiter *cl, uint64_t now_ns, uint64_t n,
+                           uint64_t *wait_ns) {
+    uint64_t scratch;
+    if (wait_ns == NULL)
+        wait_ns = &scratch;
+    *wait_ns = 0;
+    if (cl == NULL || n == 0)
+        return FG_EINVAL;
+    if (n > cl->opts.burst)
+        return FG_ERANGE;
+    if (fg__load_u32(&cl->mode) == FG_CLUSTER_MODE_FALLBACK) {
+        /* Lease tokens taken before Redis went away are still the
+         * cluster's: spend them first. */
+        if (fg_cl_take(cl, now_ns, n)) {
+            fg__faa_u64(&cl->admitted, 1);
+            return 0;
+        }
+        return fg_cl_fallback(cl, now_ns, n, wait_ns);
+    }
+    if (fg_cl_take(cl, now_ns, n)) {
+        fg__faa_u64(&cl->admitted, 1);
+        return 0;
+    }
+    uint64_t du = fg__load_u64(&cl->denied_until);
+    if (now_ns < du) {
+        fg__faa_u64(&cl->rejected, 1);
+        *wait_ns = du - now_ns;
+        return FG_ELIMITED;
+    }
+    return fg_cl_slow(cl, now_ns, n, wait_ns);
+}
+
+/* ---- the renewer -------------------------------------------------------------------------
+ */
+
+/* One round of the renewer's work, under mu. */
+static void fg_cl_renew(fg_cluster_limiter *cl, int woken) {
+    uint64_t now = fg_cl_now(cl);
+    if (fg__load_u32(&cl->mode) == FG_CLUSTER_MODE_FALLBACK) {
+        if (now >= fg__load_u64(&cl->next_attempt))
+            fg_cl_reconnect(cl);
+        return;
+    }
+    uint64_t granted, ahead;
+    if (now >= fg__load_u64(&cl->expires) && fg__load_u64(&cl->held) > 0) {
+        uint64_t refund = fg__xchg_u64(&cl->held, 0);
+        if (refund > 0 &&
+            fg_cl_call(cl, 0, refund, cl->opts.timeout_ns, &granted, &ahead) != 0)
+            return;
+    }
+    uint64_t h = fg__load_u64(&cl->held);
+    if (!woken || h >= cl->low_water || now < fg__load_u64(&cl->denied_until))
+        return;
+    uint64_t want = cl->opts.lease - h;
+    if (fg_cl_call(cl, want, 0, cl->opts.timeout_ns, &granted, &ahead) == 0)
+        fg_cl_store(cl, now, granted, ahead, want);
+}
+
+static void *fg_cl_main(void *arg) {
+    fg_cluster_limiter *cl = arg;
+    while (!fg__load_u8(&cl->stop)) {
+        struct pollfd p = {cl->wake_fd[0], POLLIN, 0};
+        int ms = (int)(FG_CL_TICK_NS / 1000000);
+        if (cl->opts.lease_ttl_ns / 4 / 1000000 < (uint64_t)ms)
+            ms = (int)(cl->opts.lease_ttl_ns / 4 / 1000000) + 1;
+        int woken = poll(&p, 1, ms) > 0;
+        if (woken) {
+            char buf[64];
+            while (read(cl->wake_fd[0], buf, sizeof(buf)) > 0) {
+            }
+            /* Cleared before the work: a request that crosses the low-water
+             * mark from now on writes a new wake. */
+            (void)fg__xchg_u8(&cl->wake_pending, 0);
+        }
+        if (fg__load_u8(&cl->stop))
+            break;
+        pthread_mutex_lock(&cl->mu);
+        fg_cl_renew(cl, woken || fg__load_u64(&cl->held) < cl->low_water);
+        pthread_mutex_unlock(&cl->mu);
+    }
+    return NULL;
+}
+
+/* ---- life cycle --------------------------------------------------------------------------
+ */
+
+/* Splits "host:port", "[v6]:port" or "unix:/path" into cl->host / cl->port. */
+static int fg_cl_parse_addr(fg_cluster_limiter *cl, const char *addr) {
+    if (strncmp(addr, "unix:", 5) == 0) {
+        if (addr[5] != '/')
+            return FG_EINVAL;
+        cl->host = fg__strndup(addr + 5, strlen(addr + 5));
+        cl->port = 0;
+        return cl->host ? 0 : FG_ENOMEM;
+    }
+    const char *colon = strrchr(addr, ':');
+    if (colon == NULL || colon == addr || colon[1] == '\0')
+        return FG_EINVAL;
+    const char *h = addr;
+    size_t hlen = (size_t)(colon - addr);
+    if (h[0] == '[') {
+        if (hlen < 3 || h[hlen - 1] != ']')
+            return FG_EINVAL;
+        h++;
+        hlen -= 2;
+    }
+    char *end;
+    errno = 0;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end != '\0' || errno != 0 || port < 1 || port > 65535)
+        return FG_EINVAL;
+    for (size_t i = 0; i < hlen; i++)
+        if (h[i] == '/' || h[i] == ' ' || (unsigned char)h[i] < 0x21)
+            return FG_EINVAL;
+    cl->host = fg__strndup(h, hlen);
+    cl->port = (int)port;
+    return cl->host ? 0 : FG_ENOMEM;
+}
+
+static char *fg_cl_dup(const char *s) { return fg__strndup(s, strlen(s)); }
+
+void fg_cluster_limiter_free(fg_cluster_limiter *cl) {
+    if (cl == NULL)
+        return;
+    if (cl->thread_started) {
+        (void)fg__xchg_u8(&cl->stop, 1);
+        fg_cl_wake_always(cl);
+        pthread_join(cl->thread, NULL);
+    }
+    /* Unspent tokens go back to the bucket: one call, within the timeout. */
+    uint64_t held = fg__xchg_u64(&cl->held, 0);
+    if (cl->mutex_made) {
+        pthread_mutex_lock(&cl->mu);
+        uint64_t granted, ahead;
+        if (held > 0 && cl->ctx != NULL && fg__load_u32(&cl->mode) == FG_CLUSTER_MODE_CLUSTER)
+            (void)fg_cl_call(cl, 0, held, cl->opts.timeout_ns, &granted, &ahead);
+        fg_cl_disconnect(cl);
+        pthread_mutex_unlock(&cl->mu);
+        pthread_mutex_destroy(&cl->mu);
+    }
+    for (int i = 0; i < 2; i++)
+        if (cl->wake_fd[i] >= 0)
+            close(cl->wake_fd[i]);
+    fg_limiter_free(cl->local);
+    fg__free(cl->redis);
+    fg__free(cl->prefix);
+    fg__free(cl->name);
+    fg__free(cl->key);
+    fg__free(cl->host);
+    fg__aligned_free(cl);
+}
+
+/* Validates opts and fills the defaults into *o. */
+static int fg_cl_options(const fg_cluster_options *opts, fg_cluster_options *o) {
+    if (opts == NULL || opts->rate == 0 || opts->burst == 0 || opts->name == NULL ||
+        opts->name[0] == '\0')
+        return FG_EINVAL;
+    *o = *opts;
+    if (o->period_ns == 0)
+        o->period_ns = UINT64_C(1000000000);
+    if (o->rate > FG_LIMITER_MAX_TOKENS || o->burst > FG_LIMITER_MAX_TOKENS ||
+        o->period_ns / o->rate < 1000 || o->period_ns > (UINT64_C(1) << 62) / o->burst)
+        return FG_ERANGE;
+    if (o->lease > o->burst)
+        return FG_EINVAL;
+    if (o->fallback != FG_CLUSTER_FALLBACK_LOCAL && o->fallback != FG_CLUSTER_FALLBACK_CLOSED)
+        return FG_EINVAL;
+    if (o->lease == 0) {
+        /* rate x 10 ms, at least 1, at most a quarter of the burst */
+        uint64_t per10ms = (uint64_t)((double)o->rate * 1e7 / (double)o->period_ns);
+        uint64_t cap = o->burst / 4;
+        o->lease = per10ms < 1 ? 1 : per10ms;
+        if (cap >= 1 && o->lease > cap)
+            o->lease = cap;
+        if (o->lease > o->burst)
+            o->lease = o->burst;
+    }
+    if (o->lease_ttl_ns == 0)
+        o->lease_ttl_ns = FG_CL_DEFAULT_TTL;
+    if (o->timeout_ns == 0)
+        o->timeout_ns = FG_CL_DEFAULT_TIMEOUT;
+    if (o->instances == 0)
+        o->instances = 1;
+    if (o->backoff_min_ns == 0)
+        o->backoff_min_ns = FG_CL_DEFAULT_BACKOFF;
+    if (o->backoff_max_ns == 0)
+        o->backoff_max_ns = FG_CL_DEFAULT_BACKOFF_X;
+    if (o->backoff_max_ns < o->backoff_min_ns)
+        o->backoff_max_ns = o->backoff_min_ns;
+    if (o->redis == NULL)
+        o->redis = "127.0.0.1:6379";
+    if (o->prefix == NULL)
+        o->prefix = "floodgate:";
+    if (strnlen(o->redis, FG_CLUSTER_ADDR_MAX + 1) > FG_CLUSTER_ADDR_MAX ||
+        strnlen(o->prefix, FG_CLUSTER_NAME_MAX + 1) +
+                strnlen(o->name, FG_CLUSTER_NAME_MAX + 1) >
+            FG_CLUSTER_NAME_MAX)
+        return FG_ETOOLONG;
+    if (o->clock.now == NULL)
+        o->clock = fg_clock_monotonic();
+    return 0;
+}
+
+int fg_cluster_limiter_new(const fg_cluster_options *opts, fg_cluster_limiter **out) {
+    if (out == NULL)
+        return FG_EINVAL;
+    *out = NULL;
+    fg_cluster_options o;
+    int rc = fg_cl_options(opts, &o);
+    if (rc != 0)
+        return rc;
+    fg_cluster_limiter *cl = fg__aligned_calloc(sizeof(*cl), 64);
+    if (cl == NULL)
+        return FG_ENOMEM;
+    cl->wake_fd[0] = cl->wake_fd[1] = -1;
+    cl->redis = fg_cl_dup(o.redis);
+    cl->prefix = fg_cl_dup(o.prefix);
+    cl->name = fg_cl_dup(o.name);
+    size_t plen = strlen(o.prefix), nlen = strlen(o.name);
+    cl->key = fg__malloc(plen + nlen + 1);
+    if (cl->redis == NULL || cl->prefix == NULL || cl->name == NULL || cl->key == NULL) {
+        fg_cluster_limiter_free(cl);
+        return FG_ENOMEM;
+    }
+    memcpy(cl->key, o.prefix, plen);
+    memcpy(cl->key + plen, o.name, nlen + 1);
+    rc = fg_cl_parse_addr(cl, o.redis);
+    if (rc != 0) {
+        fg_cluster_limiter_free(cl);
+        return rc;
+    }
+    o.redis = cl->redis;
+    o.prefix = cl->prefix;
+    o.name = cl->name;
+    cl->opts = o;
+    cl->interval_us = (double)o.period_ns / (double)o.rate / 1000.0;
+    cl->tau_us = cl->interval_us * (double)o.burst;
+    (void)snprintf(cl->interval_arg, sizeof(cl->interval_arg), "%.17g", cl->interval_us);
+    (void)snprintf(cl->tau_arg, sizeof(cl->tau_arg), "%.17g", cl->tau_us);
+    cl->low_water = (o.lease + 1) / 2;
+    cl->backoff = o.backoff_min_ns;
+    cl->rng = fg__random_u64() | 1;
+
+    /* The fallback bucket: rate/instances exactly, as rate per instances
+     * periods; burst/instances, at least 1. */
+    fg_limiter_options lo = FG_LIMITER_OPTIONS_INIT;
+    lo.rate = o.rate;
+    lo.period_ns =
+        o.period_ns > UINT64_MAX / o.instances ? UINT64_MAX : o.period_ns * o.instances;
+    lo.burst = o.burst / o.instances ? o.burst / o.instances : 1;
+    lo.clock = o.clock;
+    rc = fg_limiter_new(&lo, &cl->local);
+    if (rc != 0) {
+        fg_cluster_limiter_free(cl);
+        return rc;
+    }
+    if (pthread_mutex_init(&cl->mu, NULL) != 0) {
+        fg_cluster_limiter_free(cl);
+        return FG_ESYS;
+    }
+    cl->mutex_made = 1;
+    if (pipe(cl->wake_fd) != 0) {
+        cl->wake_fd[0] = cl->wake_fd[1] = -1;
+        fg_cluster_limiter_free(cl);
+        return FG_ESYS;
+    }
+    for (int i = 0; i < 2; i++) {
+        int fl = fcntl(cl->wake_fd[i], F_GETFL);
+        (void)fcntl(cl->wake_fd[i], F_SETFL, fl | O_NONBLOCK);
+        (void)fcntl(cl->wake_fd[i], F_SETFD, FD_CLOEXEC);
+    }
+
+    /* First connection, within the timeout; failing it is fallback mode. */
+    char why[160];
+    pthread_mutex_lock(&cl->mu);
+    if (fg_cl_connect(cl, o.timeout_ns, why, sizeof(why)) != 0)
+        fg_cl_fail(cl, why);
+    pthread_mutex_unlock(&cl->mu);
+
+    if (pthread_create(&cl->thread, NULL, fg_cl_main, cl) != 0) {
+        fg_cluster_limiter_free(cl);
+        return FG_ESYS;
+    }
+    cl->thread_started = 1;
+    *out = cl;
+    return 0;
+}
+
+#endif /* FG_HAVE_HIREDIS */
