@@ -389,12 +389,13 @@ format-check: | deps-lint
 	$(CLANG_FORMAT) --dry-run --Werror $(FORMAT_FILES)
 
 tidy: $(B)/examples/gateway_config.h | deps-lint deps
-	$(CLANG_TIDY) --quiet $(TIDY_FILES) -- $(STD) -Iinclude -Ilib -I$(B)/examples $(DEP_CFLAGS)
+	$(CLANG_TIDY) --quiet $(TIDY_FILES) -- $(STD) -Iinclude -Ilib -I$(B)/examples $(DEP_CFLAGS) $(OPT_CFLAGS)
 
 cppcheck: | deps-lint
 	$(CPPCHECK) --quiet --error-exitcode=1 --std=c11 --inline-suppr \
 	    --enable=warning,performance,portability --suppress=missingIncludeSystem \
-	    -D__GNUC__ -D__x86_64__ -Iinclude -Ilib $(wildcard lib examples bench tools)
+	    -D__GNUC__ -D__x86_64__ -DFG_HAVE_HIREDIS=1 -DFG_HAVE_CURL=1 -Iinclude -Ilib \
+	    $(wildcard lib examples bench tools)
 
 clean:
 	rm -rf build

@@ -27,6 +27,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -229,6 +230,40 @@ static void fg_cl_wake_always(fg_cluster_limiter *cl) {
     (void)w;
 }
 
+/*
+ * A write to a connection Redis has closed raises SIGPIPE, whose default
+ * action ends the process, and hiredis writes with plain write(). A
+ * library may not change the process's disposition, so every Redis call
+ * runs with SIGPIPE blocked in the calling thread; one raised meanwhile is
+ * taken off the thread's pending set before the mask is restored (the
+ * failed write reports EPIPE, which is all we need).
+ */
+struct fg_cl_sigpipe {
+    sigset_t old;
+    int blocked; /* SIGPIPE was not blocked before: we block and restore */
+};
+
+static void fg_cl_sigpipe_block(struct fg_cl_sigpipe *sp) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    sp->blocked =
+        pthread_sigmask(SIG_BLOCK, &set, &sp->old) == 0 && !sigismember(&sp->old, SIGPIPE);
+}
+
+static void fg_cl_sigpipe_restore(struct fg_cl_sigpipe *sp) {
+    if (!sp->blocked)
+        return;
+    sigset_t set, pending;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    if (sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE)) {
+        struct timespec zero = {0, 0};
+        (void)sigtimedwait(&set, NULL, &zero);
+    }
+    (void)pthread_sigmask(SIG_SETMASK, &sp->old, NULL);
+}
+
 /* ---- modes and events ---------------------------------------------------------------- */
 
 static void fg_cl_event(fg_cluster_limiter *cl, fg_cluster_mode from, fg_cluster_mode to,
@@ -276,7 +311,8 @@ static void fg_cl_fail(fg_cluster_limiter *cl, const char *why) {
 
 /* Under mu: connect and load the script within budget_ns. 0 or -1 (with
  * why filled). */
-static int fg_cl_connect(fg_cluster_limiter *cl, uint64_t budget_ns, char *why, size_t cap) {
+static int fg_cl_connect_raw(fg_cluster_limiter *cl, uint64_t budget_ns, char *why,
+                             size_t cap) {
     fg_cl_disconnect(cl);
     uint64_t t0 = fg_cl_mono();
     redisContext *c = cl->port
@@ -311,6 +347,14 @@ static int fg_cl_connect(fg_cluster_limiter *cl, uint64_t budget_ns, char *why, 
     return 0;
 }
 
+static int fg_cl_connect(fg_cluster_limiter *cl, uint64_t budget_ns, char *why, size_t cap) {
+    struct fg_cl_sigpipe sp;
+    fg_cl_sigpipe_block(&sp);
+    int rc = fg_cl_connect_raw(cl, budget_ns, why, cap);
+    fg_cl_sigpipe_restore(&sp);
+    return rc;
+}
+
 /* Under mu, in fallback mode: one reconnect attempt. */
 static void fg_cl_reconnect(fg_cluster_limiter *cl) {
     char why[160];
@@ -330,8 +374,8 @@ static void fg_cl_reconnect(fg_cluster_limiter *cl) {
  * refund, within budget_ns. Returns 0 with *granted and *ahead_us (how far
  * the bucket's TAT is ahead of the server's now), or -1 after fg_cl_fail.
  */
-static int fg_cl_call(fg_cluster_limiter *cl, uint64_t want, uint64_t refund,
-                      uint64_t budget_ns, uint64_t *granted, uint64_t *ahead_us) {
+static int fg_cl_call_raw(fg_cluster_limiter *cl, uint64_t want, uint64_t refund,
+                          uint64_t budget_ns, uint64_t *granted, uint64_t *ahead_us) {
     redisContext *c = cl->ctx;
     char want_s[24], refund_s[24], why[160];
     (void)snprintf(want_s, sizeof(want_s), "%llu", (unsigned long long)want);
@@ -387,6 +431,15 @@ static int fg_cl_call(fg_cluster_limiter *cl, uint64_t want, uint64_t refund,
     return -1; /* not reached: the loop returns */
 }
 
+static int fg_cl_call(fg_cluster_limiter *cl, uint64_t want, uint64_t refund,
+                      uint64_t budget_ns, uint64_t *granted, uint64_t *ahead_us) {
+    struct fg_cl_sigpipe sp;
+    fg_cl_sigpipe_block(&sp);
+    int rc = fg_cl_call_raw(cl, want, refund, budget_ns, granted, ahead_us);
+    fg_cl_sigpipe_restore(&sp);
+    return rc;
+}
+
 /* Nanoseconds until k tokens are in the bucket, given the TAT's lead. */
 static uint64_t fg_cl_until(const fg_cluster_limiter *cl, uint64_t ahead_us, uint64_t k) {
     double us = (double)ahead_us + (double)k * cl->interval_us - cl->tau_us;
@@ -431,7 +484,15 @@ static int fg_cl_take(fg_cluster_limiter *cl, uint64_t now, uint64_t n) {
 
 static int fg_cl_fallback(fg_cluster_limiter *cl, uint64_t now, uint64_t n, uint64_t *wait) {
     if (cl->opts.fallback == FG_CLUSTER_FALLBACK_LOCAL) {
-        int rc = fg_limiter_try(cl->local, now, n < cl->opts.burst ? n : 1, wait);
+        int rc = fg_limiter_try(cl->local, now, n, wait);
+        if (rc == FG_ERANGE) {
+            /* n fits the cluster's burst but not the local share of it:
+             * such a request waits for the cluster. */
+            rc = FG_ELIMITED;
+            *wait = fg__load_u64(&cl->next_attempt) > now
+                        ? fg__load_u64(&cl->next_attempt) - now
+                        : 1000000;
+        }
         fg__faa_u64(rc == 0 ? &cl->fb_admitted : &cl->fb_rejected, 1);
         return rc;
     }
@@ -583,8 +644,10 @@ static void *fg_cl_main(void *arg) {
         }
         if (fg__load_u8(&cl->stop))
             break;
+        /* Only a wake (demand) prefetches: an idle instance holds no lease
+         * beyond its expiry. */
         pthread_mutex_lock(&cl->mu);
-        fg_cl_renew(cl, woken || fg__load_u64(&cl->held) < cl->low_water);
+        fg_cl_renew(cl, woken);
         pthread_mutex_unlock(&cl->mu);
     }
     return NULL;

@@ -81,8 +81,10 @@ typedef struct fg_cluster_event {
 
 /*
  * A listener for mode changes. Called on the thread that saw the change
- * (a request's, or the background thread), after it took effect, with the
- * limiter's name; it must not block and must not free the limiter.
+ * (a request's, the background thread, or fg_cluster_limiter_new's when
+ * Redis cannot be reached at start), after it took effect, with the
+ * limiter's name. It runs with the limiter's Redis lock held: it must not
+ * block, and must not call or free the limiter.
  */
 typedef void (*fg_cluster_listener)(const char *name, const fg_cluster_event *event,
                                     void *arg);
