@@ -40,6 +40,7 @@
 #include "alloc.h"
 #include "atomic.h"
 #include "internal.h"
+#include "siphash.h"
 
 #ifdef FG_HAVE_HIREDIS
 #include <hiredis/hiredis.h>
@@ -80,19 +81,52 @@ static const char fg_cluster_script[] =
 #define FG_CL_DEFAULT_BACKOFF_X UINT64_C(2000000000)
 #define FG_CL_TICK_NS           UINT64_C(20000000) /* the renewer's longest sleep */
 
+/* One bucket's lease. Atomics: the one-bucket limiter changes them without
+ * a lock; a per-key limiter's entries change under their shard's lock. */
+struct fg_cl_lease {
+    uint64_t held;         /* lease tokens held */
+    uint64_t expires;      /* lease tokens are spent before this, limiter clock */
+    uint64_t denied_until; /* the bucket is known empty until then */
+};
+
+/* A per-key entry: the lease, then the key. hash 0: never used. Entries
+ * are never emptied, only taken over by another key once idle (no tokens
+ * held, no refusal pending), so a probe run never breaks. */
+struct fg_cl_slot {
+    struct fg_cl_lease l;
+    uint64_t hash;
+    uint32_t len;
+    char key[];
+};
+
+struct fg_cl_shard {
+    pthread_mutex_t mu;
+    char pad[64 - sizeof(pthread_mutex_t) % 64];
+};
+
+#define FG_CL_PROBES 32 /* slots a key may sit from its home slot */
+
 struct fg_cluster_limiter {
     /* The hot path's words, on their own cache line. */
-    uint64_t held;         /* lease tokens held (atomic) */
-    uint64_t expires;      /* lease tokens are spent before this, limiter clock (atomic) */
-    uint64_t denied_until; /* the bucket is known empty until then (atomic) */
-    uint32_t mode;         /* fg_cluster_mode (atomic) */
-    uint8_t wake_pending;  /* a wake byte is in the pipe (atomic) */
+    struct fg_cl_lease one; /* the one-bucket limiter's lease */
+    uint32_t mode;          /* fg_cluster_mode (atomic) */
+    uint8_t wake_pending;   /* a wake byte is in the pipe (atomic) */
     char pad0[64];
     /* Counters (atomic), cluster.h's fg_cluster_stats. */
     uint64_t admitted, rejected, fb_admitted, fb_rejected, roundtrips, leased, refunded,
         errors, fallbacks, recoveries;
     uint64_t next_attempt; /* fallback: the next reconnect, limiter clock (atomic) */
+    uint64_t keys, full_rejected, full_admitted; /* per key (atomic) */
     char pad1[64];
+
+    /* Per key (max_keys > 0): nshards shards of shard_slots entries each. */
+    struct fg_cl_shard *shards;
+    unsigned char *slots;
+    size_t stride;
+    uint32_t nshards, shard_slots;
+    uint64_t k0, k1;          /* SipHash key */
+    fg_keyed_limiter *klocal; /* FG_CLUSTER_FALLBACK_LOCAL's buckets, per key */
+    uint64_t hand;            /* the renewer's sweep position (under mu) */
 
     /* Settings, fixed at creation. */
     fg_cluster_options opts; /* strings point at the copies below */
@@ -107,7 +141,7 @@ struct fg_cluster_limiter {
     double interval_us;
     double tau_us;
     uint64_t low_water; /* renew when held falls below this */
-    fg_limiter *local;  /* FG_CLUSTER_FALLBACK_LOCAL's bucket */
+    fg_limiter *local;  /* FG_CLUSTER_FALLBACK_LOCAL's bucket (one bucket) */
 
     /* Redis: everything below is used only with mu held. */
     pthread_mutex_t mu;
@@ -158,7 +192,16 @@ int fg_cluster_limiter_stats(const fg_cluster_limiter *cl, fg_cluster_stats *s) 
     s->errors = fg__load_u64(&c->errors);
     s->fallbacks = fg__load_u64(&c->fallbacks);
     s->recoveries = fg__load_u64(&c->recoveries);
-    s->held = fg__load_u64(&c->held);
+    s->held = fg__load_u64(&c->one.held);
+    s->keys = fg__load_u64(&c->keys);
+    s->full_rejected = fg__load_u64(&c->full_rejected);
+    s->full_admitted = fg__load_u64(&c->full_admitted);
+#ifdef FG_HAVE_HIREDIS
+    for (uint32_t i = 0; c->slots != NULL && i < c->nshards * c->shard_slots; i++) {
+        const struct fg_cl_slot *e = (const void *)(c->slots + (size_t)i * c->stride);
+        s->held += fg__load_u64((uint64_t *)&e->l.held);
+    }
+#endif
     return 0;
 }
 
@@ -181,6 +224,13 @@ int fg_cluster_limiter_try(fg_cluster_limiter *cl, uint64_t now_ns, uint64_t n,
     if (wait_ns != NULL)
         *wait_ns = 0;
     return FG_ESTATE;
+}
+
+int fg_cluster_limiter_try_key(fg_cluster_limiter *cl, const char *key, size_t key_len,
+                               uint64_t now_ns, uint64_t n, uint64_t *wait_ns) {
+    (void)key;
+    (void)key_len;
+    return fg_cluster_limiter_try(cl, now_ns, n, wait_ns);
 }
 
 #else /* FG_HAVE_HIREDIS */
@@ -363,7 +413,7 @@ static void fg_cl_reconnect(fg_cluster_limiter *cl) {
         fg_cl_schedule(cl, fg_cl_now(cl));
         return;
     }
-    fg__store_u64(&cl->denied_until, 0);
+    fg__store_u64(&cl->one.denied_until, 0);
     fg__store_u32(&cl->mode, FG_CLUSTER_MODE_CLUSTER);
     fg__faa_u64(&cl->recoveries, 1);
     fg_cl_event(cl, FG_CLUSTER_MODE_FALLBACK, FG_CLUSTER_MODE_CLUSTER, "");
@@ -374,18 +424,22 @@ static void fg_cl_reconnect(fg_cluster_limiter *cl) {
  * refund, within budget_ns. Returns 0 with *granted and *ahead_us (how far
  * the bucket's TAT is ahead of the server's now), or -1 after fg_cl_fail.
  */
-static int fg_cl_call_raw(fg_cluster_limiter *cl, uint64_t want, uint64_t refund,
-                          uint64_t budget_ns, uint64_t *granted, uint64_t *ahead_us) {
+static int fg_cl_call_raw(fg_cluster_limiter *cl, const char *rkey, size_t rkey_len,
+                          uint64_t want, uint64_t refund, uint64_t budget_ns,
+                          uint64_t *granted, uint64_t *ahead_us) {
     redisContext *c = cl->ctx;
     char want_s[24], refund_s[24], why[160];
     (void)snprintf(want_s, sizeof(want_s), "%llu", (unsigned long long)want);
     (void)snprintf(refund_s, sizeof(refund_s), "%llu", (unsigned long long)refund);
     (void)redisSetTimeout(c, fg_cl_tv(budget_ns));
     for (int attempt = 0; attempt < 2; attempt++) {
-        const char *argv[] = {"EVALSHA",        cl->sha,     "1",    cl->key,
+        const char *argv[] = {"EVALSHA",        cl->sha,     "1",    rkey,
                               cl->interval_arg, cl->tau_arg, want_s, refund_s};
+        size_t lens[8];
+        for (int i = 0; i < 8; i++)
+            lens[i] = i == 3 ? rkey_len : strlen(argv[i]);
         fg__faa_u64(&cl->roundtrips, 1);
-        redisReply *r = redisCommandArgv(c, 8, argv, NULL);
+        redisReply *r = redisCommandArgv(c, 8, argv, lens);
         if (r == NULL) {
             (void)snprintf(why, sizeof(why), "EVALSHA on %s: %s", cl->redis, c->errstr);
             fg_cl_fail(cl, why);
@@ -431,11 +485,31 @@ static int fg_cl_call_raw(fg_cluster_limiter *cl, uint64_t want, uint64_t refund
     return -1; /* not reached: the loop returns */
 }
 
-static int fg_cl_call(fg_cluster_limiter *cl, uint64_t want, uint64_t refund,
-                      uint64_t budget_ns, uint64_t *granted, uint64_t *ahead_us) {
+/* A Redis key: the one bucket's, or prefix + name + ":" + key. */
+struct fg_cl_rkey {
+    char buf[FG_CLUSTER_NAME_MAX + 2 + FG_KEYED_KEY_MAX_LIMIT];
+    size_t len;
+};
+
+static void fg_cl_rkey(const fg_cluster_limiter *cl, const char *key, size_t len,
+                       struct fg_cl_rkey *rk) {
+    size_t b = strlen(cl->key);
+    memcpy(rk->buf, cl->key, b);
+    rk->len = b;
+    if (cl->slots != NULL) {
+        rk->buf[b] = ':';
+        if (len > 0)
+            memcpy(rk->buf + b + 1, key, len);
+        rk->len = b + 1 + len;
+    }
+}
+
+static int fg_cl_call(fg_cluster_limiter *cl, const struct fg_cl_rkey *rk, uint64_t want,
+                      uint64_t refund, uint64_t budget_ns, uint64_t *granted,
+                      uint64_t *ahead_us) {
     struct fg_cl_sigpipe sp;
     fg_cl_sigpipe_block(&sp);
-    int rc = fg_cl_call_raw(cl, want, refund, budget_ns, granted, ahead_us);
+    int rc = fg_cl_call_raw(cl, rk->buf, rk->len, want, refund, budget_ns, granted, ahead_us);
     fg_cl_sigpipe_restore(&sp);
     return rc;
 }
@@ -447,57 +521,62 @@ static uint64_t fg_cl_until(const fg_cluster_limiter *cl, uint64_t ahead_us, uin
 }
 
 /* Under mu: a lease call's result: keep what came, remember a refusal. */
-static void fg_cl_store(fg_cluster_limiter *cl, uint64_t now, uint64_t granted,
-                        uint64_t ahead_us, uint64_t want) {
+static void fg_cl_store(fg_cluster_limiter *cl, struct fg_cl_lease *l, uint64_t now,
+                        uint64_t granted, uint64_t ahead_us, uint64_t want) {
     if (granted > 0) {
-        fg__store_u64(&cl->expires, now + cl->opts.lease_ttl_ns);
-        fg__faa_u64(&cl->held, granted);
+        fg__store_u64(&l->expires, now + cl->opts.lease_ttl_ns);
+        fg__faa_u64(&l->held, granted);
     }
     if (granted < want) {
         /* The bucket is empty for us: until a whole lease is back, requests
          * are refused locally, without a round trip each. */
         uint64_t k = cl->opts.lease;
-        fg__store_u64(&cl->denied_until, now + fg_cl_until(cl, ahead_us, k));
+        fg__store_u64(&l->denied_until, now + fg_cl_until(cl, ahead_us, k));
     }
 }
 
 /* ---- the decision paths ------------------------------------------------------------------
  */
 
-/* Take n from the lease, lock-free. 1 when taken. */
-static int fg_cl_take(fg_cluster_limiter *cl, uint64_t now, uint64_t n) {
-    if (now >= fg__load_u64(&cl->expires))
+/* Take n from lease l, lock-free. 1 when taken. The one bucket's lease
+ * wakes the renewer as it falls below the low-water mark. */
+static int fg_cl_take(fg_cluster_limiter *cl, struct fg_cl_lease *l, uint64_t now,
+                      uint64_t n) {
+    if (now >= fg__load_u64(&l->expires))
         return 0;
-    uint64_t h = fg__load_u64(&cl->held);
+    uint64_t h = fg__load_u64(&l->held);
     /* CAS loop: held only shrinks here and in the renewer's expiry (an
      * exchange to 0), and grows by the lease calls; a failed CAS re-reads. */
     while (h >= n) {
-        if (fg__cas_u64(&cl->held, h, h - n)) {
-            if (h >= cl->low_water && h - n < cl->low_water)
+        if (fg__cas_u64(&l->held, h, h - n)) {
+            if (l == &cl->one && h >= cl->low_water && h - n < cl->low_water)
                 fg_cl_wake(cl);
             return 1;
         }
-        h = fg__load_u64(&cl->held);
+        h = fg__load_u64(&l->held);
     }
     return 0;
 }
 
-static int fg_cl_fallback(fg_cluster_limiter *cl, uint64_t now, uint64_t n, uint64_t *wait) {
+/* The fallback's decision. key is NULL for the one bucket. */
+static int fg_cl_fallback(fg_cluster_limiter *cl, const char *key, size_t key_len,
+                          uint64_t now, uint64_t n, uint64_t *wait) {
+    uint64_t next = fg__load_u64(&cl->next_attempt);
+    uint64_t until_next = next > now ? next - now : 1000000;
     if (cl->opts.fallback == FG_CLUSTER_FALLBACK_LOCAL) {
-        int rc = fg_limiter_try(cl->local, now, n, wait);
+        int rc = cl->slots != NULL
+                     ? fg_keyed_limiter_try(cl->klocal, key, key_len, now, n, 0, wait)
+                     : fg_limiter_try(cl->local, now, n, wait);
         if (rc == FG_ERANGE) {
             /* n fits the cluster's burst but not the local share of it:
              * such a request waits for the cluster. */
             rc = FG_ELIMITED;
-            *wait = fg__load_u64(&cl->next_attempt) > now
-                        ? fg__load_u64(&cl->next_attempt) - now
-                        : 1000000;
+            *wait = until_next;
         }
         fg__faa_u64(rc == 0 ? &cl->fb_admitted : &cl->fb_rejected, 1);
-        return rc;
+        return rc == 0 ? 0 : FG_ELIMITED;
     }
-    uint64_t next = fg__load_u64(&cl->next_attempt);
-    *wait = next > now ? next - now : 1000000;
+    *wait = until_next;
     fg__faa_u64(&cl->fb_rejected, 1);
     return FG_ELIMITED;
 }
@@ -512,50 +591,161 @@ static int fg_cl_lock(fg_cluster_limiter *cl, uint64_t budget_ns) {
     return pthread_mutex_timedlock(&cl->mu, &ts);
 }
 
-static int fg_cl_slow(fg_cluster_limiter *cl, uint64_t now, uint64_t n, uint64_t *wait) {
+/* ---- the per-key table -------------------------------------------------------------------
+ */
+
+static struct fg_cl_slot *fg_cl_slot_at(const fg_cluster_limiter *cl, uint32_t shard,
+                                        uint32_t i) {
+    size_t idx = (size_t)shard * cl->shard_slots + (i & (cl->shard_slots - 1));
+    return (struct fg_cl_slot *)(void *)(cl->slots + idx * cl->stride);
+}
+
+/* An entry nobody needs: no tokens held, no refusal to remember. */
+static int fg_cl_idle(const struct fg_cl_slot *e, uint64_t now) {
+    return fg__load_u64((uint64_t *)&e->l.held) == 0 &&
+           now >= fg__load_u64((uint64_t *)&e->l.denied_until);
+}
+
+/*
+ * With the key's shard locked: its entry, taking an empty or idle one for a
+ * new key. NULL when the table has no room for it (counted by the caller).
+ */
+static struct fg_cl_slot *fg_cl_find(fg_cluster_limiter *cl, uint32_t shard, uint64_t hash,
+                                     const char *key, size_t len, uint64_t now) {
+    uint32_t home = (uint32_t)(hash >> 32);
+    uint32_t probes = cl->shard_slots < FG_CL_PROBES ? cl->shard_slots : FG_CL_PROBES;
+    struct fg_cl_slot *empty = NULL, *idle = NULL;
+    for (uint32_t i = 0; i < probes; i++) {
+        struct fg_cl_slot *e = fg_cl_slot_at(cl, shard, home + i);
+        if (e->hash == 0) {
+            empty = e; /* entries are never emptied: the key is not further on */
+            break;
+        }
+        if (e->hash == hash && e->len == len && (len == 0 || memcmp(e->key, key, len) == 0))
+            return e;
+        if (idle == NULL && fg_cl_idle(e, now))
+            idle = e;
+    }
+    struct fg_cl_slot *e = idle;
+    if (empty != NULL && fg__load_u64(&cl->keys) < cl->opts.max_keys) {
+        e = empty;
+        fg__faa_u64(&cl->keys, 1);
+    }
+    if (e == NULL)
+        return NULL;
+    memset(&e->l, 0, sizeof(e->l));
+    e->hash = hash;
+    e->len = (uint32_t)len;
+    if (len > 0)
+        memcpy(e->key, key, len);
+    return e;
+}
+
+static uint64_t fg_cl_hash(const fg_cluster_limiter *cl, const char *key, size_t len,
+                           uint32_t *shard) {
+    uint64_t h = fg__siphash13(cl->k0, cl->k1, key, len) | 1; /* 0 marks an empty entry */
+    *shard = (uint32_t)(h >> 8) & (cl->nshards - 1);
+    return h;
+}
+
+/* A full table's answer for a new key. */
+static int fg_cl_full(fg_cluster_limiter *cl, uint64_t *wait) {
+    if (cl->opts.when_full == FG_KEYED_ADMIT_NEW) {
+        fg__faa_u64(&cl->full_admitted, 1);
+        return 0;
+    }
+    fg__faa_u64(&cl->full_rejected, 1);
+    fg__faa_u64(&cl->rejected, 1);
+    *wait = 0;
+    return FG_ELIMITED;
+}
+
+/* ---- the decision paths ------------------------------------------------------------------
+ */
+
+/*
+ * The slow path: the lease is empty and no refusal is remembered. Takes mu
+ * within the timeout, then asks Redis for a lease within what is left.
+ * key is NULL for the one bucket. Lock order: mu, then a shard.
+ */
+static int fg_cl_slow(fg_cluster_limiter *cl, const char *key, size_t key_len, uint64_t now,
+                      uint64_t n, uint64_t *wait) {
     uint64_t t0 = fg_cl_mono();
     uint64_t budget = cl->opts.timeout_ns;
     if (fg_cl_lock(cl, budget) != 0) /* Redis is busy beyond the timeout */
-        return fg_cl_fallback(cl, now, n, wait);
-    /* The renewer may have refilled the lease, or the mode changed, while
-     * this thread waited. */
+        return fg_cl_fallback(cl, key, key_len, now, n, wait);
     if (fg__load_u32(&cl->mode) == FG_CLUSTER_MODE_FALLBACK) {
         pthread_mutex_unlock(&cl->mu);
-        return fg_cl_fallback(cl, now, n, wait);
+        return fg_cl_fallback(cl, key, key_len, now, n, wait);
     }
-    if (fg_cl_take(cl, now, n)) {
-        pthread_mutex_unlock(&cl->mu);
+    uint32_t shard = 0;
+    uint64_t hash = cl->slots ? fg_cl_hash(cl, key, key_len, &shard) : 0;
+    struct fg_cl_lease *l = &cl->one;
+    if (cl->slots != NULL) {
+        pthread_mutex_lock(&cl->shards[shard].mu);
+        struct fg_cl_slot *e = fg_cl_find(cl, shard, hash, key, key_len, now);
+        if (e == NULL) {
+            pthread_mutex_unlock(&cl->shards[shard].mu);
+            pthread_mutex_unlock(&cl->mu);
+            return fg_cl_full(cl, wait);
+        }
+        l = &e->l;
+    }
+    /* The renewer (or another request) may have refilled the lease or
+     * met a refusal while this thread waited for mu. */
+    int rc = -1;
+    uint64_t du = fg__load_u64(&l->denied_until);
+    if (fg_cl_take(cl, l, now, n)) {
         fg__faa_u64(&cl->admitted, 1);
-        return 0;
-    }
-    uint64_t du = fg__load_u64(&cl->denied_until);
-    if (now < du) {
-        pthread_mutex_unlock(&cl->mu);
+        rc = 0;
+    } else if (now < du) {
         fg__faa_u64(&cl->rejected, 1);
         *wait = du - now;
-        return FG_ELIMITED;
+        rc = FG_ELIMITED;
     }
-    uint64_t spent = fg_cl_mono() - t0;
-    if (spent >= budget) {
-        pthread_mutex_unlock(&cl->mu);
-        return fg_cl_fallback(cl, now, n, wait);
-    }
-    /* Expired tokens go back with this call; fresh ones are topped up to a
+    /* Expired tokens go back with the call; fresh ones are topped up to a
      * lease. */
-    uint64_t refund = 0, h;
-    if (now >= fg__load_u64(&cl->expires))
-        refund = fg__xchg_u64(&cl->held, 0);
-    h = fg__load_u64(&cl->held);
+    uint64_t refund = 0, h = 0;
+    if (rc == -1) {
+        if (now >= fg__load_u64(&l->expires))
+            refund = fg__xchg_u64(&l->held, 0);
+        h = fg__load_u64(&l->held);
+    }
+    if (cl->slots != NULL)
+        pthread_mutex_unlock(&cl->shards[shard].mu);
+    if (rc != -1) {
+        pthread_mutex_unlock(&cl->mu);
+        return rc;
+    }
     uint64_t want = cl->opts.lease > h ? cl->opts.lease - h : 0;
     if (want < n)
         want = n;
-    uint64_t granted, ahead;
-    if (fg_cl_call(cl, want, refund, budget - spent, &granted, &ahead) != 0) {
+    uint64_t spent = fg_cl_mono() - t0, granted, ahead;
+    struct fg_cl_rkey rk;
+    fg_cl_rkey(cl, key, key_len, &rk);
+    if (spent >= budget ||
+        fg_cl_call(cl, &rk, want, refund, budget - spent, &granted, &ahead)) {
+        if (spent >= budget && refund > 0)
+            fg__faa_u64(&l->held, refund); /* not given back: still ours until expiry */
         pthread_mutex_unlock(&cl->mu);
-        return fg_cl_fallback(cl, now, n, wait);
+        return fg_cl_fallback(cl, key, key_len, now, n, wait);
     }
-    fg_cl_store(cl, now, granted, ahead, want);
-    int ok = fg_cl_take(cl, now, n);
+    if (cl->slots != NULL) {
+        /* The entry may have been taken over while unlocked: only an idle
+         * one can be, and then the key gets an entry anew. */
+        pthread_mutex_lock(&cl->shards[shard].mu);
+        struct fg_cl_slot *e = fg_cl_find(cl, shard, hash, key, key_len, now);
+        if (e == NULL) {
+            pthread_mutex_unlock(&cl->shards[shard].mu);
+            pthread_mutex_unlock(&cl->mu);
+            return fg_cl_full(cl, wait); /* the tokens come back as the bucket refills */
+        }
+        l = &e->l;
+    }
+    fg_cl_store(cl, l, now, granted, ahead, want);
+    int ok = fg_cl_take(cl, l, now, n);
+    if (cl->slots != NULL)
+        pthread_mutex_unlock(&cl->shards[shard].mu);
     pthread_mutex_unlock(&cl->mu);
     if (ok) {
         fg__faa_u64(&cl->admitted, 1);
@@ -574,34 +764,93 @@ int fg_cluster_limiter_try(fg_cluster_limiter *cl, uint64_t now_ns, uint64_t n,
     if (wait_ns == NULL)
         wait_ns = &scratch;
     *wait_ns = 0;
-    if (cl == NULL || n == 0)
+    if (cl == NULL || n == 0 || cl->slots != NULL)
         return FG_EINVAL;
     if (n > cl->opts.burst)
         return FG_ERANGE;
-    if (fg__load_u32(&cl->mode) == FG_CLUSTER_MODE_FALLBACK) {
-        /* Lease tokens taken before Redis went away are still the
-         * cluster's: spend them first. */
-        if (fg_cl_take(cl, now_ns, n)) {
-            fg__faa_u64(&cl->admitted, 1);
-            return 0;
-        }
-        return fg_cl_fallback(cl, now_ns, n, wait_ns);
-    }
-    if (fg_cl_take(cl, now_ns, n)) {
+    /* Lease tokens are the cluster's, in fallback mode too (taken before
+     * Redis went away, spendable until they expire). */
+    if (fg_cl_take(cl, &cl->one, now_ns, n)) {
         fg__faa_u64(&cl->admitted, 1);
         return 0;
     }
-    uint64_t du = fg__load_u64(&cl->denied_until);
+    if (fg__load_u32(&cl->mode) == FG_CLUSTER_MODE_FALLBACK)
+        return fg_cl_fallback(cl, NULL, 0, now_ns, n, wait_ns);
+    uint64_t du = fg__load_u64(&cl->one.denied_until);
     if (now_ns < du) {
         fg__faa_u64(&cl->rejected, 1);
         *wait_ns = du - now_ns;
         return FG_ELIMITED;
     }
-    return fg_cl_slow(cl, now_ns, n, wait_ns);
+    return fg_cl_slow(cl, NULL, 0, now_ns, n, wait_ns);
+}
+
+int fg_cluster_limiter_try_key(fg_cluster_limiter *cl, const char *key, size_t key_len,
+                               uint64_t now_ns, uint64_t n, uint64_t *wait_ns) {
+    uint64_t scratch;
+    if (wait_ns == NULL)
+        wait_ns = &scratch;
+    *wait_ns = 0;
+    if (cl == NULL || n == 0 || cl->slots == NULL || (key == NULL && key_len > 0))
+        return FG_EINVAL;
+    if (key_len > cl->opts.key_max)
+        return FG_ETOOLONG;
+    if (n > cl->opts.burst)
+        return FG_ERANGE;
+    uint32_t shard;
+    uint64_t hash = fg_cl_hash(cl, key, key_len, &shard);
+    pthread_mutex_lock(&cl->shards[shard].mu);
+    struct fg_cl_slot *e = fg_cl_find(cl, shard, hash, key, key_len, now_ns);
+    int rc = -1;
+    if (e == NULL) {
+        rc = -2;
+    } else if (fg_cl_take(cl, &e->l, now_ns, n)) {
+        fg__faa_u64(&cl->admitted, 1);
+        rc = 0;
+    } else if (fg__load_u32(&cl->mode) != FG_CLUSTER_MODE_FALLBACK &&
+               now_ns < fg__load_u64(&e->l.denied_until)) {
+        fg__faa_u64(&cl->rejected, 1);
+        *wait_ns = fg__load_u64(&e->l.denied_until) - now_ns;
+        rc = FG_ELIMITED;
+    }
+    pthread_mutex_unlock(&cl->shards[shard].mu);
+    if (rc == -2)
+        return fg_cl_full(cl, wait_ns);
+    if (rc != -1)
+        return rc;
+    if (fg__load_u32(&cl->mode) == FG_CLUSTER_MODE_FALLBACK)
+        return fg_cl_fallback(cl, key, key_len, now_ns, n, wait_ns);
+    return fg_cl_slow(cl, key, key_len, now_ns, n, wait_ns);
 }
 
 /* ---- the renewer -------------------------------------------------------------------------
  */
+
+/* Under mu: give back the expired leases of up to budget per-key entries,
+ * from where the last sweep stopped. */
+static void fg_cl_sweep(fg_cluster_limiter *cl, uint64_t now, uint64_t budget) {
+    uint64_t total = (uint64_t)cl->nshards * cl->shard_slots;
+    if (budget > total)
+        budget = total;
+    for (uint64_t k = 0; k < budget && fg__load_u32(&cl->mode) == FG_CLUSTER_MODE_CLUSTER;
+         k++) {
+        uint64_t i = cl->hand++ % total;
+        uint32_t shard = (uint32_t)(i / cl->shard_slots);
+        pthread_mutex_lock(&cl->shards[shard].mu);
+        struct fg_cl_slot *e = fg_cl_slot_at(cl, shard, (uint32_t)(i % cl->shard_slots));
+        uint64_t refund = 0;
+        struct fg_cl_rkey rk;
+        if (e->hash != 0 && fg__load_u64(&e->l.held) > 0 &&
+            now >= fg__load_u64(&e->l.expires)) {
+            refund = fg__xchg_u64(&e->l.held, 0);
+            fg_cl_rkey(cl, e->key, e->len, &rk);
+        }
+        pthread_mutex_unlock(&cl->shards[shard].mu);
+        uint64_t granted, ahead;
+        if (refund > 0)
+            (void)fg_cl_call(cl, &rk, 0, refund, cl->opts.timeout_ns, &granted, &ahead);
+    }
+}
 
 /* One round of the renewer's work, under mu. */
 static void fg_cl_renew(fg_cluster_limiter *cl, int woken) {
@@ -611,23 +860,37 @@ static void fg_cl_renew(fg_cluster_limiter *cl, int woken) {
             fg_cl_reconnect(cl);
         return;
     }
+    if (cl->slots != NULL) {
+        /* the whole table about twice per lease lifetime */
+        uint64_t ticks = cl->opts.lease_ttl_ns / 2 / FG_CL_TICK_NS + 1;
+        uint64_t total = (uint64_t)cl->nshards * cl->shard_slots;
+        fg_cl_sweep(cl, now, total / ticks + 1);
+        return;
+    }
     uint64_t granted, ahead;
-    if (now >= fg__load_u64(&cl->expires) && fg__load_u64(&cl->held) > 0) {
-        uint64_t refund = fg__xchg_u64(&cl->held, 0);
+    struct fg_cl_rkey rk;
+    fg_cl_rkey(cl, NULL, 0, &rk);
+    if (now >= fg__load_u64(&cl->one.expires) && fg__load_u64(&cl->one.held) > 0) {
+        uint64_t refund = fg__xchg_u64(&cl->one.held, 0);
         if (refund > 0 &&
-            fg_cl_call(cl, 0, refund, cl->opts.timeout_ns, &granted, &ahead) != 0)
+            fg_cl_call(cl, &rk, 0, refund, cl->opts.timeout_ns, &granted, &ahead))
             return;
     }
-    uint64_t h = fg__load_u64(&cl->held);
-    if (!woken || h >= cl->low_water || now < fg__load_u64(&cl->denied_until))
+    uint64_t h = fg__load_u64(&cl->one.held);
+    if (!woken || h >= cl->low_water || now < fg__load_u64(&cl->one.denied_until))
         return;
     uint64_t want = cl->opts.lease - h;
-    if (fg_cl_call(cl, want, 0, cl->opts.timeout_ns, &granted, &ahead) == 0)
-        fg_cl_store(cl, now, granted, ahead, want);
+    if (fg_cl_call(cl, &rk, want, 0, cl->opts.timeout_ns, &granted, &ahead) == 0)
+        fg_cl_store(cl, &cl->one, now, granted, ahead, want);
 }
 
 static void *fg_cl_main(void *arg) {
     fg_cluster_limiter *cl = arg;
+    /* This thread only talks to Redis: SIGPIPE stays blocked here. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    (void)pthread_sigmask(SIG_BLOCK, &set, NULL);
     while (!fg__load_u8(&cl->stop)) {
         struct pollfd p = {cl->wake_fd[0], POLLIN, 0};
         int ms = (int)(FG_CL_TICK_NS / 1000000);
@@ -682,7 +945,7 @@ static int fg_cl_parse_addr(fg_cluster_limiter *cl, const char *addr) {
     if (*end != '\0' || errno != 0 || port < 1 || port > 65535)
         return FG_EINVAL;
     for (size_t i = 0; i < hlen; i++)
-        if (h[i] == '/' || h[i] == ' ' || (unsigned char)h[i] < 0x21)
+        if (h[i] == '/' || (unsigned char)h[i] < 0x21 || (unsigned char)h[i] > 0x7e)
             return FG_EINVAL;
     cl->host = fg__strndup(h, hlen);
     cl->port = (int)port;
@@ -690,6 +953,32 @@ static int fg_cl_parse_addr(fg_cluster_limiter *cl, const char *addr) {
 }
 
 static char *fg_cl_dup(const char *s) { return fg__strndup(s, strlen(s)); }
+
+/* Under mu, connected: give back every lease, within the timeout overall. */
+static void fg_cl_give_back(fg_cluster_limiter *cl) {
+    uint64_t t0 = fg_cl_mono(), granted, ahead;
+    struct fg_cl_rkey rk;
+    uint64_t held = fg__xchg_u64(&cl->one.held, 0);
+    if (cl->slots == NULL) {
+        fg_cl_rkey(cl, NULL, 0, &rk);
+        if (held > 0)
+            (void)fg_cl_call(cl, &rk, 0, held, cl->opts.timeout_ns, &granted, &ahead);
+        return;
+    }
+    uint64_t total = (uint64_t)cl->nshards * cl->shard_slots;
+    for (uint64_t i = 0; i < total && cl->ctx != NULL; i++) {
+        struct fg_cl_slot *e = fg_cl_slot_at(cl, (uint32_t)(i / cl->shard_slots),
+                                             (uint32_t)(i % cl->shard_slots));
+        if (e->hash == 0 || e->l.held == 0)
+            continue;
+        uint64_t spent = fg_cl_mono() - t0;
+        if (spent >= cl->opts.timeout_ns)
+            break; /* the rest comes back as the buckets refill */
+        fg_cl_rkey(cl, e->key, e->len, &rk);
+        (void)fg_cl_call(cl, &rk, 0, e->l.held, cl->opts.timeout_ns - spent, &granted, &ahead);
+        e->l.held = 0;
+    }
+}
 
 void fg_cluster_limiter_free(fg_cluster_limiter *cl) {
     if (cl == NULL)
@@ -699,21 +988,23 @@ void fg_cluster_limiter_free(fg_cluster_limiter *cl) {
         fg_cl_wake_always(cl);
         pthread_join(cl->thread, NULL);
     }
-    /* Unspent tokens go back to the bucket: one call, within the timeout. */
-    uint64_t held = fg__xchg_u64(&cl->held, 0);
     if (cl->mutex_made) {
         pthread_mutex_lock(&cl->mu);
-        uint64_t granted, ahead;
-        if (held > 0 && cl->ctx != NULL && fg__load_u32(&cl->mode) == FG_CLUSTER_MODE_CLUSTER)
-            (void)fg_cl_call(cl, 0, held, cl->opts.timeout_ns, &granted, &ahead);
+        if (cl->ctx != NULL && fg__load_u32(&cl->mode) == FG_CLUSTER_MODE_CLUSTER)
+            fg_cl_give_back(cl);
         fg_cl_disconnect(cl);
         pthread_mutex_unlock(&cl->mu);
         pthread_mutex_destroy(&cl->mu);
     }
+    for (uint32_t i = 0; cl->shards != NULL && i < cl->nshards; i++)
+        pthread_mutex_destroy(&cl->shards[i].mu);
     for (int i = 0; i < 2; i++)
         if (cl->wake_fd[i] >= 0)
             close(cl->wake_fd[i]);
     fg_limiter_free(cl->local);
+    fg_keyed_limiter_free(cl->klocal);
+    fg__aligned_free(cl->shards);
+    fg__free(cl->slots);
     fg__free(cl->redis);
     fg__free(cl->prefix);
     fg__free(cl->name);
@@ -737,6 +1028,14 @@ static int fg_cl_options(const fg_cluster_options *opts, fg_cluster_options *o) 
         return FG_EINVAL;
     if (o->fallback != FG_CLUSTER_FALLBACK_LOCAL && o->fallback != FG_CLUSTER_FALLBACK_CLOSED)
         return FG_EINVAL;
+    if (o->when_full != FG_KEYED_REJECT_NEW && o->when_full != FG_KEYED_ADMIT_NEW)
+        return FG_EINVAL;
+    if (o->max_keys > FG_KEYED_MAX_KEYS)
+        return FG_ERANGE;
+    if (o->key_max > FG_KEYED_KEY_MAX_LIMIT)
+        return FG_EINVAL;
+    if (o->key_max == 0)
+        o->key_max = FG_KEYED_KEY_MAX_DEFAULT;
     if (o->lease == 0) {
         /* rate x 10 ms, at least 1, at most a quarter of the burst */
         uint64_t per10ms = (uint64_t)((double)o->rate * 1e7 / (double)o->period_ns);
@@ -770,6 +1069,33 @@ static int fg_cl_options(const fg_cluster_options *opts, fg_cluster_options *o) 
         return FG_ETOOLONG;
     if (o->clock.now == NULL)
         o->clock = fg_clock_monotonic();
+    return 0;
+}
+
+/* The per-key table: max_keys entries at a load of at most 4/5, in
+ * power-of-two shards. */
+static int fg_cl_table(fg_cluster_limiter *cl) {
+    uint64_t want = (uint64_t)cl->opts.max_keys * 5 / 4 + 1;
+    cl->nshards = want >= 16 * 64 ? 16 : 1;
+    uint64_t per = (want + cl->nshards - 1) / cl->nshards, slots = 8;
+    while (slots < per)
+        slots *= 2;
+    cl->shard_slots = (uint32_t)slots;
+    cl->stride = (sizeof(struct fg_cl_slot) + cl->opts.key_max + 7) & ~(size_t)7;
+    cl->shards = fg__aligned_calloc(sizeof(struct fg_cl_shard) * cl->nshards, 64);
+    cl->slots = fg__calloc((size_t)cl->nshards * slots, cl->stride);
+    if (cl->shards == NULL || cl->slots == NULL)
+        return FG_ENOMEM;
+    for (uint32_t i = 0; i < cl->nshards; i++)
+        if (pthread_mutex_init(&cl->shards[i].mu, NULL) != 0) {
+            cl->nshards = i; /* free destroys only these */
+            return FG_ESYS;
+        }
+    uint64_t seed[2];
+    seed[0] = fg__random_u64();
+    seed[1] = fg__random_u64();
+    cl->k0 = seed[0];
+    cl->k1 = seed[1];
     return 0;
 }
 
@@ -813,15 +1139,27 @@ int fg_cluster_limiter_new(const fg_cluster_options *opts, fg_cluster_limiter **
     cl->backoff = o.backoff_min_ns;
     cl->rng = fg__random_u64() | 1;
 
-    /* The fallback bucket: rate/instances exactly, as rate per instances
-     * periods; burst/instances, at least 1. */
+    /* The fallback: rate/instances exactly (rate per instances periods),
+     * burst/instances, at least 1; per key when the limiter is. */
     fg_limiter_options lo = FG_LIMITER_OPTIONS_INIT;
     lo.rate = o.rate;
     lo.period_ns =
         o.period_ns > UINT64_MAX / o.instances ? UINT64_MAX : o.period_ns * o.instances;
     lo.burst = o.burst / o.instances ? o.burst / o.instances : 1;
     lo.clock = o.clock;
-    rc = fg_limiter_new(&lo, &cl->local);
+    if (o.max_keys > 0) {
+        rc = fg_cl_table(cl);
+        if (rc == 0) {
+            fg_keyed_limiter_options ko = FG_KEYED_LIMITER_OPTIONS_INIT;
+            ko.bucket = lo;
+            ko.max_keys = o.max_keys;
+            ko.key_max = o.key_max;
+            ko.when_full = o.when_full;
+            rc = fg_keyed_limiter_new(&ko, &cl->klocal);
+        }
+    } else {
+        rc = fg_limiter_new(&lo, &cl->local);
+    }
     if (rc != 0) {
         fg_cluster_limiter_free(cl);
         return rc;

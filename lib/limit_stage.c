@@ -83,6 +83,17 @@ static int fg_limit_cluster_enter(void *state, fg_ctx *ctx, uint64_t *slot) {
     return fg_limit_verdict(st, ctx, rc, wait);
 }
 
+/* One decision on key's bucket: the keyed limiter's, or the per-key
+ * cluster limiter's. */
+static int fg_limit_key_try(struct fg_limit_stage *st, const fg_ctx *ctx, const char *key,
+                            size_t len, uint64_t *wait) {
+    if (st->cluster != NULL)
+        return fg_cluster_limiter_try_key(st->cluster, key, len, ctx->now_ns, st->tokens,
+                                          wait);
+    return fg_keyed_limiter_try(st->keyed, key, len, ctx->now_ns, st->tokens,
+                                fg_wait_bound(ctx), wait);
+}
+
 static int fg_limit_keyed_enter(void *state, fg_ctx *ctx, uint64_t *slot) {
     (void)slot;
     struct fg_limit_stage *st = state;
@@ -106,8 +117,7 @@ static int fg_limit_keyed_enter(void *state, fg_ctx *ctx, uint64_t *slot) {
             return fg_limit_verdict(st, ctx, FG_ETOOLONG, 0);
         if (rc == 0) {
             uint64_t wait;
-            rc = fg_keyed_limiter_try(st->keyed, buf, len, ctx->now_ns, st->tokens,
-                                      fg_wait_bound(ctx), &wait);
+            rc = fg_limit_key_try(st, ctx, buf, len, &wait);
             return fg_limit_verdict(st, ctx, rc, wait);
         }
         found = 0;
@@ -128,8 +138,7 @@ static int fg_limit_keyed_enter(void *state, fg_ctx *ctx, uint64_t *slot) {
         key.len = 0;
     }
     uint64_t wait;
-    int rc = fg_keyed_limiter_try(st->keyed, key.ptr, key.len, ctx->now_ns, st->tokens,
-                                  fg_wait_bound(ctx), &wait);
+    int rc = fg_limit_key_try(st, ctx, key.ptr, key.len, &wait);
     return fg_limit_verdict(st, ctx, rc, wait);
 }
 
@@ -177,14 +186,15 @@ int fg_stage_limit(fg_limiter *limiter, const fg_limit_stage_options *opts, fg_s
     return fg_limit_stage_make(&fg_limit_ops, st, opts, out);
 }
 
-int fg_stage_limit_keyed(fg_keyed_limiter *keyed, const fg_limit_stage_options *opts,
-                         fg_stage **out) {
+/* A stage on a per-key bucket table: keyed, or a per-key cluster limiter
+ * (exactly one of the two), whose burst is burst. */
+static int fg_limit_keyed_make(fg_keyed_limiter *keyed, fg_cluster_limiter *cluster,
+                               uint64_t burst, const fg_limit_stage_options *opts,
+                               fg_stage **out) {
     static const fg_limit_stage_options defaults = FG_LIMIT_STAGE_OPTIONS_INIT;
-    if (keyed == NULL || out == NULL)
-        return FG_EINVAL;
     if (opts == NULL)
         opts = &defaults;
-    if (opts->tokens > fg__keyed_burst(keyed))
+    if (opts->tokens > burst)
         return FG_ERANGE;
     int named = opts->key_source == FG_KEY_HEADER || opts->key_source == FG_KEY_BAGGAGE;
     if ((named && opts->key_name == NULL) ||
@@ -203,6 +213,7 @@ int fg_stage_limit_keyed(fg_keyed_limiter *keyed, const fg_limit_stage_options *
     if (st == NULL)
         return FG_ENOMEM;
     st->keyed = keyed;
+    st->cluster = cluster;
     st->key_source = opts->key_source;
     st->key_fn = opts->key_fn;
     st->key_arg = opts->key_arg;
@@ -218,6 +229,13 @@ int fg_stage_limit_keyed(fg_keyed_limiter *keyed, const fg_limit_stage_options *
     return fg_limit_stage_make(&fg_limit_keyed_ops, st, opts, out);
 }
 
+int fg_stage_limit_keyed(fg_keyed_limiter *keyed, const fg_limit_stage_options *opts,
+                         fg_stage **out) {
+    if (keyed == NULL || out == NULL)
+        return FG_EINVAL;
+    return fg_limit_keyed_make(keyed, NULL, fg__keyed_burst(keyed), opts, out);
+}
+
 int fg_stage_limit_cluster(fg_cluster_limiter *cl, const fg_limit_stage_options *opts,
                            fg_stage **out) {
     if (out != NULL)
@@ -227,6 +245,8 @@ int fg_stage_limit_cluster(fg_cluster_limiter *cl, const fg_limit_stage_options 
     fg_cluster_options co;
     if (fg_cluster_limiter_get(cl, &co) != 0)
         return FG_EINVAL;
+    if (co.max_keys > 0)
+        return fg_limit_keyed_make(NULL, cl, co.burst, opts, out);
     if (opts && opts->tokens > co.burst)
         return FG_ERANGE;
     struct fg_limit_stage *st = fg_limit_stage_alloc(opts);

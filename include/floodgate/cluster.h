@@ -33,6 +33,15 @@
  * background with exponential backoff and jitter, and returns to the
  * cluster by itself.
  *
+ * Per key. With max_keys set, the limiter holds one bucket per key (a
+ * tenant, a user): the Redis key is prefix + name + ":" + key, and each key
+ * has its own lease in a fixed table of max_keys entries, allocated at
+ * creation. A key's next lease is taken by the request that finds its lease
+ * empty (one Redis call per lease per key, within timeout_ns); there is no
+ * background prefetch per key. Idle keys give their tokens back after
+ * lease_ttl_ns and their entries are reused. The fallback keeps a local
+ * bucket per key (fg_keyed_limiter) of the key's rate/instances.
+ *
  * This part of floodgate needs hiredis at build time. A floodgate built
  * without it (no libhiredis-dev) still declares these functions; they
  * return FG_ESTATE and fg_cluster_available() returns 0.
@@ -122,6 +131,12 @@ typedef struct fg_cluster_options {
      * jitter subtracted. */
     uint64_t backoff_min_ns;
     uint64_t backoff_max_ns;
+    /* Per key: 0 (one bucket), or the most keys held at once, 1 ..
+     * FG_KEYED_MAX_KEYS; memory is fixed by it. */
+    uint32_t max_keys;
+    uint32_t key_max; /* longest key in bytes; 0 means FG_KEYED_KEY_MAX_DEFAULT */
+    /* What a full table does with a new key (floodgate/limiter.h). */
+    fg_keyed_when_full when_full;
     fg_cluster_listener on_event; /* mode changes (NULL: none) */
     void *arg;                    /* passed to on_event */
     fg_clock clock; /* for lease lifetimes, the fallback bucket and events; now == NULL:
@@ -131,7 +146,8 @@ typedef struct fg_cluster_options {
 /* Defaults: every field unset. */
 #define FG_CLUSTER_OPTIONS_INIT                                                               \
     {                                                                                         \
-        0, 0, 0, NULL, NULL, NULL, 0, 0, 0, FG_CLUSTER_FALLBACK_LOCAL, 0, 0, 0, NULL, NULL,   \
+        0, 0, 0, NULL, NULL, NULL, 0, 0, 0, FG_CLUSTER_FALLBACK_LOCAL, 0, 0, 0, 0, 0,         \
+            FG_KEYED_REJECT_NEW, NULL, NULL,                                                  \
         {                                                                                     \
             NULL, NULL, NULL                                                                  \
         }                                                                                     \
@@ -154,7 +170,10 @@ typedef struct fg_cluster_stats {
     uint64_t errors;            /* failed connects and calls (each counted once) */
     uint64_t fallbacks;         /* switches to fallback mode */
     uint64_t recoveries;        /* switches back to cluster mode */
-    uint64_t held;              /* lease tokens held now */
+    uint64_t held;              /* lease tokens held now (all keys) */
+    uint64_t keys;              /* per key: keys held now */
+    uint64_t full_rejected;     /* per key: new keys rejected because the table was full */
+    uint64_t full_admitted;     /* per key: new keys admitted unlimited, table full */
 } fg_cluster_stats;
 
 /*
@@ -170,7 +189,8 @@ FG_API int fg_cluster_available(void);
  * which is not an error. Starts one background thread.
  *
  * Returns: 0 and *out; FG_EINVAL (NULL opts or out, rate, burst or name
- * missing, lease > burst, a malformed redis address); FG_ERANGE (as
+ * missing, lease > burst, a malformed redis address, key_max over
+ * FG_KEYED_KEY_MAX_LIMIT, an unknown fallback or when_full); FG_ERANGE (as
  * fg_limiter_new, or period/rate below 1 us); FG_ETOOLONG (prefix + name
  * over FG_CLUSTER_NAME_MAX, address over FG_CLUSTER_ADDR_MAX); FG_ESYS
  * (the thread cannot start); FG_ESTATE (built without hiredis); FG_ENOMEM.
@@ -197,13 +217,30 @@ FG_API void fg_cluster_limiter_free(fg_cluster_limiter *cl);
  *
  * On admission returns 0 and *wait_ns 0. On rejection returns FG_ELIMITED
  * and *wait_ns the retry-after hint. wait_ns may be NULL.
- * Returns: 0; FG_ELIMITED; FG_EINVAL (NULL cl, n == 0); FG_ERANGE (n >
- * burst: such a request can never be admitted); FG_ESTATE (built without
- * hiredis).
+ * Returns: 0; FG_ELIMITED; FG_EINVAL (NULL cl, n == 0, a per-key
+ * limiter); FG_ERANGE (n > burst: such a request can never be admitted);
+ * FG_ESTATE (built without hiredis).
  * Thread-safety: MT-safe; lock-free while the lease holds n tokens.
  */
 FG_API int fg_cluster_limiter_try(fg_cluster_limiter *cl, uint64_t now_ns, uint64_t n,
                                   uint64_t *wait_ns);
+
+/*
+ * fg_cluster_limiter_try_key - fg_cluster_limiter_try on key's bucket of a
+ * per-key limiter (max_keys set). The key is bytes (need not be
+ * NUL-terminated), copied; the empty key is a valid key. A new key when
+ * the table is full takes the entry of an idle key (no lease held), else
+ * when_full decides.
+ *
+ * Returns: as fg_cluster_limiter_try, plus FG_ETOOLONG for a key longer
+ * than key_max, FG_EINVAL for a NULL key with key_len > 0 or a limiter
+ * without max_keys.
+ * Thread-safety: MT-safe: the key's lease is read and changed under one of
+ * several table locks, held for a probe and a few stores, never across a
+ * Redis call.
+ */
+FG_API int fg_cluster_limiter_try_key(fg_cluster_limiter *cl, const char *key, size_t key_len,
+                                      uint64_t now_ns, uint64_t n, uint64_t *wait_ns);
 
 /*
  * fg_cluster_limiter_stats - the counters into *stats.
@@ -230,11 +267,14 @@ FG_API int fg_cluster_limiter_get(const fg_cluster_limiter *cl, fg_cluster_optio
  * fg_stage_limit_cluster - a limit stage (floodgate/limiter.h) on a cluster
  * limiter: opts->tokens per request at ctx->now_ns, FG_ELIMITED with the
  * retry-after hint in ctx->retry_after_ns, shadow mode as for
- * fg_stage_limit; fg_limit_stage_stats reads its counters. Key options are
- * ignored: the bucket is the limiter's one.
+ * fg_stage_limit; fg_limit_stage_stats reads its counters. On a per-key
+ * limiter the key comes from opts->key_source and a request without one is
+ * handled as opts->missing says, exactly as fg_stage_limit_keyed; on a
+ * one-bucket limiter the key options are ignored.
  *
- * Returns: 0 and *out; FG_EINVAL (NULL cl or out); FG_ERANGE (tokens >
- * burst); FG_ETOOLONG (name); FG_ENOMEM.
+ * Returns: 0 and *out; FG_EINVAL (NULL cl or out; per key: as
+ * fg_stage_limit_keyed); FG_ERANGE (tokens > burst); FG_ETOOLONG (name);
+ * FG_ENOMEM.
  * Ownership: borrows cl, which must outlive the stage; the caller owns *out.
  * Thread-safety: MT-safe.
  */
