@@ -24,7 +24,8 @@
 //
 // The build links the static library: CGO_CFLAGS=-I<repo>/include and
 // CGO_LDFLAGS="<build>/libfloodgate.a $(pkg-config --libs ck jansson)
-// -lpthread" (tests/test_go.sh does it). docs/go.md is the guide.
+// $(pkg-config --libs hiredis libcurl) -lpthread" (tests/test_go.sh does
+// it). docs/go.md is the guide.
 package floodgate
 
 /*
