@@ -35,6 +35,7 @@ Suite *fg_suite_metrics(void);
 Suite *fg_suite_bulkhead(void);
 Suite *fg_suite_deadline(void);
 Suite *fg_suite_adaptive(void);
+Suite *fg_suite_cluster(void);
 
 /* One suite per X. */
 /* clang-format off */
@@ -43,7 +44,7 @@ Suite *fg_suite_adaptive(void);
     X(breaker) X(trace) X(tracestate) X(baggage) X(trace_stage) X(errval) \
     X(expr) X(router) X(runtime) X(config) X(watch) X(histogram) X(fault) X(retry) \
     X(metrics) X(bulkhead) X(deadline) \
-    X(adaptive)
+    X(adaptive) X(cluster)
 /* clang-format on */
 
 #endif
