@@ -1070,6 +1070,7 @@ typedef struct fake_redis {
     atomic_int evalshas;   /* EVALSHA commands */
     atomic_ullong wanted;  /* tokens asked for, over every EVALSHA */
     atomic_ullong refunds; /* tokens given back, over every EVALSHA */
+    char first_key[256];   /* the first EVALSHA's key (read after fake_stop) */
 } fake_redis;
 
 /* A wait that ends early when the test stops the server. */
@@ -1174,6 +1175,9 @@ static void fake_serve(fake_redis *f, int fd) {
             uint64_t g = want < f->grant ? want : f->grant;
             atomic_fetch_add(&f->wanted, want);
             atomic_fetch_add(&f->refunds, refund);
+            if (f->first_key[0] == '\0') {
+                snprintf(f->first_key, sizeof(f->first_key), "%s", argv[3]);
+            }
             snprintf(out, sizeof(out), "*2\r\n:%llu\r\n:0\r\n", (unsigned long long)g);
             fake_reply(fd, out);
         } else {
@@ -1391,6 +1395,203 @@ START_TEST(test_fake_error_reply) {
 }
 END_TEST
 
+/* ---- 7. per key ----------------------------------------------------------------------------
+ */
+
+static fg_cluster_options keyed_opts(const port_hold *p, uint32_t max_keys) {
+    fg_cluster_options o = base_opts(p);
+    o.max_keys = max_keys;
+    return o;
+}
+
+START_TEST(test_keyed_args) {
+    REQUIRE_HIREDIS();
+    port_hold p;
+    port_open(&p, 0);
+    fg_cluster_options o = keyed_opts(&p, 4);
+    fg_cluster_limiter *cl = mk(&o);
+    char key[FG_KEYED_KEY_MAX_DEFAULT + 1];
+    uint64_t w;
+
+    memset(key, 'k', sizeof(key));
+    ck_assert_int_eq(fg_cluster_limiter_try(cl, 0, 1, &w), FG_EINVAL); /* per-key limiter */
+    ck_assert_int_eq(fg_cluster_limiter_try_key(cl, NULL, 1, 0, 1, &w), FG_EINVAL);
+    ck_assert_int_eq(fg_cluster_limiter_try_key(cl, key, sizeof(key), 0, 1, &w), FG_ETOOLONG);
+    ck_assert_int_eq(fg_cluster_limiter_try_key(cl, key, sizeof(key) - 1, 0, 11, &w),
+                     FG_ERANGE);
+    ck_assert_int_eq(fg_cluster_limiter_try_key(cl, key, 1, 0, 0, &w), FG_EINVAL);
+    ck_assert_int_eq(fg_cluster_limiter_try_key(NULL, key, 1, 0, 1, &w), FG_EINVAL);
+    ck_assert_int_eq(
+        fg_cluster_limiter_try_key(cl, NULL, 0, fg_clock_monotonic_now(NULL), 1, &w),
+        0); /* the empty key is a key */
+    fg_cluster_limiter_free(cl);
+
+    o = base_opts(&p); /* one bucket: no keys */
+    cl = mk(&o);
+    ck_assert_int_eq(fg_cluster_limiter_try_key(cl, "a", 1, 0, 1, &w), FG_EINVAL);
+    fg_cluster_limiter_free(cl);
+
+    o = keyed_opts(&p, 4);
+    o.key_max = FG_KEYED_KEY_MAX_LIMIT + 1;
+    ck_assert_int_eq(new_rc(&o), FG_EINVAL);
+    o.key_max = FG_KEYED_KEY_MAX_LIMIT;
+    ck_assert_int_eq(new_rc(&o), 0);
+    o = keyed_opts(&p, 4);
+    o.when_full = (fg_keyed_when_full)7;
+    ck_assert_int_eq(new_rc(&o), FG_EINVAL);
+    o = base_opts(&p);
+    o.fallback = (fg_cluster_fallback)7;
+    ck_assert_int_eq(new_rc(&o), FG_EINVAL);
+    o = keyed_opts(&p, FG_KEYED_MAX_KEYS + 1);
+    int rc = new_rc(&o);
+    ck_assert_msg(rc == FG_ERANGE || rc == FG_EINVAL, "max_keys over the limit: %s",
+                  fg_err_name(rc));
+    o = base_opts(&p);
+    o.name = ""; /* the key would be the prefix alone */
+    ck_assert_int_eq(new_rc(&o), FG_EINVAL);
+    port_close(&p);
+}
+END_TEST
+
+/* In fallback each key has its own local bucket of rate/instances. */
+START_TEST(test_keyed_fallback_local) {
+    REQUIRE_HIREDIS();
+    fb_rig r;
+    port_open(&r.port, 0);
+    fg_cluster_options o = keyed_opts(&r.port, 8);
+    o.rate = 100;
+    o.burst = 10;
+    o.instances = 2; /* 5 tokens a key, 20 ms each */
+    fb_make(&r, &o);
+    const uint64_t t0 = r.t0;
+    static const char *const keys[] = {"tenant-a", "tenant-b", ""};
+    uint64_t w;
+
+    for (int k = 0; k < TH_NELEM(keys); k++) {
+        size_t len = strlen(keys[k]);
+        for (int i = 0; i < 5; i++) {
+            ck_assert_int_eq(fg_cluster_limiter_try_key(r.cl, keys[k], len, t0, 1, &w), 0);
+        }
+        ck_assert_int_eq(fg_cluster_limiter_try_key(r.cl, keys[k], len, t0, 1, &w),
+                         FG_ELIMITED);
+        ck_assert_uint_eq(w, 20 * MS);
+    }
+    ck_assert_int_eq(fg_cluster_limiter_try_key(r.cl, "tenant-a", 8, t0 + 20 * MS, 1, &w), 0);
+    fg_cluster_stats st = stats_of(r.cl);
+    ck_assert_int_eq(st.mode, FG_CLUSTER_MODE_FALLBACK);
+    ck_assert_uint_eq(st.fallback_admitted, 16);
+    ck_assert_uint_eq(st.fallback_rejected, 3);
+    ck_assert_uint_eq(st.admitted, 0);
+    fb_free(&r);
+}
+END_TEST
+
+/* A limit stage on a per-key limiter takes the key as fg_stage_limit_keyed
+ * does: here from a header; a request without it is admitted and counted. */
+START_TEST(test_keyed_stage_header) {
+    REQUIRE_HIREDIS();
+    fb_rig r;
+    port_open(&r.port, 0);
+    fg_cluster_options o = keyed_opts(&r.port, 8);
+    o.instances = 2; /* 5 tokens a key */
+    fb_make(&r, &o);
+    fg_chain_options co = FG_CHAIN_OPTIONS_INIT;
+    fg_limit_stage_options so = FG_LIMIT_STAGE_OPTIONS_INIT;
+    fg_chain *chain = NULL;
+    fg_stage *stage = NULL;
+    fg_ctx ctx;
+    th_heap_list h = {0};
+    int calls = 0;
+
+    so.key_source = FG_KEY_HEADER;
+    so.key_name = "x-tenant";
+    co.clock = fg_fake_clock_as_clock(r.fc);
+    ck_assert_int_eq(fg_chain_new(&co, &chain), 0);
+    ck_assert_int_eq(fg_stage_limit_cluster(r.cl, &so, &stage), 0);
+    ck_assert_int_eq(fg_chain_use(chain, stage), 0);
+    for (int i = 0; i < 7; i++) {
+        th_ctx_new(&ctx);
+        th_add_header(&ctx, &h, "x-tenant", "a");
+        ck_assert_int_eq(fg_chain_call(chain, &ctx, th_count_handler, &calls),
+                         i < 5 ? 0 : FG_ELIMITED);
+        th_ctx_new(&ctx);
+        th_add_header(&ctx, &h, "x-tenant", "b");
+        ck_assert_int_eq(fg_chain_call(chain, &ctx, th_count_handler, &calls),
+                         i < 5 ? 0 : FG_ELIMITED);
+        th_ctx_new(&ctx); /* no key: admitted */
+        ck_assert_int_eq(fg_chain_call(chain, &ctx, th_count_handler, &calls), 0);
+    }
+    ck_assert_int_eq(calls, 17);
+    fg_limit_stats st;
+    ck_assert_int_eq(fg_limit_stage_stats(fg_chain_stage(chain, 0), &st), 0);
+    ck_assert_uint_eq(st.admitted, 10); /* keyless ones count as missing_key only */
+    ck_assert_uint_eq(st.rejected, 4);
+    ck_assert_uint_eq(st.missing_key, 7);
+
+    /* A key source without its name is refused, as for fg_stage_limit_keyed. */
+    so.key_name = NULL;
+    stage = NULL;
+    ck_assert_int_eq(fg_stage_limit_cluster(r.cl, &so, &stage), FG_EINVAL);
+    ck_assert_ptr_null(stage);
+    fg_chain_free(chain);
+    th_heap_free(&h);
+    fb_free(&r);
+}
+END_TEST
+
+/* Against a fake Redis: the Redis key is prefix + name + ":" + key, each key
+ * has its own lease, and a full table decides by when_full. */
+static void keyed_full_case(fg_keyed_when_full when_full) {
+    fake_redis *f = fake_new();
+    fake_start(f);
+    fg_cluster_options o = keyed_opts(&f->port, 2);
+    o.lease = 5;
+    o.timeout_ns = 500 * MS;
+    o.prefix = "fg:";
+    o.name = "api";
+    o.when_full = when_full;
+    fg_cluster_limiter *cl = mk(&o);
+    uint64_t now = fg_clock_monotonic_now(NULL), w = 7;
+
+    ck_assert_int_eq(fg_cluster_limiter_try_key(cl, "alpha", 5, now, 1, &w), 0);
+    ck_assert_int_eq(fg_cluster_limiter_try_key(cl, "beta", 4, now, 1, &w), 0);
+    ck_assert_int_eq(fg_cluster_limiter_try_key(cl, "alpha", 5, now, 1, &w), 0);
+    fg_cluster_stats st = stats_of(cl);
+    ck_assert_uint_eq(st.keys, 2);
+    ck_assert_uint_eq(st.leased, 10);
+    ck_assert_uint_eq(st.held, 7);
+    ck_assert_uint_eq(st.admitted, 3);
+    ck_assert_int_eq(atomic_load(&f->evalshas), 2);
+    /* Both entries hold a lease: none is idle, the table is full. */
+    int rc = fg_cluster_limiter_try_key(cl, "gamma", 5, now, 1, &w);
+    st = stats_of(cl);
+    if (when_full == FG_KEYED_REJECT_NEW) {
+        ck_assert_int_eq(rc, FG_ELIMITED);
+        ck_assert_uint_eq(st.full_rejected, 1);
+        ck_assert_uint_eq(st.full_admitted, 0);
+    } else {
+        ck_assert_int_eq(rc, 0);
+        ck_assert_uint_eq(st.full_admitted, 1);
+        ck_assert_uint_eq(st.full_rejected, 0);
+    }
+    ck_assert_uint_eq(st.keys, 2);
+    ck_assert_int_eq(atomic_load(&f->evalshas), 2); /* gamma never reached Redis */
+    fg_cluster_limiter_free(cl);
+    ck_assert_uint_eq(atomic_load(&f->refunds), 7); /* both keys' rests, at free */
+    fake_stop(f);
+    ck_assert_msg(strcmp(f->first_key, "fg:api:alpha") == 0,
+                  "the first Redis key was \"%s\", want prefix + name + \":\" + key",
+                  f->first_key);
+    free(f);
+}
+
+START_TEST(test_keyed_fake_full) {
+    REQUIRE_HIREDIS();
+    keyed_full_case(FG_KEYED_REJECT_NEW);
+    keyed_full_case(FG_KEYED_ADMIT_NEW);
+}
+END_TEST
+
 Suite *fg_suite_cluster(void) {
     Suite *s = suite_create("cluster");
     TCase *tc;
@@ -1439,6 +1640,14 @@ Suite *fg_suite_cluster(void) {
     tcase_add_test(tc, test_fake_noscript_within_timeout);
     tcase_add_test(tc, test_fake_slow_reply);
     tcase_add_test(tc, test_fake_error_reply);
+    tcase_set_timeout(tc, 30);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("per_key");
+    tcase_add_test(tc, test_keyed_args);
+    tcase_add_test(tc, test_keyed_fallback_local);
+    tcase_add_test(tc, test_keyed_stage_header);
+    tcase_add_test(tc, test_keyed_fake_full);
     tcase_set_timeout(tc, 30);
     suite_add_tcase(s, tc);
 

@@ -17,7 +17,8 @@
  *       times it stopped and restarted Redis) and one "outage" line.
  *   cluster_driver refund OPTIONS
  *       single-process checks of lease refunds at free and lease expiry,
- *       with several limiters (several instances as far as Redis knows).
+ *       partial leases, and the same per key, with several limiters
+ *       (several instances as far as Redis knows).
  *
  * Requests that are rejected sleep --pace-us before the next try (admitted
  * ones do not): the offered load stays far above any rate tested, while a
@@ -598,6 +599,11 @@ static int cmd_outage(const args *a) {
           "stats.rejected + fallback_rejected: want %" PRIu64 ", got %" PRIu64, t.rejected,
           s.rejected + s.fallback_rejected);
     CHECK(t.zero_wait == 0, "%" PRIu64 " rejections with retry-after 0", t.zero_wait);
+    /* Every token received was spent, given back or is held; a refund whose
+     * call failed is lost (Redis may or may not have applied it). */
+    CHECK(s.leased >= s.admitted + s.refunded + s.held,
+          "leased %" PRIu64 " < admitted %" PRIu64 " + refunded %" PRIu64 " + held %" PRIu64,
+          s.leased, s.admitted, s.refunded, s.held);
     if (closed) {
         CHECK(s.fallback_admitted == 0, "closed: fallback_admitted want 0, got %" PRIu64,
               s.fallback_admitted);
@@ -660,6 +666,21 @@ static uint64_t drain(fg_cluster_limiter *cl, uint64_t cap, uint64_t *wait) {
         int rc = fg_cluster_limiter_try(cl, mono_ns(), 1, wait);
         if (rc != 0) {
             CHECK(rc == FG_ELIMITED, "try: want 0 or FG_ELIMITED, got %s", fg_err_name(rc));
+            break;
+        }
+        n++;
+    }
+    return n;
+}
+
+/* drain for one key of a per-key limiter. */
+static uint64_t drain_key(fg_cluster_limiter *cl, const char *k, uint64_t cap) {
+    uint64_t n = 0;
+    for (uint64_t i = 0; i < cap; i++) {
+        int rc = fg_cluster_limiter_try_key(cl, k, strlen(k), mono_ns(), 1, NULL);
+        if (rc != 0) {
+            CHECK(rc == FG_ELIMITED, "try_key(%s): want 0 or FG_ELIMITED, got %s", k,
+                  fg_err_name(rc));
             break;
         }
         n++;
@@ -790,6 +811,75 @@ static int cmd_refund(const args *a) {
     fg_cluster_limiter_free(C);
     fg_cluster_limiter_free(B);
     fg_cluster_limiter_free(A);
+
+    /* 4. Per key: one bucket per key, shared by name across instances; free
+     * gives back every key's lease, and an idle key's lease expires. */
+    snprintf(key, sizeof(key), "%s-keyed", a->name);
+    o.max_keys = 16;
+    o.lease = 5;
+    o.lease_ttl_ns = 0;
+    fg_cluster_limiter *X = make(&o, NULL);
+    CHECK(fg_cluster_limiter_try_key(X, "t1", 2, mono_ns(), 1, NULL) == 0,
+          "keyed: X's first try on t1 rejected");
+    CHECK(fg_cluster_limiter_try_key(X, "t3", 2, mono_ns(), 1, NULL) == 0,
+          "keyed: X's first try on t3 rejected");
+    o.lease = 1;
+    fg_cluster_limiter *Y = make(&o, NULL);
+    uint64_t t2 = drain_key(Y, "t2", 20), t1 = drain_key(Y, "t1", 20);
+    CHECK(t2 == 10, "keyed: Y on t2 (a bucket of its own): want 10 admitted, got %" PRIu64,
+          t2);
+    CHECK(t1 == 5, "keyed: Y on t1 while X holds 4 of it: want 5 admitted, got %" PRIu64, t1);
+    fg_cluster_limiter_free(X);
+    fg_cluster_limiter *Z = make(&o, NULL);
+    uint64_t z1 = drain_key(Z, "t1", 20), z3 = drain_key(Z, "t3", 20);
+    printf("refund-keyed t2=%" PRIu64 " t1=%" PRIu64 " after_free_t1=%" PRIu64
+           " after_free_t3=%" PRIu64 "\n",
+           t2, t1, z1, z3);
+    CHECK(z1 == 4, "keyed: Z on t1 after X freed: want 4 admitted, got %" PRIu64, z1);
+    CHECK(z3 == 9, "keyed: Z on t3 after X freed: want 9 admitted, got %" PRIu64, z3);
+    fg_cluster_limiter_free(Z);
+    fg_cluster_limiter_free(Y);
+
+    o.lease = 5;
+    o.lease_ttl_ns = ttl;
+    fg_cluster_limiter *W = make(&o, NULL);
+    leased_at = mono_ns();
+    CHECK(fg_cluster_limiter_try_key(W, "t4", 2, leased_at, 1, NULL) == 0,
+          "keyed: W's first try on t4 rejected");
+    refunded_after = 0;
+    for (;;) {
+        fg_cluster_stats s;
+        fg_cluster_limiter_stats(W, &s);
+        if (s.refunded >= 4 && s.held == 0) {
+            refunded_after = mono_ns() - leased_at;
+            break;
+        }
+        if (mono_ns() - leased_at > ttl + 2 * SEC) {
+            CHECK(0,
+                  "keyed: W (idle on t4, lease_ttl %" PRIu64 " ms) still holds %" PRIu64
+                  " after %" PRIu64 " ms",
+                  ttl / MS, s.held, (mono_ns() - leased_at) / MS);
+            break;
+        }
+        sleep_ns(5 * MS);
+    }
+    o.lease = 1;
+    o.lease_ttl_ns = 0;
+    fg_cluster_limiter *V = make(&o, NULL);
+    uint64_t v4 = drain_key(V, "t4", 20);
+    printf("refund-keyed-ttl refunded_after_ms=%.1f after_expiry_t4=%" PRIu64 "\n",
+           (double)refunded_after / 1e6, v4);
+    if (refunded_after != 0) {
+        /* The sweep covers the table about twice per lease lifetime. */
+        CHECK(refunded_after <= ttl + ttl / 2 + a->margin_ms * MS,
+              "keyed: W's lease on t4 given back after %.1f ms, want <= 1.5 x ttl + %" PRIu64
+              " ms",
+              (double)refunded_after / 1e6, a->margin_ms);
+    }
+    CHECK(v4 == 9, "keyed: V on t4 after W's lease expired: want 9 admitted, got %" PRIu64,
+          v4);
+    fg_cluster_limiter_free(V);
+    fg_cluster_limiter_free(W);
     fflush(stdout);
     return failures == 0 ? 0 : 1;
 }

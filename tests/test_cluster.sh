@@ -27,8 +27,11 @@
 #      the timing against the moments it acted: the switch to fallback soon
 #      after each stop, the return within backoff_max + timeout (+ margin)
 #      after Redis is back and never before, no switch while Redis is up.
-#   4. refunds (single process, several limiters): free gives the unspent
-#      lease back; an idle instance's lease expires after lease_ttl (200 ms).
+#   4. refunds (single process, several limiters, rate 1/min so nothing
+#      refills): free gives the unspent lease back; a lease is cut to what
+#      the bucket holds; an idle instance's lease expires after lease_ttl
+#      (200 ms); and the same per key (max_keys), where the sweep gives an
+#      idle key's lease back within 1.5 x lease_ttl.
 # Under asan and tsan every driver's stderr must hold no sanitizer report.
 #
 # Usage: sh tests/test_cluster.sh DRIVER VARIANT   (VARIANT release | asan | tsan)
