@@ -18,6 +18,10 @@
  * recreation) changes nothing in the runtime; it is counted and reported
  * like a good one. Events that arrive during a load stay queued in the
  * inotify descriptor and lead to another load, so no change is missed.
+ *
+ * This file also holds what the file and etcd watchers (lib/etcd.c) share
+ * through lib/watch_internal.h: counting and reporting attempts, starting
+ * the thread, fg_watch_stats_get and fg_watch_stop.
  */
 #define _XOPEN_SOURCE 700 /* realpath (XSI) */
 
@@ -26,6 +30,8 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,30 +44,22 @@
 #include "floodgate/error.h"
 
 #include "alloc.h"
+#include "watch_internal.h"
 
 #define FG_WATCH_DEBOUNCE_NS 100000000ull /* the default: 100 ms */
 #define FG_WATCH_NAME_MAX    255          /* NAME_MAX on Linux: the longest file name */
 #define FG_WATCH_BUF         4096         /* one read of events; holds at least one */
 #define FG_WATCH_MASK        (IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_MOVED_FROM)
 
-struct fg_watch {
-    fg_runtime *rt;
-    const fg_registry *registry;
+/* A file watcher: the common part (lib/watch_internal.h) first. */
+struct fg_file_watch {
+    struct fg_watch w;
     char *path;       /* absolute: the resolved directory, '/', the file name */
     const char *name; /* the file name, the tail of path */
     size_t name_len;
     uint64_t debounce_ns;
-    fg_reload_fn on_reload;
-    void *arg;
     int ifd; /* inotify instance, non-blocking */
     int efd; /* eventfd: fg_watch_stop writes to it */
-    pthread_t thread;
-    int started;          /* thread is valid */
-    int stop_in_callback; /* fg_watch_stop ran inside on_reload (watcher's thread only) */
-    /* Counters, written by the one thread that loads (the caller of
-     * fg_runtime_watch, then the watcher), read by any thread. */
-    uint64_t attempts, loaded, failed;
-    fg_config_errors errors; /* the current attempt's; only the loading thread uses it */
 };
 
 static uint64_t fg_watch_now(void) {
@@ -70,8 +68,9 @@ static uint64_t fg_watch_now(void) {
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* Closes what is open and frees w; keeps errno for the caller. */
-static void fg_watch_free(struct fg_watch *w) {
+/* Closes what is open and frees the watcher; keeps errno for the caller. */
+static void fg_file_destroy(struct fg_watch *base) {
+    struct fg_file_watch *w = (struct fg_file_watch *)base;
     int saved = errno;
     if (w->ifd >= 0)
         (void)close(w->ifd);
@@ -82,13 +81,24 @@ static void fg_watch_free(struct fg_watch *w) {
     errno = saved;
 }
 
+/* An eventfd write of 1 fails only with EINTR here (the counter cannot
+ * overflow), so this loop ends and the thread wakes. */
+static void fg_file_wake(struct fg_watch *base) {
+    struct fg_file_watch *w = (struct fg_file_watch *)base;
+    uint64_t one = 1;
+    while (write(w->efd, &one, sizeof(one)) < 0 && errno == EINTR)
+        ;
+}
+
+static const struct fg__watch_ops fg_file_ops = {fg_file_wake, fg_file_destroy};
+
 /*
  * The absolute path of the file: its directory through realpath (so a
  * later chdir changes nothing, and the directory watched is the one
  * loaded from), then its name. Returns 0, FG_EINVAL, FG_ETOOLONG, FG_ESYS,
  * FG_ENOMEM.
  */
-static int fg_watch_resolve(struct fg_watch *w, const char *path) {
+static int fg_watch_resolve(struct fg_file_watch *w, const char *path) {
     size_t len = strlen(path);
     if (len == 0 || path[len - 1] == '/')
         return FG_EINVAL;
@@ -126,7 +136,7 @@ static int fg_watch_resolve(struct fg_watch *w, const char *path) {
 }
 
 /* Watches the directory of w->path. Returns 0 or FG_ESYS. */
-static int fg_watch_add(struct fg_watch *w) {
+static int fg_watch_add(struct fg_file_watch *w) {
     w->ifd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
     if (w->ifd < 0)
         return FG_ESYS;
@@ -142,18 +152,11 @@ static int fg_watch_add(struct fg_watch *w) {
     return wd < 0 ? FG_ESYS : 0;
 }
 
-/*
- * One load attempt, counted and reported. attempts is counted before the
- * load and loaded/failed after it with release order; fg_watch_stats_get
- * reads those two first with acquire order, so a reader that sees an
- * attempt finished also sees it begun: loaded + failed <= attempts.
- */
-static int fg_watch_attempt(struct fg_watch *w) {
-    __atomic_fetch_add(&w->attempts, 1, __ATOMIC_RELAXED);
-    int rc = fg_runtime_load_file(w->rt, w->registry, w->path, &w->errors);
-    __atomic_fetch_add(rc == 0 ? &w->loaded : &w->failed, 1, __ATOMIC_RELEASE);
-    if (w->on_reload != NULL)
-        w->on_reload(w->rt, rc, rc == 0 ? NULL : &w->errors, w->arg);
+/* One load attempt of the file, counted and reported. */
+static int fg_watch_attempt(struct fg_file_watch *w) {
+    fg__watch_begin(&w->w);
+    int rc = fg_runtime_load_file(w->w.rt, w->w.registry, w->path, &w->w.errors);
+    (void)fg__watch_end(&w->w, rc);
     return rc;
 }
 
@@ -162,7 +165,7 @@ static int fg_watch_attempt(struct fg_watch *w) {
  * Returns 1 when one of them concerns the file (or the queue overflowed,
  * so one may have been lost), else 0.
  */
-static int fg_watch_read(struct fg_watch *w) {
+static int fg_watch_read(struct fg_file_watch *w) {
     char buf[FG_WATCH_BUF];
     ssize_t n;
     do
@@ -200,7 +203,7 @@ static int fg_watch_timeout(uint64_t due) {
 }
 
 static void *fg_watch_main(void *arg) {
-    struct fg_watch *w = arg;
+    struct fg_file_watch *w = arg;
     int pending = 0; /* a change seen, not loaded yet */
     int nfds = 2;    /* 1 once the inotify descriptor reports an error */
     uint64_t due = 0;
@@ -230,8 +233,8 @@ static void *fg_watch_main(void *arg) {
         if (pending && fg_watch_now() >= due) {
             pending = 0;
             (void)fg_watch_attempt(w);
-            if (w->stop_in_callback) {
-                fg_watch_free(w); /* the thread is detached: nobody joins it */
+            if (w->w.stop_in_callback) {
+                fg_file_destroy(&w->w); /* the thread is detached: nobody joins it */
                 return NULL;
             }
         }
@@ -245,20 +248,15 @@ int fg_runtime_watch(fg_runtime *rt, const fg_registry *registry, const char *pa
         *out = NULL;
     if (rt == NULL || registry == NULL || path == NULL || out == NULL)
         return FG_EINVAL;
-    struct fg_watch *w = fg__calloc(1, sizeof(*w));
+    struct fg_file_watch *w = fg__calloc(1, sizeof(*w));
     if (w == NULL)
         return FG_ENOMEM;
+    fg__watch_init(&w->w, &fg_file_ops, rt, registry, opts);
     w->ifd = -1;
     w->efd = -1;
-    w->rt = rt;
-    w->registry = registry;
     w->debounce_ns = FG_WATCH_DEBOUNCE_NS;
-    if (opts != NULL) {
-        if (opts->debounce_ns != 0)
-            w->debounce_ns = opts->debounce_ns;
-        w->on_reload = opts->on_reload;
-        w->arg = opts->arg;
-    }
+    if (opts != NULL && opts->debounce_ns != 0)
+        w->debounce_ns = opts->debounce_ns;
     int rc = fg_watch_resolve(w, path);
     /* Watch before the first load, so a change made while it runs is seen. */
     if (rc == 0)
@@ -270,35 +268,91 @@ int fg_runtime_watch(fg_runtime *rt, const fg_registry *registry, const char *pa
     }
     if (rc == 0)
         rc = fg_watch_attempt(w);
-    if (rc == 0) {
-        /* The thread takes no signals: a process-directed signal must reach
-         * the program's own threads, never interrupt the watcher's loads. */
-        sigset_t all, old;
-        (void)sigfillset(&all);
-        (void)pthread_sigmask(SIG_SETMASK, &all, &old);
-        int err = pthread_create(&w->thread, NULL, fg_watch_main, w);
-        (void)pthread_sigmask(SIG_SETMASK, &old, NULL);
-        if (err != 0) {
-            errno = err;
-            rc = FG_ESYS;
-        }
-    }
+    if (rc == 0)
+        rc = fg__watch_start(&w->w, fg_watch_main);
     if (rc != 0) {
-        fg_watch_free(w);
+        fg_file_destroy(&w->w);
         return rc;
     }
+    *out = &w->w;
+    return 0;
+}
+
+/* ---- what both kinds share (lib/watch_internal.h) ------------------------------------ */
+
+void fg__watch_init(struct fg_watch *w, const struct fg__watch_ops *ops, fg_runtime *rt,
+                    const fg_registry *registry, const fg_watch_options *opts) {
+    memset(w, 0, sizeof(*w));
+    w->ops = ops;
+    w->rt = rt;
+    w->registry = registry;
+    if (opts != NULL) {
+        w->on_reload = opts->on_reload;
+        w->arg = opts->arg;
+    }
+}
+
+/*
+ * attempts is counted before the load and loaded/failed after it with
+ * release order; fg_watch_stats_get reads those two first with acquire
+ * order, so a reader that sees an attempt finished also sees it begun:
+ * loaded + failed <= attempts. The same release publishes revision, which
+ * the etcd watcher stores before it ends a successful attempt.
+ */
+void fg__watch_begin(struct fg_watch *w) {
+    __atomic_fetch_add(&w->attempts, 1, __ATOMIC_RELAXED);
+}
+
+int fg__watch_end(struct fg_watch *w, int rc) {
+    __atomic_fetch_add(rc == 0 ? &w->loaded : &w->failed, 1, __ATOMIC_RELEASE);
+    if (w->on_reload != NULL)
+        w->on_reload(w->rt, rc, rc == 0 ? NULL : &w->errors, w->arg);
+    return w->stop_in_callback;
+}
+
+void fg__watch_error(struct fg_watch *w, const char *path, const char *fmt, ...) {
+    fg_config_errors *e = &w->errors;
+    memset(e, 0, sizeof(*e));
+    e->count = 1;
+    (void)snprintf(e->items[0].path, sizeof(e->items[0].path), "%s", path);
+    va_list ap;
+    va_start(ap, fmt);
+    (void)vsnprintf(e->items[0].message, sizeof(e->items[0].message), fmt, ap);
+    va_end(ap);
+}
+
+int fg__watch_stopping(const struct fg_watch *w) {
+    return __atomic_load_n(&w->stopping, __ATOMIC_ACQUIRE);
+}
+
+int fg__watch_start(struct fg_watch *w, void *(*fn)(void *)) {
+    /* The thread takes no signals: a process-directed signal must reach
+     * the program's own threads, never interrupt the watcher's loads. */
+    sigset_t all, old;
+    (void)sigfillset(&all);
+    (void)pthread_sigmask(SIG_SETMASK, &all, &old);
+    /* Set first: the thread may call on_reload, and fg_watch_stop in it,
+     * at once; pthread_create orders this store before its start. */
     w->started = 1;
-    *out = w;
+    int err = pthread_create(&w->thread, NULL, fn, w);
+    (void)pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (err != 0) {
+        w->started = 0;
+        errno = err;
+        return FG_ESYS;
+    }
     return 0;
 }
 
 int fg_watch_stats_get(const fg_watch *w, fg_watch_stats *stats) {
     if (w == NULL || stats == NULL)
         return FG_EINVAL;
-    /* Acquire pairs with the release in fg_watch_attempt (see there). */
+    /* Acquire pairs with the release in fg__watch_end (see there). */
     stats->loaded = __atomic_load_n(&w->loaded, __ATOMIC_ACQUIRE);
     stats->failed = __atomic_load_n(&w->failed, __ATOMIC_ACQUIRE);
     stats->attempts = __atomic_load_n(&w->attempts, __ATOMIC_RELAXED);
+    stats->revision = __atomic_load_n(&w->revision, __ATOMIC_RELAXED);
+    stats->reconnects = __atomic_load_n(&w->reconnects, __ATOMIC_RELAXED);
     return 0;
 }
 
@@ -307,18 +361,17 @@ void fg_watch_stop(fg_watch *w) {
         return;
     if (w->started && pthread_equal(pthread_self(), w->thread)) {
         /* Inside on_reload: joining would wait for ourselves. The thread
-         * frees w when the callback returns. */
+         * unwinds and frees w when the callback returns. */
         w->stop_in_callback = 1;
         (void)pthread_detach(w->thread);
         return;
     }
     if (w->started) {
-        /* An eventfd write of 1 fails only with EINTR here (the counter
-         * cannot overflow), so this loop ends and the thread wakes. */
-        uint64_t one = 1;
-        while (write(w->efd, &one, sizeof(one)) < 0 && errno == EINTR)
-            ;
+        /* Release pairs with fg__watch_stopping's acquire; the wake makes
+         * the thread look, wherever it blocks. */
+        __atomic_store_n(&w->stopping, 1, __ATOMIC_RELEASE);
+        w->ops->wake(w);
         (void)pthread_join(w->thread, NULL);
     }
-    fg_watch_free(w);
+    w->ops->destroy(w);
 }

@@ -28,6 +28,7 @@ Suite *fg_suite_router(void);
 Suite *fg_suite_runtime(void);
 Suite *fg_suite_config(void);
 Suite *fg_suite_watch(void);
+Suite *fg_suite_etcd(void);
 Suite *fg_suite_histogram(void);
 Suite *fg_suite_fault(void);
 Suite *fg_suite_retry(void);
@@ -44,6 +45,7 @@ Suite *fg_suite_cluster(void);
     X(breaker) X(trace) X(tracestate) X(baggage) X(trace_stage) X(errval) \
     X(expr) X(router) X(runtime) X(config) X(watch) X(histogram) X(fault) X(retry) \
     X(metrics) X(bulkhead) X(deadline) \
+    X(etcd) \
     X(adaptive) X(cluster)
 /* clang-format on */
 

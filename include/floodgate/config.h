@@ -151,35 +151,52 @@ FG_API int fg_runtime_load_json(fg_runtime *rt, const fg_registry *registry, con
 FG_API int fg_runtime_load_file(fg_runtime *rt, const fg_registry *registry, const char *path,
                                 fg_config_errors *errors);
 
-/* ---- watching a file ----------------------------------------------------------------- */
+/* ---- watching a file or an etcd key ----------------------------------------------- */
 
-/* A watcher of a config file (opaque): fg_runtime_watch starts one. */
+#define FG_ETCD_ENDPOINT_MAX 1024 /* bytes of an etcd endpoint URL */
+#define FG_ETCD_KEY_MAX      1024 /* bytes of an etcd key */
+
+/* A watcher of a config file or an etcd key (opaque): fg_runtime_watch and
+ * fg_runtime_watch_etcd start one. */
 typedef struct fg_watch fg_watch;
 
 /*
- * A reload callback: called after every load attempt of a watched file.
- * rc is 0 or the load's code (as fg_runtime_load_file: FG_ECONFIG, FG_ESYS
- * when the file is missing or unreadable, FG_ETOOLONG, FG_ENOMEM); errors is
- * NULL when rc == 0, else the load's errors (count 0 for codes that carry
- * none), valid only during the call. The first attempt runs on the thread
- * that calls fg_runtime_watch, every later one on the watcher's thread, one
- * at a time. A slow callback delays the next reload, never a request.
+ * A reload callback: called after every load attempt of a watched file or
+ * key. rc is 0 or the load's code: for a file as fg_runtime_load_file
+ * (FG_ECONFIG, FG_ESYS when the file is missing or unreadable, FG_ETOOLONG,
+ * FG_ENOMEM); for etcd as listed at fg_runtime_watch_etcd. errors is NULL
+ * when rc == 0, else the load's errors (count 0 for codes that carry none),
+ * valid only during the call. The first attempt runs on the thread that
+ * starts the watcher, every later one on the watcher's thread, one at a
+ * time. A slow callback delays the next reload, never a request.
  */
 typedef void (*fg_reload_fn)(fg_runtime *rt, int rc, const fg_config_errors *errors,
                              void *arg);
 
-/* fg_watch_options - how a file is watched. */
+/* fg_watch_options - how a file or an etcd key is watched. Zero means the
+ * default everywhere; a file watcher ignores the etcd fields. */
 typedef struct fg_watch_options {
-    /* After a change, wait until the file has been quiet this long, then
-     * reload once (0: 100 ms). */
+    /* A file: after a change, wait until the file has been quiet this
+     * long, then reload once (0: 100 ms). etcd ignores it. */
     uint64_t debounce_ns;
     fg_reload_fn on_reload; /* called after every attempt (NULL: none) */
     void *arg;              /* passed to on_reload */
+    /* etcd: the bound on one HTTP request (0: 2 s): connecting, a whole
+     * read of the key, and a watch stream's first answer ("created"); the
+     * stream itself is long-lived and has no overall bound. */
+    uint64_t timeout_ns;
+    /* etcd: the wait before reconnecting after a lost stream starts at
+     * backoff_min_ns and doubles up to backoff_max_ns, less up to 50%
+     * random jitter (0: 50 ms and 2 s); it starts again from the minimum
+     * once a stream is established. */
+    uint64_t backoff_min_ns;
+    uint64_t backoff_max_ns;
 } fg_watch_options;
 
-/* Defaults: 100 ms debounce, no callback. */
+/* Defaults: 100 ms debounce, no callback; etcd: 2 s timeout, 50 ms to 2 s
+ * backoff. */
 #define FG_WATCH_OPTIONS_INIT                                                                 \
-    { 0, NULL, NULL }
+    { 0, NULL, NULL, 0, 0, 0 }
 
 /*
  * fg_watch_stats - load attempts of a watcher, the first one included.
@@ -190,6 +207,12 @@ typedef struct fg_watch_stats {
     uint64_t attempts; /* loads begun */
     uint64_t loaded;   /* loads that succeeded */
     uint64_t failed;   /* loads that failed */
+    /* etcd: the mod_revision of the key's value that serves now (the last
+     * one loaded); 0 for a file watcher. */
+    uint64_t revision;
+    /* etcd: reconnections begun after a watch stream ended or could not be
+     * opened (each retry counts); 0 for a file watcher. */
+    uint64_t reconnects;
 } fg_watch_stats;
 
 /*
@@ -217,6 +240,66 @@ FG_API int fg_runtime_watch(fg_runtime *rt, const fg_registry *registry, const c
                             const fg_watch_options *opts, fg_watch **out);
 
 /*
+ * fg_etcd_available - whether this build of floodgate has the etcd config
+ * source (it was built with libcurl).
+ * Returns: 1 when fg_runtime_watch_etcd works, 0 when it always returns
+ * FG_ESTATE. Thread-safety: MT-safe.
+ */
+FG_API int fg_etcd_available(void);
+
+/*
+ * fg_runtime_watch_etcd - load a config from an etcd key now, then reload
+ * it whenever the key changes. endpoint is an etcd v3 client URL such as
+ * "http://127.0.0.1:2379" ("http://" or "https://", an optional path prefix, no
+ * query);
+ * the key's value is the config's JSON text. etcd is reached through its
+ * JSON gateway (POST /v3/kv/range, /v3/watch) with libcurl.
+ *
+ * Every change goes through fg_runtime_load_json, as a file reload does:
+ * an invalid config is rejected and the old one keeps serving. The watcher
+ * applies the newest PUT of each batch of events it receives (last wins)
+ * and never one of a revision at or below one it has seen. A DELETE keeps
+ * the old config serving and is reported as a failed attempt (FG_ENOTFOUND,
+ * one error: "key deleted at revision N; ..."); a later PUT applies again. After a
+ * lost stream (etcd restarted, network) it reconnects with backoff and
+ * resumes from the last revision seen + 1, so no change is missed; when
+ * etcd has compacted that revision away it reads the key afresh instead.
+ * A stream not confirmed by etcd within timeout_ns is re-opened too. A
+ * watch message (or a read's answer) over the bound, base64 of
+ * FG_CONFIG_MAX_BYTES plus 64 KiB, or that is not the JSON etcd sends, is
+ * a failed attempt (FG_ETOOLONG, FG_EPARSE) after which the key is read
+ * afresh; nothing is allocated past that bound. Reconnections are counted
+ * in fg_watch_stats.reconnects, not reported to on_reload (nothing was
+ * loaded).
+ *
+ * Codes of an attempt (the return value for the first, on_reload for
+ * all): 0; FG_ESYS when etcd cannot be reached or answers an HTTP error
+ * (one error naming the endpoint and the reason; the first load only: the
+ * watcher retries those, as reconnections); FG_ENOTFOUND when the
+ * key does not exist or was deleted; FG_ECONFIG for an invalid config;
+ * FG_ETOOLONG for a value over FG_CONFIG_MAX_BYTES; FG_EPARSE for an answer
+ * that is not what etcd sends; FG_ENOMEM. Errors of etcd itself carry the
+ * key as their path.
+ *
+ * Returns: 0 and *out when the first load succeeded and the watcher runs;
+ * else the first load's code (above; on_reload has its errors) and nothing
+ * runs. Also FG_EINVAL for NULL arguments, an empty key or an endpoint
+ * that is not an http:// or https:// URL; FG_ETOOLONG for an endpoint over
+ * FG_ETCD_ENDPOINT_MAX or a key over FG_ETCD_KEY_MAX bytes; FG_ESYS when
+ * the thread cannot start; FG_ENOMEM; FG_ESTATE when built without libcurl
+ * (fg_etcd_available). On any error *out is NULL and no thread runs (a
+ * successful first load stays in the runtime).
+ * Ownership: copies endpoint, key and opts; the caller owns *out
+ * (fg_watch_stop). rt and registry are borrowed: both must outlive the
+ * watcher.
+ * Thread-safety: MT-safe (loads on rt are serialised with any others).
+ * libcurl is initialised once (curl_global_init) on the first call.
+ */
+FG_API int fg_runtime_watch_etcd(fg_runtime *rt, const fg_registry *registry,
+                                 const char *endpoint, const char *key,
+                                 const fg_watch_options *opts, fg_watch **out);
+
+/*
  * fg_watch_stats_get - the watcher's counters into *stats (each read
  * atomically; loaded + failed never exceeds attempts).
  * Returns: 0; FG_EINVAL for NULL arguments.
@@ -225,13 +308,14 @@ FG_API int fg_runtime_watch(fg_runtime *rt, const fg_registry *registry, const c
 FG_API int fg_watch_stats_get(const fg_watch *w, fg_watch_stats *stats);
 
 /*
- * fg_watch_stop - stop watching: wake the watcher's thread, wait for a load
- * or callback in progress to finish, join it, and free w. No callback runs
- * after it returns. Call it before fg_runtime_free. Called from on_reload
- * itself it cannot wait for its own thread: it returns at once, and the
- * thread frees w and ends when the callback returns, using neither rt nor
- * the registry again; nothing marks that end, so do not call
- * fg_set_alloc_funcs right after. NULL does nothing.
+ * fg_watch_stop - stop watching (a file or an etcd key): wake the
+ * watcher's thread, wait for a load or callback in progress to finish,
+ * join it, and free w. No callback runs after it returns. Call it before
+ * fg_runtime_free. Called from on_reload itself it cannot wait for its own
+ * thread: it returns at once, and the thread frees w and ends when the
+ * callback returns, using neither rt nor the registry again; nothing marks
+ * that end, so do not call fg_set_alloc_funcs right after. NULL does
+ * nothing.
  * Ownership: takes w.
  * Thread-safety: not thread-safe: once per watcher, and no other call on w
  * may run or follow.
