@@ -11,7 +11,13 @@
  * FALLBACK_CLOSED rejecting everything), with exact counters; the limit
  * stage on it in a chain, shadow mode included; a "Redis" that accepts
  * connections and never answers (a listening socket nobody accepts on)
- * bounds new and every try by the timeout.
+ * bounds new and every try by the timeout; a scripted fake Redis (a few
+ * lines of RESP in a thread) for what a real one will not do on cue:
+ * NOSCRIPT, slow replies, error replies, and the exact calls and arguments
+ * a lease, a refund at free and a per-key table make.
+ *
+ * Tests marked "LIB BUG" fail against the current lib/ and say what the
+ * header promises and what the library does instead.
  *
  * The ports are our own: a socket bound to 127.0.0.1:0 and never put in
  * listen state refuses connections for the whole test, and nobody else can
