@@ -25,9 +25,18 @@
  *                                      route_match_<n> line after the 10's)
  *     histogram_record threads=1       ns_per_op <= 15
  *     bulkhead_enter_exit threads=1    ns_per_op <= 3 x floor_cas
+ *     cluster_try_leased threads=1     ns_per_op <= 2 x limiter_try_ctxclock's,
+ *                                      measured again beside it (ratio_ctxclock=)
+ *     cluster_roundtrips_per_1e6       Redis calls per 1e6 admitted <= 1e6 / lease
+ *     etcd_change_to_swap_ms           put to serving <= 100 ms (median)
  * The single-bucket and closed-breaker targets are uncontended costs, so
  * they are judged on threads=1 only; the threads=2 lines are two threads on
  * one shared object and report what contention costs.
+ *
+ * The last three need Redis and etcd (bench/scaleout.c): their addresses
+ * come in FG_BENCH_REDIS and FG_BENCH_ETCD, which bench/servers.sh sets
+ * after starting both (`make bench` runs the binary through it); without
+ * them those figures print ns_per_op=0.00 skipped=<why>.
  *
  * Usage: bench [--quick] [--filter SUBSTRING]
  * Figure names are a stable interface: scripts compare them across versions.
@@ -41,12 +50,11 @@
 #include <ck_pr.h>
 #include <floodgate.h>
 
-#define REPS        5
-#define MAX_THREADS 2
+#include "bench.h"
 
-static uint64_t ops_per_thread = 2000000;
+uint64_t ops_per_thread = 2000000;
 static const char *filter;
-static double floor_cas_ns, floor_clock_ns;
+double floor_cas_ns, floor_clock_ns;
 
 /* ---- allocation counting ------------------------------------------------- */
 
@@ -59,14 +67,14 @@ static void *counting_malloc(size_t size) {
 
 /* ---- timing -------------------------------------------------------------- */
 
-static uint64_t now_ns(void) { return fg_clock_monotonic_now(NULL); }
+uint64_t now_ns(void) { return fg_clock_monotonic_now(NULL); }
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
 }
 
-static double median(double *v, int n) {
+double median(double *v, int n) {
     qsort(v, (size_t)n, sizeof(*v), cmp_double);
     return v[n / 2];
 }
@@ -110,10 +118,6 @@ static double run_floor_clock(uint64_t n) {
 
 /* ---- the threaded runner ------------------------------------------------- */
 
-/* A figure's timed loop: `ops` operations as thread `index` on arg; returns
- * how many of them did not succeed (each is counted, checked after timing). */
-typedef uint64_t (*op_loop)(void *arg, int index, uint64_t ops);
-
 struct worker {
     op_loop loop;
     void *arg;
@@ -138,8 +142,8 @@ static void *worker_main(void *arg) {
  * figure would be meaningless). The wall time runs from the first worker's
  * start to the last one's end, read by the workers themselves: on 2 cores
  * the main thread, a third one, may be scheduled only after they are done. */
-static double run_once(const char *name, op_loop loop, void *const *args, int nthreads,
-                       uint64_t *allocs) {
+double run_once(const char *name, op_loop loop, void *const *args, int nthreads,
+                uint64_t *allocs) {
     pthread_t tid[MAX_THREADS];
     struct worker w[MAX_THREADS];
     pthread_barrier_t start;
@@ -174,8 +178,8 @@ static double run_once(const char *name, op_loop loop, void *const *args, int nt
 
 /* REPS repetitions: the median ns per operation and the allocations per
  * operation over all of them. Returns 0, or -1 when an operation failed. */
-static int measure(const char *name, op_loop loop, void *const *args, int nthreads, double *ns,
-                   double *allocs_per_op) {
+int measure(const char *name, op_loop loop, void *const *args, int nthreads, double *ns,
+            double *allocs_per_op) {
     double v[REPS];
     uint64_t allocs = 0;
     for (int r = 0; r < REPS; r++) {
@@ -188,17 +192,15 @@ static int measure(const char *name, op_loop loop, void *const *args, int nthrea
     return 0;
 }
 
-static int selected(const char *name) {
-    return filter == NULL || strstr(name, filter) != NULL;
-}
+int selected(const char *name) { return filter == NULL || strstr(name, filter) != NULL; }
 
-static void report(const char *name, int threads, double ns, const char *extra) {
+void report(const char *name, int threads, double ns, const char *extra) {
     printf("bench=%s threads=%d ns_per_op=%.2f%s%s\n", name, threads, ns, extra ? " " : "",
            extra ? extra : "");
     (void)fflush(stdout);
 }
 
-static const char *yes_no(int met) { return met ? "yes" : "no"; }
+const char *yes_no(int met) { return met ? "yes" : "no"; }
 
 /* ---- chains -------------------------------------------------------------- */
 
@@ -687,7 +689,7 @@ static int bench_runtime_reload(void) {
 /* A bucket on which every try of a run is an admission, so each one does
  * its CAS: a token per ns (1e9 per second) and the largest burst, i.e. 2^40
  * ns (18 minutes) of tokens, far more than a run takes. */
-static fg_limiter *make_limiter(fg_clock clock) {
+fg_limiter *make_limiter(fg_clock clock) {
     fg_limiter_options o = FG_LIMITER_OPTIONS_INIT;
     o.clock = clock;
     o.rate = 1000000000;
@@ -700,7 +702,7 @@ static fg_limiter *make_limiter(fg_clock clock) {
 
 /* The clock as a ctx supplies it: read once, outside the operation; here it
  * advances 1 ns per request, at no cost, so the try sees time move. */
-static uint64_t loop_try_ctxclock(void *arg, int index, uint64_t ops) {
+uint64_t loop_try_ctxclock(void *arg, int index, uint64_t ops) {
     fg_limiter *l = arg;
     uint64_t now = now_ns(), failures = 0;
     (void)index;
@@ -2022,5 +2024,9 @@ int main(int argc, char **argv) {
     rc |= bench_histogram("histogram_record");
     rc |= bench_bulkhead("bulkhead_enter_exit");
     rc |= bench_adaptive("adaptive_update");
+    /* Last: they need servers (bench/scaleout.c). */
+    rc |= bench_cluster_try_leased("cluster_try_leased");
+    rc |= bench_cluster_roundtrips("cluster_roundtrips_per_1e6");
+    rc |= bench_etcd_change_to_swap("etcd_change_to_swap_ms");
     return rc ? 1 : 0;
 }

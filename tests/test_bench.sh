@@ -7,14 +7,21 @@
 # must be there, whatever they say.) Then bench/replay.sh replays a 20,000-line
 # trace through the floodgate tool and must print its replay_throughput line.
 #
+# The scale-out figures (cluster_try_leased, cluster_roundtrips_per_1e6,
+# etcd_change_to_swap_ms) need redis-server and etcd: the binary runs
+# through bench/servers.sh, which starts whichever is installed. A figure
+# must then be measured, unless floodgate was built without its library
+# (skipped=built_without_hiredis / built_without_libcurl); without the
+# server it must say skipped=FG_BENCH_REDIS_unset / FG_BENCH_ETCD_unset.
+#
 # Usage: sh tests/test_bench.sh BENCH_BINARY FLOODGATE_BINARY
 set -eu
 bench=$1
 tool=$2
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
-if ! "$bench" --quick >"$out"; then
-    echo "FAIL bench: $bench --quick exited non-zero"; cat "$out"; exit 1
+if ! sh "$(dirname "$0")/../bench/servers.sh" "$bench" --quick >"$out"; then
+    echo "FAIL bench: bench/servers.sh $bench --quick exited non-zero"; cat "$out"; exit 1
 fi
 if ! sh "$(dirname "$0")/../bench/replay.sh" "$tool" 20000 >>"$out"; then
     echo "FAIL bench: bench/replay.sh $tool 20000 exited non-zero"; cat "$out"; exit 1
@@ -101,6 +108,33 @@ for name in chain_full chain_full_split; do
     expect "$name" 2 "ratio_clock_cas=$num" "allocs_per_op=$num" "throughput_vs_1=$num" 'target=1\.6x' "$met"
 done
 expect replay_throughput 1 'rps=[0-9]+' 'lines=20000' 'config=full.json'
+# expect_server <name> <server binary> <library> <variable> <expect arguments...>:
+# measured with the server, skipped without it or without the library.
+expect_server() {
+    s_name=$1 s_server=$2 s_lib=$3 s_var=$4
+    shift 4
+    if grep -Eq "^bench=$s_name threads=1 ns_per_op=0\.00 skipped=built_without_$s_lib\$" "$out"; then
+        return
+    fi
+    if ! command -v "$s_server" >/dev/null 2>&1; then
+        expect "$s_name" 1 "skipped=${s_var}_unset"
+        return
+    fi
+    if grep -Eq "^bench=$s_name .*skipped=" "$out"; then
+        echo "FAIL bench: $s_name skipped although $s_server is installed"; fail=1; return
+    fi
+    expect "$s_name" "$@"
+}
+expect_server cluster_try_leased redis-server hiredis FG_BENCH_REDIS 1 "ratio_ctxclock=$num" \
+    "ctxclock_ns=$num" "ratio_cas=$num" "allocs_per_op=$num" 'lease=[0-9]+' 'roundtrips=[0-9]+' \
+    "lease_hits_min=$num" 'target=2xlimiter_try_ctxclock' "$met"
+expect_server cluster_try_leased redis-server hiredis FG_BENCH_REDIS 2 "ratio_ctxclock=$num" \
+    "ctxclock_ns=$num" "allocs_per_op=$num" 'roundtrips=[0-9]+'
+expect_server cluster_roundtrips_per_1e6 redis-server hiredis FG_BENCH_REDIS 1 \
+    "roundtrips_per_1e6=$num" 'lease=[0-9]+' 'rate=[0-9]+/s' 'admitted=[0-9]+' \
+    'roundtrips=[0-9]+' 'rejected=[0-9]+' 'fallbacks=[0-9]+' 'target=[0-9]+' "$met"
+expect_server etcd_change_to_swap_ms etcd libcurl FG_BENCH_ETCD 1 "ms=$num" "max_ms=$num" \
+    'puts=[0-9]+' 'target=100ms' "$met"
 if ! grep -Eq '^bench=keyed_bytes_per_key threads=1 ns_per_op=0\.00 ' "$out"; then
     echo "FAIL bench: keyed_bytes_per_key is not ns_per_op=0.00"; fail=1
 fi
