@@ -419,10 +419,25 @@ static void fg_cl_reconnect(fg_cluster_limiter *cl) {
     fg_cl_event(cl, FG_CLUSTER_MODE_FALLBACK, FG_CLUSTER_MODE_CLUSTER, "");
 }
 
+/* Under mu: a Redis command failed on c (reply NULL): the reason, with a
+ * timeout called one. */
+static void fg_cl_cmd_failed(fg_cluster_limiter *cl, redisContext *c, const char *what,
+                             uint64_t budget_ns) {
+    char why[160];
+    if (c->err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK))
+        (void)snprintf(why, sizeof(why), "%s on %s: timeout after %.3g ms", what, cl->redis,
+                       (double)budget_ns / 1e6);
+    else
+        (void)snprintf(why, sizeof(why), "%s on %s: %s", what, cl->redis, c->errstr);
+    fg_cl_fail(cl, why);
+}
+
 /*
  * Under mu, connected: run the script for want tokens after giving back
- * refund, within budget_ns. Returns 0 with *granted and *ahead_us (how far
- * the bucket's TAT is ahead of the server's now), or -1 after fg_cl_fail.
+ * refund, within budget_ns overall (a NOSCRIPT answer costs a SCRIPT LOAD
+ * and a second EVALSHA, within the same budget). Returns 0 with *granted
+ * and *ahead_us (how far the bucket's TAT is ahead of the server's now), or
+ * -1 after fg_cl_fail.
  */
 static int fg_cl_call_raw(fg_cluster_limiter *cl, const char *rkey, size_t rkey_len,
                           uint64_t want, uint64_t refund, uint64_t budget_ns,
@@ -431,34 +446,54 @@ static int fg_cl_call_raw(fg_cluster_limiter *cl, const char *rkey, size_t rkey_
     char want_s[24], refund_s[24], why[160];
     (void)snprintf(want_s, sizeof(want_s), "%llu", (unsigned long long)want);
     (void)snprintf(refund_s, sizeof(refund_s), "%llu", (unsigned long long)refund);
-    (void)redisSetTimeout(c, fg_cl_tv(budget_ns));
+    uint64_t end = fg_cl_mono() + budget_ns;
     for (int attempt = 0; attempt < 2; attempt++) {
         const char *argv[] = {"EVALSHA",        cl->sha,     "1",    rkey,
                               cl->interval_arg, cl->tau_arg, want_s, refund_s};
         size_t lens[8];
         for (int i = 0; i < 8; i++)
             lens[i] = i == 3 ? rkey_len : strlen(argv[i]);
+        uint64_t now = fg_cl_mono();
+        if (now >= end) {
+            (void)snprintf(why, sizeof(why), "EVALSHA on %s: timeout after %.3g ms", cl->redis,
+                           (double)budget_ns / 1e6);
+            fg_cl_fail(cl, why);
+            return -1;
+        }
+        (void)redisSetTimeout(c, fg_cl_tv(end - now));
         fg__faa_u64(&cl->roundtrips, 1);
         redisReply *r = redisCommandArgv(c, 8, argv, lens);
         if (r == NULL) {
-            (void)snprintf(why, sizeof(why), "EVALSHA on %s: %s", cl->redis, c->errstr);
-            fg_cl_fail(cl, why);
+            fg_cl_cmd_failed(cl, c, "EVALSHA", budget_ns);
             return -1;
         }
         if (r->type == REDIS_REPLY_ERROR && attempt == 0 &&
             strncmp(r->str, "NOSCRIPT", 8) == 0) {
             /* Redis restarted or flushed its scripts: load it again. */
             freeReplyObject(r);
+            now = fg_cl_mono();
+            if (now >= end) {
+                (void)snprintf(why, sizeof(why), "SCRIPT LOAD on %s: timeout after %.3g ms",
+                               cl->redis, (double)budget_ns / 1e6);
+                fg_cl_fail(cl, why);
+                return -1;
+            }
+            (void)redisSetTimeout(c, fg_cl_tv(end - now));
             fg__faa_u64(&cl->roundtrips, 1);
             r = redisCommand(c, "SCRIPT LOAD %b", fg_cluster_script,
                              sizeof(fg_cluster_script) - 1);
-            int ok = r != NULL && r->type == REDIS_REPLY_STRING && r->len == 40;
+            if (r == NULL) {
+                fg_cl_cmd_failed(cl, c, "SCRIPT LOAD", budget_ns);
+                return -1;
+            }
+            int ok = r->type == REDIS_REPLY_STRING && r->len == 40;
             if (ok)
                 memcpy(cl->sha, r->str, 40);
-            if (r)
-                freeReplyObject(r);
+            else
+                (void)snprintf(why, sizeof(why), "SCRIPT LOAD on %s: %s", cl->redis,
+                               r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+            freeReplyObject(r);
             if (!ok) {
-                (void)snprintf(why, sizeof(why), "SCRIPT LOAD on %s failed", cl->redis);
                 fg_cl_fail(cl, why);
                 return -1;
             }
@@ -482,7 +517,9 @@ static int fg_cl_call_raw(fg_cluster_limiter *cl, const char *rkey, size_t rkey_
         cl->backoff = cl->opts.backoff_min_ns; /* Redis answered: start over */
         return 0;
     }
-    return -1; /* not reached: the loop returns */
+    (void)snprintf(why, sizeof(why), "EVALSHA on %s: NOSCRIPT after SCRIPT LOAD", cl->redis);
+    fg_cl_fail(cl, why);
+    return -1;
 }
 
 /* A Redis key: the one bucket's, or prefix + name + ":" + key. */

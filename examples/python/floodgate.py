@@ -238,12 +238,25 @@ class _ConfigErrorsC(Structure):
 
 class _WatchOptionsC(Structure):
     _c_name_ = "fg_watch_options"
-    _fields_ = [("debounce_ns", c_uint64), ("on_reload", c_void_p), ("arg", c_void_p)]
+    _fields_ = [
+        ("debounce_ns", c_uint64),
+        ("on_reload", c_void_p),
+        ("arg", c_void_p),
+        ("timeout_ns", c_uint64),
+        ("backoff_min_ns", c_uint64),
+        ("backoff_max_ns", c_uint64),
+    ]
 
 
 class _WatchStatsC(Structure):
     _c_name_ = "fg_watch_stats"
-    _fields_ = [("attempts", c_uint64), ("loaded", c_uint64), ("failed", c_uint64)]
+    _fields_ = [
+        ("attempts", c_uint64),
+        ("loaded", c_uint64),
+        ("failed", c_uint64),
+        ("revision", c_uint64),
+        ("reconnects", c_uint64),
+    ]
 
 
 class _RouteStatsC(Structure):

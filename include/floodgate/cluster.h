@@ -28,7 +28,8 @@
  *
  * Redis unreachable, slow or failing is a designed state, not an outage:
  * the limiter switches to its fallback (a local bucket of rate/instances
- * and burst/instances, or reject everything), counts every decision it
+ * exactly, that is rate tokens per instances periods, with burst/instances
+ * (at least 1); or reject everything), counts every decision it
  * makes there, reports the change to its listener, reconnects in the
  * background with exponential backoff and jitter, and returns to the
  * cluster by itself.
@@ -43,8 +44,14 @@
  * bucket per key (fg_keyed_limiter) of the key's rate/instances.
  *
  * This part of floodgate needs hiredis at build time. A floodgate built
- * without it (no libhiredis-dev) still declares these functions; they
- * return FG_ESTATE and fg_cluster_available() returns 0.
+ * without it (no libhiredis-dev) still declares these functions:
+ * fg_cluster_limiter_new and the tries return FG_ESTATE (so no limiter
+ * ever exists, and the others see only NULL), and fg_cluster_available()
+ * returns 0.
+ *
+ * Addresses: a host name is resolved by the system resolver, which
+ * timeout_ns does not bound; give a numeric address where a slow resolver
+ * must not delay a reconnect.
  */
 #ifndef FLOODGATE_CLUSTER_H
 #define FLOODGATE_CLUSTER_H
@@ -64,8 +71,9 @@ typedef struct fg_cluster_limiter fg_cluster_limiter;
 
 /* What the limiter does while Redis cannot be used. */
 typedef enum fg_cluster_fallback {
-    /* Fail open to a local bucket of rate/instances (burst/instances, both
-     * at least 1): together the instances keep about the cluster rate. */
+    /* Fail open to a local bucket of rate/instances exactly (rate tokens
+     * per instances periods) and burst/instances (at least 1): together
+     * the instances keep about the cluster rate. */
     FG_CLUSTER_FALLBACK_LOCAL = 0,
     /* Fail closed: reject every request (FG_ELIMITED, retry-after the next
      * reconnect attempt) until Redis is back. */
@@ -84,7 +92,7 @@ typedef struct fg_cluster_event {
     fg_cluster_mode to;
     uint64_t at_ns; /* on the limiter's clock */
     /* Entering fallback: why, e.g. "connect 127.0.0.1:6379: Connection
-     * refused" or "EVALSHA: timeout after 5 ms". Back in cluster: "". */
+     * refused" or "EVALSHA on 127.0.0.1:6379: timeout after 5 ms". Back in cluster: "". */
     char reason[160];
 } fg_cluster_event;
 
@@ -128,7 +136,8 @@ typedef struct fg_cluster_options {
     uint32_t instances; /* expected instances, for FG_CLUSTER_FALLBACK_LOCAL; 0 means 1 */
     /* Reconnect backoff: the first retry after backoff_min_ns (0: 50 ms),
      * doubling to backoff_max_ns (0: 2 s), each with up to 50% random
-     * jitter subtracted. */
+     * jitter subtracted. Measured on `clock`: with a fake clock the
+     * limiter reconnects only as the fake time passes. */
     uint64_t backoff_min_ns;
     uint64_t backoff_max_ns;
     /* Per key: 0 (one bucket), or the most keys held at once, 1 ..
@@ -139,16 +148,16 @@ typedef struct fg_cluster_options {
     fg_keyed_when_full when_full;
     fg_cluster_listener on_event; /* mode changes (NULL: none) */
     void *arg;                    /* passed to on_event */
-    fg_clock clock; /* for lease lifetimes, the fallback bucket and events; now == NULL:
-                       monotonic */
+    /* Lease lifetimes, the fallback bucket, reconnect backoff and events;
+     * now == NULL: monotonic. timeout_ns is always real time. */
+    fg_clock clock;
 } fg_cluster_options;
 
 /* Defaults: every field unset. */
 #define FG_CLUSTER_OPTIONS_INIT                                                               \
     {                                                                                         \
         0, 0, 0, NULL, NULL, NULL, 0, 0, 0, FG_CLUSTER_FALLBACK_LOCAL, 0, 0, 0, 0, 0,         \
-            FG_KEYED_REJECT_NEW, NULL, NULL,                                                  \
-        {                                                                                     \
+            FG_KEYED_REJECT_NEW, NULL, NULL, {                                                \
             NULL, NULL, NULL                                                                  \
         }                                                                                     \
     }
@@ -191,7 +200,8 @@ FG_API int fg_cluster_available(void);
  * Returns: 0 and *out; FG_EINVAL (NULL opts or out, rate, burst or name
  * missing, lease > burst, a malformed redis address, key_max over
  * FG_KEYED_KEY_MAX_LIMIT, an unknown fallback or when_full); FG_ERANGE (as
- * fg_limiter_new, or period/rate below 1 us); FG_ETOOLONG (prefix + name
+ * fg_limiter_new, period/rate below 1 us, or max_keys over
+ * FG_KEYED_MAX_KEYS); FG_ETOOLONG (prefix + name
  * over FG_CLUSTER_NAME_MAX, address over FG_CLUSTER_ADDR_MAX); FG_ESYS
  * (the thread cannot start); FG_ESTATE (built without hiredis); FG_ENOMEM.
  * Ownership: opts and its strings are copied; the caller owns *out.
