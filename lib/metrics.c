@@ -23,6 +23,16 @@
  * them and found by name in a list under `lock`, so a config reload that
  * keeps a route keeps its series; the last stage to go unlinks and frees
  * it. Exports take `lock` too: requests never do.
+ *
+ * Cluster limiters. Their counters live in the limiters themselves
+ * (fg_cluster_limiter_stats, exact and atomic), so nothing is counted
+ * here per request: a config registers each cluster limiter it makes
+ * under its name, and an export reads them. A reload that changes a
+ * cluster limiter's options makes a new limiter of the same name while the
+ * old one still serves the old snapshot; both are registered under one
+ * entry for that while, their counters summed, plus the final counters of
+ * the limiters of that name already gone, so the name has one series whose
+ * counters never go backwards.
  */
 #include <inttypes.h>
 #include <limits.h>
@@ -34,6 +44,7 @@
 
 #include <jansson.h>
 
+#include "floodgate/cluster.h"
 #include "floodgate/error.h"
 #include "floodgate/histogram.h"
 #include "floodgate/metrics.h"
@@ -140,9 +151,23 @@ struct fg_breaker_entry {
     uint64_t moves[3][3];
 };
 
+#define FG_M_MAX_CLUSTERS 256
+
+/* The series of one cluster limiter name. Under the registry's lock. */
+struct fg_cluster_entry {
+    char name[FG_METRICS_NAME_MAX + 1];
+    fg_cluster_stats gone;           /* the counters of its limiters removed, summed */
+    const fg_cluster_limiter **live; /* registered now, oldest first */
+    size_t nlive, caplive;
+    int has_event;
+    fg_cluster_event last; /* the latest mode change reported */
+    fg_cluster_stats sum;  /* an export's reading (fg_cluster_sum) */
+    int per_key;           /* ... and whether a limiter of the name is per key */
+};
+
 struct fg_metrics {
     fg_clock clock;
-    pthread_mutex_t lock; /* series list, breakers, reload info, exports */
+    pthread_mutex_t lock; /* series list, breakers, clusters, reload info, exports */
     struct fg_series *series, *last;
     struct fg_series *hash[FG_M_HASH]; /* by fg_series_hash: O(1) lookups */
     size_t nseries;
@@ -150,6 +175,8 @@ struct fg_metrics {
     uint64_t nstages;              /* claimed entries (atomic) */
     struct fg_breaker_entry *breakers;
     size_t nbreakers;
+    struct fg_cluster_entry **clusters; /* in order of creation */
+    size_t nclusters, capclusters;
     uint64_t reloads_ok, reloads_failed;
     char version[FG_METRICS_VERSION_MAX + 1];
     fg_histogram *scratch, *chain_scratch; /* exports: copies */
@@ -282,6 +309,11 @@ void fg_metrics_free(fg_metrics *m) {
         m->series = s->next;
         fg_series_free(s);
     }
+    for (size_t i = 0; i < m->nclusters; i++) {
+        fg__free(m->clusters[i]->live);
+        fg__free(m->clusters[i]);
+    }
+    fg__free(m->clusters);
     pthread_mutex_destroy(&m->lock);
     fg_histogram_free(m->scratch);
     fg_histogram_free(m->chain_scratch);
@@ -710,6 +742,167 @@ int fg_metrics_breaker_event(fg_metrics *m, const char *breaker, const fg_breake
     return rc;
 }
 
+/* ---- cluster limiters ------------------------------------------------------------------
+ */
+
+/* The entry of name, or NULL. Under m->lock. */
+static struct fg_cluster_entry *fg_cluster_find(fg_metrics *m, const char *name) {
+    for (size_t i = 0; i < m->nclusters; i++)
+        if (strcmp(m->clusters[i]->name, name) == 0)
+            return m->clusters[i];
+    return NULL;
+}
+
+static void fg_cluster_drop(fg_metrics *m, size_t i) {
+    fg__free(m->clusters[i]->live);
+    fg__free(m->clusters[i]);
+    memmove(&m->clusters[i], &m->clusters[i + 1],
+            (m->nclusters - i - 1) * sizeof(*m->clusters));
+    m->nclusters--;
+}
+
+/* The entry of name, made when absent. An entry an event made for a
+ * limiter whose construction then failed has no limiter: such entries give
+ * way when the table is full. Under m->lock. */
+static int fg_cluster_get(fg_metrics *m, const char *name, struct fg_cluster_entry **out) {
+    *out = fg_cluster_find(m, name);
+    if (*out != NULL)
+        return 0;
+    for (size_t i = m->nclusters; i-- > 0 && m->nclusters == FG_M_MAX_CLUSTERS;)
+        if (m->clusters[i]->nlive == 0)
+            fg_cluster_drop(m, i);
+    if (m->nclusters == FG_M_MAX_CLUSTERS)
+        return FG_ETOOMANY;
+    if (m->nclusters == m->capclusters) {
+        size_t ncap = m->capclusters ? m->capclusters * 2 : 8;
+        struct fg_cluster_entry **g = fg__malloc(ncap * sizeof(*g));
+        if (g == NULL)
+            return FG_ENOMEM;
+        if (m->nclusters > 0)
+            memcpy(g, m->clusters, m->nclusters * sizeof(*g));
+        fg__free(m->clusters);
+        m->clusters = g;
+        m->capclusters = ncap;
+    }
+    struct fg_cluster_entry *e = fg__calloc(1, sizeof(*e));
+    if (e == NULL)
+        return FG_ENOMEM;
+    (void)snprintf(e->name, sizeof(e->name), "%s", name);
+    m->clusters[m->nclusters++] = e;
+    *out = e;
+    return 0;
+}
+
+/* dst += the counters of src (not mode, held, keys: those are "now"). */
+static void fg_cluster_stats_add(fg_cluster_stats *dst, const fg_cluster_stats *src) {
+    dst->admitted += src->admitted;
+    dst->rejected += src->rejected;
+    dst->fallback_admitted += src->fallback_admitted;
+    dst->fallback_rejected += src->fallback_rejected;
+    dst->roundtrips += src->roundtrips;
+    dst->leased += src->leased;
+    dst->refunded += src->refunded;
+    dst->errors += src->errors;
+    dst->fallbacks += src->fallbacks;
+    dst->recoveries += src->recoveries;
+    dst->full_rejected += src->full_rejected;
+    dst->full_admitted += src->full_admitted;
+}
+
+/* The figures of a name into *out: its limiters gone plus those alive, the
+ * newest one's mode, the tokens and keys they hold now; and whether one of
+ * them is per key. Under m->lock. */
+static int fg_cluster_sum(const struct fg_cluster_entry *e, fg_cluster_stats *out) {
+    int per_key = 0;
+    *out = e->gone;
+    out->mode = FG_CLUSTER_MODE_CLUSTER;
+    out->held = 0;
+    out->keys = 0;
+    for (size_t i = 0; i < e->nlive; i++) {
+        fg_cluster_stats st;
+        fg_cluster_options o;
+        if (fg_cluster_limiter_stats(e->live[i], &st) != 0)
+            continue;
+        fg_cluster_stats_add(out, &st);
+        out->held += st.held;
+        out->keys += st.keys;
+        out->mode = st.mode;
+        per_key |= fg_cluster_limiter_get(e->live[i], &o) == 0 && o.max_keys > 0;
+    }
+    return per_key;
+}
+
+int fg__metrics_add_cluster(fg_metrics *m, const char *name, const fg_cluster_limiter *cl) {
+    if (m == NULL || name == NULL || cl == NULL)
+        return FG_EINVAL;
+    if (!fg_label_ok(name))
+        return FG_ETOOLONG;
+    pthread_mutex_lock(&m->lock);
+    struct fg_cluster_entry *e = NULL;
+    int rc = fg_cluster_get(m, name, &e);
+    if (rc == 0 && e->nlive == e->caplive) {
+        size_t ncap = e->caplive ? e->caplive * 2 : 2;
+        const fg_cluster_limiter **g = fg__malloc(ncap * sizeof(*g));
+        if (g == NULL) {
+            rc = FG_ENOMEM;
+        } else {
+            if (e->nlive > 0)
+                memcpy(g, e->live, e->nlive * sizeof(*g));
+            fg__free(e->live);
+            e->live = g;
+            e->caplive = ncap;
+        }
+    }
+    if (rc == 0)
+        e->live[e->nlive++] = cl;
+    pthread_mutex_unlock(&m->lock);
+    return rc;
+}
+
+void fg__metrics_remove_cluster(fg_metrics *m, const fg_cluster_limiter *cl) {
+    if (m == NULL || cl == NULL)
+        return;
+    pthread_mutex_lock(&m->lock);
+    for (size_t i = 0; i < m->nclusters; i++) {
+        struct fg_cluster_entry *e = m->clusters[i];
+        size_t j = 0;
+        while (j < e->nlive && e->live[j] != cl)
+            j++;
+        if (j == e->nlive)
+            continue;
+        fg_cluster_stats st;
+        if (fg_cluster_limiter_stats(cl, &st) == 0)
+            fg_cluster_stats_add(&e->gone, &st);
+        memmove(&e->live[j], &e->live[j + 1], (e->nlive - j - 1) * sizeof(*e->live));
+        if (--e->nlive == 0)
+            fg_cluster_drop(m, i); /* the name is gone from the config */
+        break;
+    }
+    pthread_mutex_unlock(&m->lock);
+}
+
+int fg__metrics_cluster_event(fg_metrics *m, const char *name, const fg_cluster_event *ev) {
+    if (m == NULL || name == NULL || ev == NULL)
+        return FG_EINVAL;
+    if (!fg_label_ok(name))
+        return FG_ETOOLONG;
+    pthread_mutex_lock(&m->lock);
+    struct fg_cluster_entry *e = NULL;
+    /* May come before the limiter is added (reported while it was made):
+     * the entry is made now and the limiter joins it. (One may also come
+     * from a limiter already removed, before its free stops its thread:
+     * then it is simply the name's latest change, kept in an entry that is
+     * not exported until a limiter of that name is added again.) */
+    int rc = fg_cluster_get(m, name, &e);
+    if (rc == 0) {
+        e->last = *ev;
+        e->last.reason[sizeof(e->last.reason) - 1] = '\0';
+        e->has_event = 1;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return rc;
+}
+
 int fg_metrics_reload(fg_metrics *m, int ok, const char *version) {
     if (m == NULL)
         return FG_EINVAL;
@@ -875,6 +1068,146 @@ static void fg_w_series_labels(struct fg_w *w, const char *metric, const struct 
 
 static const char *const fg_state_label[] = {"closed", "open", "half_open"};
 
+static const char *const fg_mode_label[] = {"cluster", "fallback"};
+
+/* The cluster families with one sample per limiter name, and the figure
+ * each reads. */
+enum fg_cluster_fig {
+    FG_CF_MODE,
+    FG_CF_FALLBACKS,
+    FG_CF_RECOVERIES,
+    FG_CF_ROUNDTRIPS,
+    FG_CF_ERRORS,
+    FG_CF_LEASED,
+    FG_CF_REFUNDED,
+    FG_CF_HELD
+};
+
+static const struct {
+    const char *name, *type, *help;
+} fg_cluster_fams[] = {
+    [FG_CF_MODE] = {"floodgate_cluster_mode", "gauge",
+                    "Where a cluster limiter's decisions come from: 0 the shared bucket in "
+                    "Redis, 1 the fallback policy (Redis unusable)."},
+    [FG_CF_FALLBACKS] = {"floodgate_cluster_fallbacks_total", "counter",
+                         "Switches of a cluster limiter to its fallback policy (Redis "
+                         "unreachable, slow or failing)."},
+    [FG_CF_RECOVERIES] = {"floodgate_cluster_recoveries_total", "counter",
+                          "Switches of a cluster limiter back to the shared bucket in Redis."},
+    [FG_CF_ROUNDTRIPS] = {"floodgate_cluster_roundtrips_total", "counter",
+                          "Calls a cluster limiter made to Redis (leases, refunds, script "
+                          "loads)."},
+    [FG_CF_ERRORS] = {"floodgate_cluster_errors_total", "counter",
+                      "Failed connects and calls to Redis of a cluster limiter."},
+    [FG_CF_LEASED] = {"floodgate_cluster_leased_tokens_total", "counter",
+                      "Tokens a cluster limiter took from the shared bucket in leases."},
+    [FG_CF_REFUNDED] = {"floodgate_cluster_refunded_tokens_total", "counter",
+                        "Unspent lease tokens a cluster limiter gave back to the shared "
+                        "bucket."},
+    [FG_CF_HELD] = {"floodgate_cluster_held_tokens", "gauge",
+                    "Lease tokens a cluster limiter holds now: taken from the shared bucket, "
+                    "not yet spent."},
+};
+
+static uint64_t fg_cluster_figure(const fg_cluster_stats *st, enum fg_cluster_fig f) {
+    switch (f) {
+    case FG_CF_MODE:
+        return (uint64_t)st->mode;
+    case FG_CF_FALLBACKS:
+        return st->fallbacks;
+    case FG_CF_RECOVERIES:
+        return st->recoveries;
+    case FG_CF_ROUNDTRIPS:
+        return st->roundtrips;
+    case FG_CF_ERRORS:
+        return st->errors;
+    case FG_CF_LEASED:
+        return st->leased;
+    case FG_CF_REFUNDED:
+        return st->refunded;
+    case FG_CF_HELD:
+        return st->held;
+    }
+    return 0;
+}
+
+/* The cluster limiters' families, when any is registered: one series per
+ * name, its limiters summed (fg_cluster_sum), so a reload that briefly
+ * holds an old and a new limiter of a name never writes a series twice.
+ * Under m->lock. */
+static void fg_w_clusters(fg_metrics *m, struct fg_w *w) {
+    size_t n = 0;
+    size_t keyed = 0;
+    for (size_t i = 0; i < m->nclusters; i++) {
+        struct fg_cluster_entry *e = m->clusters[i];
+        if (e->nlive > 0) {
+            e->per_key = fg_cluster_sum(e, &e->sum); /* one reading each */
+            keyed += e->per_key != 0;
+            n++;
+        }
+    }
+    if (n == 0)
+        return;
+    for (size_t f = 0; f < sizeof(fg_cluster_fams) / sizeof(fg_cluster_fams[0]); f++) {
+        fg_w_head(w, fg_cluster_fams[f].name, fg_cluster_fams[f].type,
+                  fg_cluster_fams[f].help);
+        for (size_t i = 0; i < m->nclusters; i++) {
+            if (m->clusters[i]->nlive == 0)
+                continue;
+            fg_w_str(w, fg_cluster_fams[f].name);
+            fg_w_str(w, "{");
+            fg_w_label(w, "limiter", m->clusters[i]->name, 1);
+            fg_w_fmt(w, "} %" PRIu64 "\n",
+                     fg_cluster_figure(&m->clusters[i]->sum, (enum fg_cluster_fig)f));
+        }
+    }
+    fg_w_head(w, "floodgate_cluster_decisions_total", "counter",
+              "A cluster limiter's decisions, by the mode that made them (cluster: from a "
+              "lease of the shared bucket; fallback: by the fallback policy) and the "
+              "decision.");
+    for (size_t i = 0; i < m->nclusters; i++) {
+        const fg_cluster_stats *st = &m->clusters[i]->sum;
+        if (m->clusters[i]->nlive == 0)
+            continue;
+        const uint64_t v[2][2] = {{st->admitted, st->rejected},
+                                  {st->fallback_admitted, st->fallback_rejected}};
+        for (int mode = 0; mode < 2; mode++)
+            for (int rej = 0; rej < 2; rej++) {
+                fg_w_str(w, "floodgate_cluster_decisions_total{");
+                fg_w_label(w, "limiter", m->clusters[i]->name, 1);
+                fg_w_label(w, "mode", fg_mode_label[mode], 0);
+                fg_w_label(w, "decision", rej ? "rejected" : "admitted", 0);
+                fg_w_fmt(w, "} %" PRIu64 "\n", v[mode][rej]);
+            }
+    }
+    if (keyed == 0)
+        return;
+    fg_w_head(w, "floodgate_cluster_keys", "gauge",
+              "Keys a per-key cluster limiter holds in its table now (at most its max_keys).");
+    for (size_t i = 0; i < m->nclusters; i++) {
+        const struct fg_cluster_entry *e = m->clusters[i];
+        if (e->nlive == 0 || !e->per_key)
+            continue;
+        fg_w_str(w, "floodgate_cluster_keys{");
+        fg_w_label(w, "limiter", e->name, 1);
+        fg_w_fmt(w, "} %" PRIu64 "\n", e->sum.keys);
+    }
+    fg_w_head(w, "floodgate_cluster_table_full_total", "counter",
+              "New keys a per-key cluster limiter met with its table full, by what it did: "
+              "rejected them, or admitted them unlimited.");
+    for (size_t i = 0; i < m->nclusters; i++) {
+        const struct fg_cluster_entry *e = m->clusters[i];
+        if (e->nlive == 0 || !e->per_key)
+            continue;
+        for (int adm = 0; adm < 2; adm++) {
+            fg_w_str(w, "floodgate_cluster_table_full_total{");
+            fg_w_label(w, "limiter", e->name, 1);
+            fg_w_label(w, "decision", adm ? "admitted" : "rejected", 0);
+            fg_w_fmt(w, "} %" PRIu64 "\n", adm ? e->sum.full_admitted : e->sum.full_rejected);
+        }
+    }
+}
+
 /* Under m->lock. */
 static void fg_prometheus_locked(fg_metrics *m, struct fg_w *w) {
     uint64_t now = fg_clock_read(&m->clock);
@@ -975,6 +1308,7 @@ static void fg_prometheus_locked(fg_metrics *m, struct fg_w *w) {
                 fg_w_label(w, "to", fg_state_label[t], 0);
                 fg_w_fmt(w, "} %" PRIu64 "\n", m->breakers[i].moves[f][t]);
             }
+    fg_w_clusters(m, w);
     fg_w_head(
         w, "floodgate_config_reloads_total", "counter",
         "Config loads, by result (ok, or error: rejected, the old config kept serving).");
@@ -1056,6 +1390,72 @@ static int fg_jset(json_t *o, const char *k, json_t *v) {
 }
 
 static json_t *fg_json_secs(uint64_t ns) { return json_real((double)ns / 1e9); }
+
+/* One cluster limiter name's figures, appended to arr; 0 or -1 (no memory).
+ * Under m->lock. */
+static int fg_json_cluster(const struct fg_cluster_entry *e, uint64_t now, json_t *arr) {
+    fg_cluster_stats st;
+    int per_key = fg_cluster_sum(e, &st);
+    json_t *o = json_object();
+    int bad = json_array_append_new(arr, o) != 0 || o == NULL;
+    if (o == NULL)
+        return -1;
+    bad |= fg_jset(o, "limiter", json_string(e->name));
+    bad |= fg_jset(o, "mode", json_string(fg_mode_label[st.mode != FG_CLUSTER_MODE_CLUSTER]));
+    static const char *const keys[] = {"admitted",
+                                       "rejected",
+                                       "fallback_admitted",
+                                       "fallback_rejected",
+                                       "roundtrips",
+                                       "errors",
+                                       "leased",
+                                       "refunded",
+                                       "held",
+                                       "fallbacks",
+                                       "recoveries"};
+    const uint64_t v[] = {st.admitted,
+                          st.rejected,
+                          st.fallback_admitted,
+                          st.fallback_rejected,
+                          st.roundtrips,
+                          st.errors,
+                          st.leased,
+                          st.refunded,
+                          st.held,
+                          st.fallbacks,
+                          st.recoveries};
+    for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++)
+        bad |= fg_jset(o, keys[k], json_integer((json_int_t)v[k]));
+    if (per_key) {
+        bad |= fg_jset(o, "keys", json_integer((json_int_t)st.keys));
+        bad |= fg_jset(o, "full_rejected", json_integer((json_int_t)st.full_rejected));
+        bad |= fg_jset(o, "full_admitted", json_integer((json_int_t)st.full_admitted));
+    }
+    if (e->has_event) {
+        /* The reason is the limiter's text: kept to ASCII, so it is always
+         * a valid JSON string. */
+        char reason[sizeof(e->last.reason)];
+        size_t n = 0;
+        for (; n < sizeof(reason) - 1 && e->last.reason[n] != '\0'; n++) {
+            unsigned char c = (unsigned char)e->last.reason[n];
+            reason[n] = c >= 0x20 && c < 0x7f ? (char)c : '?';
+        }
+        reason[n] = '\0';
+        json_t *ch = json_object();
+        bad |= fg_jset(o, "last_change", ch);
+        if (ch != NULL) {
+            bad |=
+                fg_jset(ch, "from",
+                        json_string(fg_mode_label[e->last.from != FG_CLUSTER_MODE_CLUSTER]));
+            bad |= fg_jset(ch, "to",
+                           json_string(fg_mode_label[e->last.to != FG_CLUSTER_MODE_CLUSTER]));
+            bad |= fg_jset(ch, "reason", json_string(reason));
+            bad |= fg_jset(ch, "seconds_ago",
+                           fg_json_secs(now > e->last.at_ns ? now - e->last.at_ns : 0));
+        }
+    }
+    return bad ? -1 : 0;
+}
 
 /* Under m->lock. */
 static json_t *fg_json_locked(fg_metrics *m) {
@@ -1190,6 +1590,11 @@ static json_t *fg_json_locked(fg_metrics *m) {
                     fg_jset(x, "count", json_integer((json_int_t)m->breakers[i].moves[f][t]));
             }
     }
+    json_t *cls = json_array();
+    bad |= fg_jset(root, "clusters", cls);
+    for (size_t i = 0; i < m->nclusters && cls != NULL && !bad; i++)
+        if (m->clusters[i]->nlive > 0)
+            bad |= fg_json_cluster(m->clusters[i], now, cls);
     if (bad) {
         json_decref(root);
         return NULL;

@@ -71,6 +71,8 @@ struct fg_runtime {
     fg_clock clock; /* for compiled configs; under load_lock */
     fg_runtime_breaker_fn breaker_fn;
     void *breaker_arg;
+    fg_cluster_listener cluster_fn;
+    void *cluster_arg;
     fg_metrics *metrics; /* every config's metrics stage counts here */
 };
 
@@ -425,6 +427,24 @@ int fg_runtime_set_breaker_listener(fg_runtime *rt, fg_runtime_breaker_fn fn, vo
     if (rc == 0) {
         rt->breaker_fn = fn;
         rt->breaker_arg = arg;
+    }
+    pthread_mutex_unlock(&rt->load_lock);
+    return rc;
+}
+
+fg_cluster_listener fg__runtime_cluster_listener(fg_runtime *rt, void **arg) {
+    *arg = rt->cluster_arg;
+    return rt->cluster_fn;
+}
+
+int fg_runtime_set_cluster_listener(fg_runtime *rt, fg_cluster_listener fn, void *arg) {
+    if (rt == NULL)
+        return FG_EINVAL;
+    pthread_mutex_lock(&rt->load_lock);
+    int rc = rt->config_state != NULL ? FG_ESTATE : 0;
+    if (rc == 0) {
+        rt->cluster_fn = fn;
+        rt->cluster_arg = arg;
     }
     pthread_mutex_unlock(&rt->load_lock);
     return rc;

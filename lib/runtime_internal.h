@@ -10,6 +10,7 @@
 
 #include <pthread.h>
 
+#include "floodgate/cluster.h"
 #include "floodgate/metrics.h"
 #include "floodgate/runtime.h"
 
@@ -36,7 +37,40 @@ fg_clock fg__runtime_clock(fg_runtime *rt);
 /* The breaker listener configs compiled for rt attach (may be NULL). */
 fg_runtime_breaker_fn fg__runtime_breaker_listener(fg_runtime *rt, void **arg);
 
+/* The cluster limiter listener configs compiled for rt attach (may be NULL). */
+fg_cluster_listener fg__runtime_cluster_listener(fg_runtime *rt, void **arg);
+
 /* The registry's clock follows the runtime's (lib/metrics.c). */
 void fg__metrics_set_clock(fg_metrics *m, fg_clock clock);
+
+/*
+ * The cluster limiters a config made, exported by name (lib/metrics.c):
+ * the floodgate_cluster_* families and the JSON "clusters" array.
+ *
+ * fg__metrics_add_cluster: from now on every export reads cl's counters
+ * (fg_cluster_limiter_stats, under the registry's lock) into the series of
+ * `name`. Returns 0; FG_ETOOLONG (name); FG_ETOOMANY beyond 256 names;
+ * FG_ENOMEM.
+ *
+ * fg__metrics_remove_cluster: cl's counters as they are now are folded
+ * into its name's totals and cl is no longer read; call it before
+ * fg_cluster_limiter_free. A cl never added, or a NULL m, is ignored.
+ *
+ * Several limiters of one name (a reload's old and new, for as long as
+ * both live) make one series: their counters are summed with those of the
+ * limiters of that name already gone, so a counter never goes backwards
+ * when a reload replaces a limiter; the mode is the newest one's. The
+ * series goes when the last limiter of its name is removed.
+ *
+ * fg__metrics_cluster_event: remember a limiter's latest mode change (the
+ * reason it gave) for the JSON export. The counts themselves come from
+ * fg_cluster_limiter_stats. Returns 0; FG_EINVAL; FG_ETOOLONG;
+ * FG_ETOOMANY; FG_ENOMEM.
+ *
+ * Thread-safety: MT-safe; each takes the registry's mutex.
+ */
+int fg__metrics_add_cluster(fg_metrics *m, const char *name, const fg_cluster_limiter *cl);
+void fg__metrics_remove_cluster(fg_metrics *m, const fg_cluster_limiter *cl);
+int fg__metrics_cluster_event(fg_metrics *m, const char *name, const fg_cluster_event *ev);
 
 #endif /* FG_LIB_RUNTIME_INTERNAL_H */

@@ -1,8 +1,8 @@
 /*
  * floodgate/metrics.h - what the middleware decided and what handlers
  * cost: request counters, latency histograms and SLOs per chain and route,
- * rejections per stage, breaker transitions and reloads, exported as
- * Prometheus text or a JSON snapshot.
+ * rejections per stage, breaker transitions, cluster limiters' modes and
+ * decisions, and reloads, exported as Prometheus text or a JSON snapshot.
  *
  * A fg_metrics is a registry. Requests reach it through a metrics stage
  * (fg_stage_metrics) placed first in a chain: its exit hook sees how every
@@ -69,7 +69,8 @@ FG_API void fg_metrics_free(fg_metrics *metrics);
 /*
  * fg_runtime_metrics - the registry of a runtime: every config loaded into
  * it counts here (its chain begins with a metrics stage labelled "main"),
- * and so do its loads and its breakers' changes.
+ * and so do its loads and its breakers' changes; its cluster limiters
+ * (floodgate/cluster.h) are exported from here too (floodgate_cluster_*).
  * Returns NULL for NULL. Ownership: the runtime's (freed with it).
  * Thread-safety: MT-safe.
  */

@@ -25,6 +25,7 @@
 #include "breaker.h"
 #include "chain.h"
 #include "clock.h"
+#include "cluster.h"
 #include "common.h"
 #include "ctx.h"
 
@@ -111,6 +112,22 @@ typedef void (*fg_runtime_breaker_fn)(const char *name, const fg_breaker_event *
  */
 FG_API int fg_runtime_set_breaker_listener(fg_runtime *rt, fg_runtime_breaker_fn fn,
                                            void *arg);
+
+/*
+ * fg_runtime_set_cluster_listener - report every mode change of the
+ * cluster limiters (floodgate/cluster.h) configs compile for rt, with the
+ * limiter's name in the config: entering fallback (Redis unreachable, slow
+ * or failing, with the reason) and coming back (health checks, logs,
+ * alerts). The runtime's metrics count them either way (floodgate_cluster_*
+ * in docs/observability.md). Called on the thread that saw the change (a
+ * request's, or the limiter's background thread); it must not block and
+ * must not call into rt's config loading.
+ *
+ * Returns: 0; FG_ESTATE once a config has been loaded (set it first);
+ * FG_EINVAL for NULL rt.
+ * Ownership: fn and arg must outlive the runtime. Thread-safety: MT-safe.
+ */
+FG_API int fg_runtime_set_cluster_listener(fg_runtime *rt, fg_cluster_listener fn, void *arg);
 
 /*
  * fg_runtime_generation - how many swaps have happened (0 before the
