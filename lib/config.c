@@ -13,6 +13,12 @@
  * the snapshot is swapped in, and the table of components by name (the
  * config state kept in the runtime) is replaced.
  *
+ * A cluster limiter (a "limiters" entry with "cluster") is a component
+ * too: its bucket lives in Redis, its lease and connection in the
+ * fg_cluster_limiter. fg_config_check never makes one (no connection, no
+ * thread): its options are checked by floodgate/cluster.h's rules, and a
+ * local bucket of the same rate and burst stands in for it in the chain.
+ *
  * Components are reference-counted: one reference per table entry and one
  * per snapshot naming them. The last reference may be dropped on any thread
  * (a request thread that frees a retired snapshot), so the counts are
@@ -30,6 +36,7 @@
 #include "floodgate/breaker.h"
 #include "floodgate/adaptive.h"
 #include "floodgate/bulkhead.h"
+#include "floodgate/cluster.h"
 #include "floodgate/retry.h"
 #include "floodgate/config.h"
 #include "floodgate/deadline.h"
@@ -243,7 +250,8 @@ enum fg_comp_kind {
     FG_COMP_FAULT,
     FG_COMP_BULKHEAD,
     FG_COMP_BUDGET,
-    FG_COMP_ADAPTIVE
+    FG_COMP_ADAPTIVE,
+    FG_COMP_CLUSTER
 };
 
 /* The sections definitions come from; a name is unique within one. */
@@ -279,20 +287,28 @@ struct fg_comp {
     fg_limiter *limiter;
     fg_keyed_limiter *keyed;
     fg_breaker *breaker;
-    fg_limiter_options lopts;       /* LIMITER; KEYED: the bucket */
+    fg_limiter_options lopts;       /* LIMITER, CLUSTER; KEYED: the bucket */
     fg_keyed_limiter_options kopts; /* KEYED */
-    struct fg_keysrc keysrc;        /* KEYED */
+    struct fg_keysrc keysrc;        /* KEYED, CLUSTER (per key) */
     fg_breaker_options bopts;       /* BREAKER */
     int bshadow;                    /* BREAKER: made in shadow mode (FG_BREAKER_DISABLED) */
     fg_runtime_breaker_fn on_event; /* BREAKER: the runtime's listener, with its arg */
     void *on_event_arg;
-    fg_metrics *metrics;     /* BREAKER: the runtime's registry, or NULL */
+    fg_metrics *metrics;     /* BREAKER, CLUSTER: the runtime's registry, or NULL */
     fg_fault_options fopts;  /* FAULT: header strings and rule owned here */
     fg_bulkhead *bulkhead;   /* BULKHEAD */
     fg_retry_budget *budget; /* BUDGET */
     fg_retry_budget_options budget_opts;
     fg_adaptive *adaptive; /* ADAPTIVE */
     fg_adaptive_options adaptive_opts;
+    /* CLUSTER: the limiter (NULL when only checking: `limiter`, or per key
+     * `keyed`, stands in), its options as configured (0 and NULL: the
+     * default; strings owned here, name NULL), and the runtime's listener
+     * with its arg. */
+    fg_cluster_limiter *cluster;
+    fg_cluster_options copts;
+    fg_cluster_listener on_cluster;
+    void *on_cluster_arg;
 };
 
 /* Components alive in the process: a test hook for "a removed limiter is
@@ -313,6 +329,15 @@ static void fg_comp_ref(struct fg_comp *c) {
 static void fg_comp_unref(struct fg_comp *c) {
     if (c == NULL || __atomic_fetch_sub(&c->refs, 1, __ATOMIC_ACQ_REL) != 1)
         return;
+    if (c->cluster != NULL) {
+        /* The registry takes its counts first: it must not read a freed
+         * limiter. (The give-back of the lease in fg_cluster_limiter_free
+         * is the one call it does not see.) */
+        fg__metrics_remove_cluster(c->metrics, c->cluster);
+        fg_cluster_limiter_free(c->cluster);
+    }
+    fg__free((char *)c->copts.redis);
+    fg__free((char *)c->copts.prefix);
     fg_limiter_free(c->limiter);
     fg_keyed_limiter_free(c->keyed);
     fg_breaker_free(c->breaker);
@@ -445,6 +470,9 @@ struct fg_build {
     fg_clock clock;      /* the runtime's: chains, limiters and breakers read it */
     fg_runtime_breaker_fn on_breaker; /* the runtime's breaker listener, or NULL */
     void *on_breaker_arg;
+    fg_cluster_listener on_cluster; /* the runtime's cluster listener, or NULL */
+    void *on_cluster_arg;
+    int dry; /* fg_config_check: no cluster limiter is made (no connection, no thread) */
     fg_metrics *metrics;       /* the runtime's registry (NULL: checking only) */
     const fg_router *routes;   /* the router, once the chain owns it */
     struct fg_route_slo *slos; /* routes' "slo", applied at commit */
@@ -880,9 +908,268 @@ static void fg_limiter_build(struct fg_build *b, const char *path, struct fg_def
     d->ok = 1;
 }
 
+/* ---- cluster limiters --------------------------------------------------------------- */
+
+#define CLUSTER_KEYS                                                                          \
+    "redis, prefix, lease, lease_ttl, timeout, fallback, instances, backoff_min, backoff_max"
+
+/* A limiter's keys a cluster limiter does not have: its buckets are in
+ * Redis and decide at once (no reservation, no warm-up). */
+static int fg_not_for_cluster(const char *k) {
+    return strcmp(k, "max_wait") == 0 || strcmp(k, "warmup") == 0 ||
+           strcmp(k, "cold_factor") == 0;
+}
+
+/* A duration > 0 (0 would silently mean the library default). */
+static void fg_get_positive_duration(struct fg_build *b, const char *path, const json_t *v,
+                                     uint64_t *out) {
+    if (fg_get_duration(b, path, v, out) == 0 && *out == 0)
+        fg_err(b, path, "must be more than 0 (leave it out for the default)");
+}
+
+/* The Redis address forms fg_cluster_limiter_new accepts
+ * (floodgate/cluster.h): "host:port" with a host name or an IPv4 address,
+ * "[IPv6]:port", or "unix:/path". Checked here too so that fg_config_check,
+ * which never connects, finds a malformed one. */
+static int fg_redis_addr_ok(const char *a) {
+    if (strncmp(a, "unix:", 5) == 0)
+        return a[5] == '/';
+    const char *colon = strrchr(a, ':');
+    if (colon == NULL || colon == a)
+        return 0;
+    size_t digits = strlen(colon + 1);
+    unsigned long port = 0;
+    for (const char *q = colon + 1; *q != '\0' && digits <= 5; q++) {
+        if (*q < '0' || *q > '9')
+            return 0;
+        port = port * 10 + (unsigned long)(*q - '0');
+    }
+    if (digits == 0 || digits > 5 || port < 1 || port > 65535)
+        return 0;
+    const char *h = a;
+    size_t hlen = (size_t)(colon - a);
+    if (h[0] == '[') {
+        if (hlen < 3 || h[hlen - 1] != ']')
+            return 0;
+        h++;
+        hlen -= 2;
+    }
+    for (size_t i = 0; i < hlen; i++)
+        if (h[i] == '/' || (unsigned char)h[i] < 0x21 || h[i] == 0x7f)
+            return 0;
+    return 1;
+}
+
+_Static_assert(FG_CLUSTER_ADDR_MAX == 255, "fg_redis_addr_form names the bound");
+static const char *fg_redis_addr_form =
+    "must be \"host:port\" (a host name or an IPv4 address, or [IPv6]; port 1 to 65535) or "
+    "\"unix:/path\", at most 255 bytes";
+
+/* "cluster": {...} into *o (strings borrowed from the JSON). */
+static void fg_parse_cluster(struct fg_build *b, const char *path, const json_t *v,
+                             fg_cluster_options *o) {
+    char p[PATH_CAP];
+    if (!fg_cluster_available()) {
+        fg_err(b, path,
+               "not available: this floodgate was built without hiredis (libhiredis-dev)");
+        return;
+    }
+    if (fg_expect_object(b, path, v) != 0)
+        return;
+    uint64_t u;
+    const char *k;
+    json_t *x;
+    json_object_foreach((json_t *)v, k, x) {
+        KEY(p, path, k);
+        if (strcmp(k, "redis") == 0) {
+            const char *s;
+            if (fg_get_string(b, p, x, &s) != 0)
+                continue;
+            if (s[0] == '\0' || strlen(s) > FG_CLUSTER_ADDR_MAX || !fg_redis_addr_ok(s))
+                fg_err(b, p, "%s", fg_redis_addr_form);
+            else
+                o->redis = s;
+        } else if (strcmp(k, "prefix") == 0) {
+            (void)fg_get_string(b, p, x, &o->prefix);
+        } else if (strcmp(k, "lease") == 0) {
+            (void)fg_get_uint(b, p, x, 1, UINT64_MAX >> 1, &o->lease);
+        } else if (strcmp(k, "lease_ttl") == 0) {
+            fg_get_positive_duration(b, p, x, &o->lease_ttl_ns);
+        } else if (strcmp(k, "timeout") == 0) {
+            fg_get_positive_duration(b, p, x, &o->timeout_ns);
+        } else if (strcmp(k, "backoff_min") == 0) {
+            fg_get_positive_duration(b, p, x, &o->backoff_min_ns);
+        } else if (strcmp(k, "backoff_max") == 0) {
+            fg_get_positive_duration(b, p, x, &o->backoff_max_ns);
+        } else if (strcmp(k, "fallback") == 0) {
+            const char *s = json_string_value(x);
+            if (s && strcmp(s, "local") == 0)
+                o->fallback = FG_CLUSTER_FALLBACK_LOCAL;
+            else if (s && strcmp(s, "closed") == 0)
+                o->fallback = FG_CLUSTER_FALLBACK_CLOSED;
+            else
+                fg_err(b, p, "must be \"local\" or \"closed\"");
+        } else if (strcmp(k, "instances") == 0) {
+            if (fg_get_uint(b, p, x, 1, UINT32_MAX, &u) == 0)
+                o->instances = (uint32_t)u;
+        } else {
+            fg_unknown_key(b, path, k, CLUSTER_KEYS);
+        }
+    }
+}
+
+static int fg_str_same(const char *a, const char *b) {
+    return a == NULL || b == NULL ? a == b : strcmp(a, b) == 0;
+}
+
+/* Options as configured, rate and burst included: identical ones keep the
+ * limiter (its leases and its connection). */
+static int fg_cluster_same(const fg_cluster_options *a, const fg_cluster_options *b) {
+    return a->rate == b->rate && a->period_ns == b->period_ns && a->burst == b->burst &&
+           fg_str_same(a->redis, b->redis) && fg_str_same(a->prefix, b->prefix) &&
+           a->lease == b->lease && a->lease_ttl_ns == b->lease_ttl_ns &&
+           a->timeout_ns == b->timeout_ns && a->fallback == b->fallback &&
+           a->instances == b->instances && a->backoff_min_ns == b->backoff_min_ns &&
+           a->backoff_max_ns == b->backoff_max_ns && a->max_keys == b->max_keys &&
+           a->key_max == b->key_max && a->when_full == b->when_full;
+}
+
+/* The relay from a cluster limiter to the runtime: the registry keeps the
+ * change (its reason), then the runtime's listener hears it. Runs with the
+ * limiter's Redis lock held, possibly inside fg_cluster_limiter_new (Redis
+ * unreachable at start): it reads only what the component had before the
+ * limiter was made, never c->cluster. */
+static void fg_comp_cluster_event(const char *name, const fg_cluster_event *event, void *arg) {
+    const struct fg_comp *c = arg;
+    (void)name; /* the limiter's name is the component's */
+    if (c->metrics != NULL)
+        (void)fg__metrics_cluster_event(c->metrics, c->name, event);
+    if (c->on_cluster != NULL)
+        c->on_cluster(c->name, event, c->on_cluster_arg);
+}
+
+static const char *fg_cluster_range_hint =
+    "rate and burst out of range (burst and rate at most 2^40 tokens, at least 1 us "
+    "between tokens for a cluster limiter, burst x interval below 2^62 ns)";
+
+/* Makes (or carries over) the cluster limiter of def from lo's rate and
+ * burst, co's cluster options (strings borrowed) and, per key (keyed), ko's
+ * table and ks's key source. */
+static void fg_cluster_build(struct fg_build *b, const char *path, struct fg_def *d,
+                             const fg_limiter_options *lo, const fg_cluster_options *co,
+                             int keyed, const fg_keyed_limiter_options *ko,
+                             const struct fg_keysrc *ks) {
+    char p[PATH_CAP];
+    fg_cluster_options o = *co;
+    o.rate = lo->rate;
+    o.period_ns = lo->period_ns;
+    o.burst = lo->burst;
+    o.name = d->name;
+    if (keyed) {
+        o.max_keys = ko->max_keys;
+        o.key_max = ko->key_max;
+        o.when_full = ko->when_full;
+    }
+    size_t before = fg_nerrs(b);
+    if (o.lease > o.burst)
+        fg_err(b, KEY(p, path, "cluster.lease"), "must be <= burst (%llu)",
+               (unsigned long long)o.burst);
+    if (o.prefix != NULL && strlen(o.prefix) + strlen(d->name) > FG_CLUSTER_NAME_MAX)
+        fg_err(b, KEY(p, path, "cluster.prefix"),
+               "too long: the Redis key, prefix + the limiter's name, must be at most %d "
+               "bytes",
+               FG_CLUSTER_NAME_MAX);
+    if (o.backoff_min_ns != 0 && o.backoff_max_ns != 0 && o.backoff_max_ns < o.backoff_min_ns)
+        fg_err(b, KEY(p, path, "cluster.backoff_max"), "must be >= backoff_min");
+    /* fg_cluster_limiter_new's range: fg_limiter_new's, and at least 1 us
+     * between tokens (the script's clock is Redis's, in microseconds). */
+    fg_limiter *probe = NULL;
+    int rc = fg_limiter_new(lo, &probe);
+    fg_limiter_free(probe);
+    if (rc == FG_ENOMEM) {
+        b->oom = 1;
+        return;
+    }
+    uint64_t period = lo->period_ns ? lo->period_ns : UINT64_C(1000000000);
+    if (rc != 0 || period / lo->rate < 1000 || period > (UINT64_C(1) << 62) / lo->burst)
+        fg_err(b, path, "%s", fg_cluster_range_hint);
+    if (fg_nerrs(b) != before)
+        return;
+    struct fg_comp *old = fg_table_find(b->old, d->name, FG_SEC_LIMITERS);
+    if (!b->dry && old != NULL && old->kind == FG_COMP_CLUSTER &&
+        fg_cluster_same(&old->copts, &o) && old->keysrc.source == ks->source &&
+        strcmp(old->keysrc.name, ks->name) == 0) {
+        fg_def_keep(d, old);
+        return;
+    }
+    /* Otherwise a new limiter (the old one serves the old snapshot until
+     * it is freed). Nothing of the bucket is lost: it lives in Redis under
+     * the same key, prefix + name, which the new limiter finds as the old
+     * one left it (a new prefix names another bucket). Only this process's
+     * lease and connection are new; the old lease goes back to the bucket
+     * when the old limiter is freed. */
+    struct fg_comp *c = fg_comp_new(d->name, FG_COMP_CLUSTER);
+    if (c == NULL) {
+        b->oom = 1;
+        return;
+    }
+    c->copts = o;
+    c->copts.name = NULL; /* the component's */
+    c->copts.redis = o.redis ? fg__strndup(o.redis, strlen(o.redis)) : NULL;
+    c->copts.prefix = o.prefix ? fg__strndup(o.prefix, strlen(o.prefix)) : NULL;
+    if ((o.redis != NULL && c->copts.redis == NULL) ||
+        (o.prefix != NULL && c->copts.prefix == NULL)) {
+        b->oom = 1;
+        fg_comp_unref(c);
+        return;
+    }
+    c->lopts = *lo;
+    c->keysrc = *ks;
+    if (b->dry) {
+        /* Checking only: a local bucket (a keyed table, per key) of the
+         * same rate and burst stands in, so the chain and its stages are
+         * built and checked as a load would build them. */
+        fg_limiter_options lc = *lo;
+        lc.clock = b->clock;
+        fg_keyed_limiter_options kc = *ko;
+        kc.bucket = lc;
+        fg_def_made(b, path, d, c,
+                    keyed ? fg_keyed_limiter_new(&kc, &c->keyed)
+                          : fg_limiter_new(&lc, &c->limiter),
+                    "");
+        return;
+    }
+    c->metrics = b->metrics;
+    c->on_cluster = b->on_cluster;
+    c->on_cluster_arg = b->on_cluster_arg;
+    o.clock = b->clock;
+    if (c->metrics != NULL || c->on_cluster != NULL) {
+        o.on_event = fg_comp_cluster_event;
+        o.arg = c;
+    }
+    /* Redis unreachable is not an error: the limiter starts in fallback
+     * mode and reconnects by itself, so a config loads while Redis is down. */
+    rc = fg_cluster_limiter_new(&o, &c->cluster);
+    if (rc != 0 && rc != FG_ENOMEM)
+        fg_err(b, path, "cannot make the cluster limiter: %s", fg_strerror(rc));
+    if (rc == 0 && c->metrics != NULL) {
+        rc = fg__metrics_add_cluster(c->metrics, d->name, c->cluster);
+        if (rc == FG_ETOOMANY)
+            fg_err(b, path, "more cluster limiters than the metrics registry holds (256)");
+    }
+    if (rc == FG_ENOMEM)
+        b->oom = 1;
+    if (rc != 0) {
+        fg_comp_unref(c);
+        return;
+    }
+    d->comp = c;
+    d->ok = 1;
+}
+
 #define LIMITER_KEYS                                                                          \
     "rate, burst, max_wait, warmup, cold_factor, tokens, shadow, key, max_keys, key_max, "    \
-    "when_full, missing"
+    "when_full, missing, cluster"
 
 static void fg_parse_limiter(struct fg_build *b, const char *path, const json_t *v,
                              struct fg_def *d) {
@@ -895,6 +1182,8 @@ static void fg_parse_limiter(struct fg_build *b, const char *path, const json_t 
     struct fg_keysrc ks;
     memset(&ks, 0, sizeof(ks));
     fg_limit_stage_options so = FG_LIMIT_STAGE_OPTIONS_INIT;
+    fg_cluster_options co = FG_CLUSTER_OPTIONS_INIT;
+    const json_t *cluster = json_object_get(v, "cluster");
     int have_rate = 0, have_burst = 0, keyed = 0, have_max_keys = 0;
     const char *keyed_only = NULL;
     uint64_t u;
@@ -902,7 +1191,11 @@ static void fg_parse_limiter(struct fg_build *b, const char *path, const json_t 
     json_t *x;
     json_object_foreach((json_t *)v, k, x) {
         KEY(p, path, k);
-        if (strcmp(k, "rate") == 0) {
+        if (cluster != NULL && fg_not_for_cluster(k)) {
+            fg_err(b, p, "not offered for a cluster limiter");
+        } else if (strcmp(k, "cluster") == 0) {
+            fg_parse_cluster(b, p, x, &co);
+        } else if (strcmp(k, "rate") == 0) {
             have_rate = 1;
             (void)fg_get_rate(b, p, x, &lo.rate, &lo.period_ns);
         } else if (strcmp(k, "burst") == 0) {
@@ -986,7 +1279,10 @@ static void fg_parse_limiter(struct fg_build *b, const char *path, const json_t 
     ko.bucket = lo;
     d->sopts = so;
     d->sopts.key_source = ks.source;
-    fg_limiter_build(b, path, d, keyed, &lo, &ko, &ks);
+    if (cluster != NULL)
+        fg_cluster_build(b, path, d, &lo, &co, keyed, &ko, &ks);
+    else
+        fg_limiter_build(b, path, d, keyed, &lo, &ko, &ks);
     if (d->ok && so.tokens > lo.burst) {
         fg_err(b, KEY(p, path, "tokens"), "must be <= burst (%llu)",
                (unsigned long long)lo.burst);
@@ -1873,8 +2169,10 @@ static void fg_make_stage(struct fg_build *b, const char *path, const json_t *v,
     } else {
         fg_limit_stage_options so = d->sopts;
         so.name = name;
-        rc = d->comp->kind == FG_COMP_KEYED ? fg_stage_limit_keyed(d->comp->keyed, &so, out)
-                                            : fg_stage_limit(d->comp->limiter, &so, out);
+        /* A cluster limiter while checking has its stand-in instead. */
+        rc = d->comp->cluster != NULL ? fg_stage_limit_cluster(d->comp->cluster, &so, out)
+             : d->comp->keyed != NULL ? fg_stage_limit_keyed(d->comp->keyed, &so, out)
+                                      : fg_stage_limit(d->comp->limiter, &so, out);
     }
     if (rc == FG_ENOMEM)
         b->oom = 1;
@@ -2731,6 +3029,7 @@ int fg_config_check(const fg_registry *registry, const char *text, size_t len,
         return FG_ETOOLONG;
     struct fg_build b;
     fg_build_init(&b, registry);
+    b.dry = 1;
     int rc = fg_compile(&b, text ? text : "", len);
     fg_errors_out(&b, errors);
     fg_build_free(&b, 0);
@@ -2752,6 +3051,7 @@ int fg_runtime_load_json(fg_runtime *rt, const fg_registry *registry, const char
     b.old = fg__runtime_config_state(rt);
     b.clock = fg__runtime_clock(rt);
     b.on_breaker = fg__runtime_breaker_listener(rt, &b.on_breaker_arg);
+    b.on_cluster = fg__runtime_cluster_listener(rt, &b.on_cluster_arg);
     b.metrics = fg_runtime_metrics(rt);
     int rc = fg_compile(&b, text ? text : "", len);
     struct fg_comp_list *table = NULL, *snap = NULL;

@@ -4,14 +4,22 @@
  * broken configs with their exact messages (tests/config/bad/), a failed
  * load leaving the runtime as it was, limiter state carried over by name,
  * removed components freed, and a reload stress against request threads
- * (run it under TSAN=1 and SANITIZE=1 with CK_FORK=no).
+ * (run it under TSAN=1 and SANITIZE=1 with CK_FORK=no). Cluster limiters
+ * (tests/config/cluster/) without a Redis server: their errors, a config
+ * that loads with Redis down and decides by its fallback, carry-over by
+ * name, and fg_config_check never connecting.
  */
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <check.h>
 #include <floodgate.h>
@@ -305,10 +313,9 @@ static int name_cmp(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-START_TEST(test_bad_corpus) {
-    const char *dir = getenv("FG_CONFIG_CORPUS");
-    if (dir == NULL)
-        dir = "tests/config/bad";
+/* Every NAME.json of dir must give exactly NAME.expected's errors (at least
+ * min files); checked without a registry unless the name says "reg". */
+static void run_corpus(const char *dir, size_t min) {
     DIR *d = opendir(dir);
     ck_assert_msg(d != NULL, "cannot open %s", dir);
     char *names[256];
@@ -321,7 +328,7 @@ START_TEST(test_bad_corpus) {
     }
     closedir(d);
     qsort(names, n, sizeof(names[0]), name_cmp);
-    ck_assert_uint_ge(n, 25);
+    ck_assert_uint_ge(n, min);
     fg_registry *r = make_registry();
     fg_runtime *rt = NULL;
     ck_assert_int_eq(fg_runtime_new(&rt), 0);
@@ -356,6 +363,11 @@ START_TEST(test_bad_corpus) {
     fg_runtime_free(rt);
     fg_registry_free(r);
     ck_assert_int_eq(failures, 0);
+}
+
+START_TEST(test_bad_corpus) {
+    const char *dir = getenv("FG_CONFIG_CORPUS");
+    run_corpus(dir != NULL ? dir : "tests/config/bad", 25);
 }
 END_TEST
 
@@ -1041,6 +1053,242 @@ START_TEST(test_runtime_clock) {
 }
 END_TEST
 
+/* ---- cluster limiters ------------------------------------------------------------ */
+
+/* A loopback port of our own: bound, and listening (never accepting) only
+ * when `listening`; bound and not listening, it refuses connections. */
+typedef struct port_hold {
+    int fd;
+    char addr[64]; /* "127.0.0.1:PORT" */
+} port_hold;
+
+static void port_open(port_hold *p, int listening) {
+    struct sockaddr_in sa;
+    socklen_t len = sizeof(sa);
+    p->fd = socket(AF_INET, SOCK_STREAM, 0);
+    ck_assert_int_ge(p->fd, 0);
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ck_assert_int_eq(bind(p->fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    ck_assert_int_eq(getsockname(p->fd, (struct sockaddr *)&sa, &len), 0);
+    if (listening)
+        ck_assert_int_eq(listen(p->fd, 16), 0);
+    snprintf(p->addr, sizeof(p->addr), "127.0.0.1:%u", (unsigned)ntohs(sa.sin_port));
+}
+
+/* Whether a connection waits to be accepted on a listening port_hold. */
+static int port_pending(const port_hold *p) {
+    struct pollfd pf = {p->fd, POLLIN, 0};
+    return poll(&pf, 1, 0) == 1;
+}
+
+static long threads_now(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long n = -1;
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL)
+        if (strncmp(line, "Threads:", 8) == 0)
+            n = strtol(line + 8, NULL, 10);
+    if (f != NULL)
+        fclose(f);
+    return n;
+}
+
+static const char *cl_fmt = "{\"version\": \"%s\", \"limiters\": {\"shared\": {\"rate\": "
+                            "\"%s\", \"burst\": 4, \"cluster\": {\"redis\": \"%s\", "
+                            "\"instances\": 2%s}%s}}, \"chain\": [{\"limiter\": "
+                            "\"shared\"}], \"handler\": \"a\"}";
+
+static void load_cl(fg_runtime *rt, fg_registry *r, const char *addr, const char *rate,
+                    const char *cluster_extra, const char *extra) {
+    char buf[1024];
+    snprintf(buf, sizeof(buf), cl_fmt, rate, rate, addr, cluster_extra, extra);
+    fg_config_errors errs;
+    int rc = load(rt, r, buf, &errs);
+    ck_assert_msg(rc == 0, "%s: %s", fg_err_name(rc), errs_text(&errs));
+}
+
+/* The corpus of broken cluster configs; without hiredis, "cluster" itself
+ * is the error. */
+START_TEST(test_cluster_corpus) {
+    if (fg_cluster_available()) {
+        run_corpus("tests/config/cluster", 3);
+        return;
+    }
+    const char *cfg = "{\"version\": \"1\", \"limiters\": {\"api\": {\"rate\": \"1/s\", "
+                      "\"burst\": 1, \"cluster\": {}}}, \"chain\": [{\"limiter\": \"api\"}], "
+                      "\"handler\": \"a\"}";
+    fg_config_errors errs;
+    ck_assert_int_eq(fg_config_check(NULL, cfg, strlen(cfg), &errs), FG_ECONFIG);
+    ck_assert_str_eq(errs_text(&errs), "limiters.api.cluster: not available: this floodgate "
+                                       "was built without hiredis (libhiredis-dev)\n");
+}
+END_TEST
+
+/* Redis refuses connections: the config loads, the limiter decides by its
+ * fallback (a local bucket of rate/instances and burst/instances: 2 of
+ * burst 4 with 2 instances, on the runtime's fake clock, so exactly). An
+ * identical reload keeps the limiter (its fallback bucket stays spent); any
+ * changed option, rate included, makes a fresh one; stage options do not;
+ * a removed one is freed. */
+START_TEST(test_cluster_config) {
+    if (!fg_cluster_available())
+        return; /* test_cluster_corpus covers this build */
+    port_hold down;
+    port_open(&down, 0);
+    fg_fake_clock *fake = NULL;
+    ck_assert_int_eq(fg_fake_clock_new(UINT64_C(1000000000), &fake), 0);
+    fg_registry *r = make_registry();
+    fg_runtime *rt = NULL;
+    ck_assert_int_eq(fg_runtime_new(&rt), 0);
+    ck_assert_int_eq(fg_runtime_set_clock(rt, fg_fake_clock_as_clock(fake)), 0);
+    uint64_t live0 = fg__config_live_components();
+
+    load_cl(rt, r, down.addr, "1/h", "", "");
+    ck_assert_uint_eq(fg__config_live_components(), live0 + 1);
+    ck_assert_int_eq(take(rt, 5), 2);
+    load_cl(rt, r, down.addr, "1/h", "", ""); /* identical: the same limiter */
+    ck_assert_uint_eq(fg__config_live_components(), live0 + 1);
+    ck_assert_int_eq(take(rt, 1), 0);
+    load_cl(rt, r, down.addr, "1/h", "", ", \"tokens\": 2"); /* stage only */
+    ck_assert_int_eq(take(rt, 1), 0);
+    load_cl(rt, r, down.addr, "1/h", "", ", \"shadow\": true");
+    ck_assert_int_eq(take(rt, 3), 3);
+    load_cl(rt, r, down.addr, "1/h", ", \"timeout\": \"50ms\"", ""); /* fresh */
+    ck_assert_int_eq(take(rt, 5), 2);
+    load_cl(rt, r, down.addr, "2/h", ", \"timeout\": \"50ms\"", ""); /* rate: fresh */
+    ck_assert_int_eq(take(rt, 5), 2);
+    load_cl(rt, r, down.addr, "2/h", ", \"timeout\": \"50ms\"", "");
+    ck_assert_int_eq(take(rt, 5), 0);
+    /* The fallback bucket refills at rate/instances, 1/h: half an hour
+     * later still nothing, an hour later one token. */
+    fg_fake_clock_advance(fake, UINT64_C(1800) * 1000000000);
+    ck_assert_int_eq(take(rt, 5), 0);
+    fg_fake_clock_advance(fake, UINT64_C(1800) * 1000000000);
+    ck_assert_int_eq(take(rt, 5), 1);
+    /* The old limiters go with the snapshots that used them. */
+    load_cl(rt, r, down.addr, "2/h", ", \"timeout\": \"50ms\"", "");
+    load_cl(rt, r, down.addr, "2/h", ", \"timeout\": \"50ms\"", "");
+    ck_assert_uint_eq(fg__config_live_components(), live0 + 1);
+    /* Fail closed: nothing passes while Redis is down. */
+    load_cl(rt, r, down.addr, "2/h", ", \"fallback\": \"closed\"", "");
+    ck_assert_int_eq(call(rt, "GET", "/", NULL, NULL, NULL, NULL), FG_ELIMITED);
+    /* A local limiter of the same name is another component. */
+    fg_config_errors errs;
+    ck_assert_int_eq(
+        load(rt, r,
+             "{\"version\": \"l\", \"limiters\": {\"shared\": {\"rate\": \"1/h\", "
+             "\"burst\": 3}}, \"chain\": [{\"limiter\": \"shared\"}], "
+             "\"handler\": \"a\"}",
+             &errs),
+        0);
+    ck_assert_int_eq(take(rt, 5), 3);
+    /* A failed load with a new cluster limiter frees it and changes nothing. */
+    char bad[1024];
+    snprintf(bad, sizeof(bad),
+             "{\"version\": \"bad\", \"limiters\": {\"c\": {\"rate\": \"1/s\", \"burst\": 1, "
+             "\"cluster\": {\"redis\": \"%s\"}}}, \"chain\": [{\"limiter\": \"c\"}], "
+             "\"handler\": \"nope\"}",
+             down.addr);
+    ck_assert_int_eq(load(rt, r, bad, &errs), FG_ECONFIG);
+    ck_assert_str_eq(errs_text(&errs), "handler: unknown handler \"nope\" (not registered)\n");
+    ck_assert_int_eq(take(rt, 1), 0);
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(
+            load(rt, r, "{\"version\": \"x\", \"chain\": [], \"handler\": \"a\"}", &errs), 0);
+    ck_assert_uint_eq(fg__config_live_components(), live0);
+    fg_runtime_free(rt);
+    fg_registry_free(r);
+    fg_fake_clock_free(fake);
+    close(down.fd);
+}
+END_TEST
+
+static int take_as(fg_runtime *rt, const char *user, int n) {
+    int ok = 0;
+    for (int i = 0; i < n; i++)
+        ok += call(rt, "GET", "/", user ? "x-user" : NULL, user, NULL, NULL) == 0;
+    return ok;
+}
+
+static const char *cl_key_fmt =
+    "{\"version\": \"k\", \"limiters\": {\"tenant\": {\"rate\": \"1/h\", \"burst\": 2, "
+    "\"key\": {\"%s\": \"x-user\"}, \"max_keys\": 10, \"missing\": \"reject\", "
+    "\"cluster\": {\"redis\": \"%s\"}}}, \"chain\": [{\"limiter\": \"tenant\"}], "
+    "\"handler\": \"a\"}";
+
+/* Per key, Redis down: each key has its own fallback bucket (instances 1:
+ * the key's whole rate and burst); the stage takes the key as a keyed
+ * limiter's does. An identical reload keeps the limiter, another key
+ * source makes a fresh one. */
+START_TEST(test_cluster_per_key) {
+    if (!fg_cluster_available())
+        return;
+    port_hold down;
+    port_open(&down, 0);
+    fg_fake_clock *fake = NULL;
+    ck_assert_int_eq(fg_fake_clock_new(UINT64_C(1000000000), &fake), 0);
+    fg_registry *r = make_registry();
+    fg_runtime *rt = NULL;
+    ck_assert_int_eq(fg_runtime_new(&rt), 0);
+    ck_assert_int_eq(fg_runtime_set_clock(rt, fg_fake_clock_as_clock(fake)), 0);
+    char cfg[1024];
+    fg_config_errors errs;
+    snprintf(cfg, sizeof(cfg), cl_key_fmt, "header", down.addr);
+    ck_assert_msg(load(rt, r, cfg, &errs) == 0, "%s", errs_text(&errs));
+    ck_assert_int_eq(take_as(rt, "ann", 3), 2);
+    ck_assert_int_eq(take_as(rt, "bob", 3), 2);
+    ck_assert_int_eq(take_as(rt, NULL, 1), 0); /* missing: reject */
+    ck_assert_int_eq(load(rt, r, cfg, &errs), 0);
+    ck_assert_int_eq(take_as(rt, "ann", 1), 0);
+    snprintf(cfg, sizeof(cfg), cl_key_fmt, "baggage", down.addr);
+    ck_assert_msg(load(rt, r, cfg, &errs) == 0, "%s", errs_text(&errs));
+    ck_assert_int_eq(take_as(rt, NULL, 3), 0); /* no baggage: the key is missing */
+    fg_runtime_free(rt);
+    fg_registry_free(r);
+    fg_fake_clock_free(fake);
+    close(down.fd);
+}
+END_TEST
+
+/* fg_config_check makes no cluster limiter: no connection, no thread (with
+ * or without a registry), while a load connects. The "Redis" listens and
+ * never answers, so the load's limiter waits its timeout and falls back. */
+START_TEST(test_cluster_check_offline) {
+    if (!fg_cluster_available())
+        return;
+    port_hold quiet;
+    port_open(&quiet, 1);
+    char cfg[1024];
+    snprintf(cfg, sizeof(cfg),
+             "{\"version\": \"q\", \"limiters\": {\"c\": {\"rate\": \"10/s\", \"burst\": 5, "
+             "\"tokens\": 2, \"cluster\": {\"redis\": \"%s\", \"prefix\": \"t:\", \"lease\": "
+             "3, \"lease_ttl\": \"2s\", \"timeout\": \"20ms\", \"fallback\": \"local\", "
+             "\"instances\": 3, \"backoff_min\": \"10ms\", \"backoff_max\": \"1s\"}}}, "
+             "\"chain\": [{\"limiter\": \"c\"}], \"handler\": \"a\"}",
+             quiet.addr);
+    fg_registry *r = make_registry();
+    long threads = threads_now();
+    uint64_t live0 = fg__config_live_components();
+    fg_config_errors errs;
+    ck_assert_int_eq(fg_config_check(NULL, cfg, strlen(cfg), &errs), 0);
+    ck_assert_int_eq(fg_config_check(r, cfg, strlen(cfg), &errs), 0);
+    ck_assert_uint_eq(fg__config_live_components(), live0);
+    ck_assert_int_eq(threads_now(), threads);
+    ck_assert(!port_pending(&quiet));
+    fg_runtime *rt = NULL;
+    ck_assert_int_eq(fg_runtime_new(&rt), 0);
+    ck_assert_int_eq(load(rt, r, cfg, &errs), 0);
+    ck_assert(port_pending(&quiet));
+    ck_assert_int_eq(threads_now(), threads + 1); /* the limiter's renewer */
+    fg_runtime_free(rt);
+    ck_assert_int_eq(threads_now(), threads);
+    fg_registry_free(r);
+    close(quiet.fd);
+}
+END_TEST
+
 Suite *fg_suite_config(void) {
     Suite *s = suite_create("config");
     TCase *tc = tcase_create("registry");
@@ -1063,12 +1311,19 @@ Suite *fg_suite_config(void) {
     suite_add_tcase(s, tc);
     tc = tcase_create("errors");
     tcase_add_test(tc, test_bad_corpus);
+    tcase_add_test(tc, test_cluster_corpus);
     tcase_set_timeout(tc, 60);
     suite_add_tcase(s, tc);
     tc = tcase_create("reload");
     tcase_add_test(tc, test_failed_load_keeps_old);
     tcase_add_test(tc, test_carry_over);
     tcase_add_test(tc, test_failed_load_no_pending);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("cluster");
+    tcase_add_test(tc, test_cluster_config);
+    tcase_add_test(tc, test_cluster_per_key);
+    tcase_add_test(tc, test_cluster_check_offline);
+    tcase_set_timeout(tc, 30);
     suite_add_tcase(s, tc);
     tc = tcase_create("stress");
     tcase_add_test(tc, test_reload_stress);
