@@ -10,7 +10,9 @@
  * header promises), rejections per stage name and code, exact counts from
  * two request threads while a reader never sees a counter go backwards,
  * series that survive a config reload (and one that goes with its last
- * snapshot), the runtime's own registry (loads, version, breakers), SLOs
+ * snapshot), the runtime's own registry (loads, version, breakers, cluster
+ * limiters in fallback mode, with an old and a new limiter of one name
+ * alive at once during a reload), SLOs
  * on scripted minute-by-minute streams against a model of the windows,
  * and both exports parsed back (Prometheus line by line, JSON with
  * jansson) with hostile label values.
@@ -20,14 +22,18 @@
  * its stage, names of exactly FG_METRICS_NAME_MAX bytes, a long config
  * version, and burn rates for a budget under a billionth (all fixed).
  */
+#include <arpa/inet.h>
 #include <inttypes.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <check.h>
 #include <floodgate.h>
@@ -2075,6 +2081,277 @@ START_TEST(test_runtime_integration) {
 }
 END_TEST
 
+/* ---- cluster limiters ----------------------------------------------------------------- */
+
+uint64_t fg__config_live_components(void); /* lib/config.c test hook */
+
+/* A loopback address nobody answers: a socket bound to 127.0.0.1:0 and never
+ * listening refuses connections for as long as it is held. */
+static int refused_port(char *addr, size_t cap) {
+    struct sockaddr_in sa;
+    socklen_t len = sizeof(sa);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ck_assert_int_ge(fd, 0);
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+    snprintf(addr, cap, "127.0.0.1:%u", (unsigned)ntohs(sa.sin_port));
+    return fd;
+}
+
+static const char *cfg_cluster =
+    "{\"version\": \"%s\", \"limiters\": {\"shared\": {\"rate\": \"1/h\", \"burst\": 4, "
+    "\"cluster\": {\"redis\": \"%s\", \"instances\": 2, \"timeout\": \"%s\"}}}, "
+    "\"chain\": [{\"limiter\": \"shared\"}], \"handler\": \"script\"}";
+
+/* The cluster families of one limiter name, as exported now. */
+typedef struct cl_fig {
+    double mode, fallbacks, recoveries, roundtrips, errors, leased, refunded, held;
+    double dec[2][2]; /* [fallback][rejected] */
+} cl_fig;
+
+/* nlim: how many limiter names the export must have. */
+static cl_fig cluster_figures(fg_metrics *m, const char *name, size_t nlim) {
+    char *text = prom_text(m);
+    prom_doc d;
+    prom_parse(text, &d); /* also: no series twice */
+    cl_fig f;
+    f.mode = pget(&d, "floodgate_cluster_mode", "limiter", name, LABELS_END);
+    f.fallbacks = pget(&d, "floodgate_cluster_fallbacks_total", "limiter", name, LABELS_END);
+    f.recoveries = pget(&d, "floodgate_cluster_recoveries_total", "limiter", name, LABELS_END);
+    f.roundtrips = pget(&d, "floodgate_cluster_roundtrips_total", "limiter", name, LABELS_END);
+    f.errors = pget(&d, "floodgate_cluster_errors_total", "limiter", name, LABELS_END);
+    f.leased = pget(&d, "floodgate_cluster_leased_tokens_total", "limiter", name, LABELS_END);
+    f.refunded =
+        pget(&d, "floodgate_cluster_refunded_tokens_total", "limiter", name, LABELS_END);
+    f.held = pget(&d, "floodgate_cluster_held_tokens", "limiter", name, LABELS_END);
+    for (int fb = 0; fb < 2; fb++)
+        for (int rej = 0; rej < 2; rej++)
+            f.dec[fb][rej] = pget(&d, "floodgate_cluster_decisions_total", "limiter", name,
+                                  "mode", fb ? "fallback" : "cluster", "decision",
+                                  rej ? "rejected" : "admitted", LABELS_END);
+    static const char *const fams[][2] = {
+        {"floodgate_cluster_mode", "gauge"},
+        {"floodgate_cluster_fallbacks_total", "counter"},
+        {"floodgate_cluster_recoveries_total", "counter"},
+        {"floodgate_cluster_roundtrips_total", "counter"},
+        {"floodgate_cluster_errors_total", "counter"},
+        {"floodgate_cluster_leased_tokens_total", "counter"},
+        {"floodgate_cluster_refunded_tokens_total", "counter"},
+        {"floodgate_cluster_held_tokens", "gauge"},
+        {"floodgate_cluster_decisions_total", "counter"},
+    };
+    for (int i = 0; i < TH_NELEM(fams); i++) {
+        prom_family *pf = prom_find_family(&d, fams[i][0]);
+        ck_assert_msg(pf != NULL, "no family %s", fams[i][0]);
+        ck_assert_str_eq(pf->type, fams[i][1]);
+        ck_assert_msg(pf->help, "%s has no HELP", fams[i][0]);
+        ck_assert_uint_eq(
+            pf->samples,
+            nlim * (strcmp(fams[i][0], "floodgate_cluster_decisions_total") ? 1 : 4));
+    }
+    prom_free(&d);
+    free(text);
+    return f;
+}
+
+/* Whether the export has any cluster family. */
+static int has_cluster_families(fg_metrics *m) {
+    char *text = prom_text(m);
+    int has = strstr(text, "floodgate_cluster_") != NULL;
+    free(text);
+    return has;
+}
+
+/*
+ * A cluster limiter whose Redis refuses connections, on the runtime's fake
+ * clock (so its fallback bucket, rate/instances and burst/instances, decides
+ * exactly, and it never retries: its backoff runs on that clock too). Its
+ * figures in both exports; a reload that changes its options while a split
+ * request holds the old snapshot: old and new limiter alive at once, one
+ * series, their counters summed, never going backwards when the old one
+ * goes; a removed limiter leaves the export.
+ */
+START_TEST(test_cluster_metrics) {
+    if (!fg_cluster_available())
+        return; /* check_config covers the config error of this build */
+    char addr[64], cfg[1024];
+    int fd = refused_port(addr, sizeof(addr));
+    rt_rig x;
+    rt_init(&x);
+    ck_assert(!has_cluster_families(x.m));
+    uint64_t live0 = fg__config_live_components();
+    snprintf(cfg, sizeof(cfg), cfg_cluster, "c1", addr, "5ms");
+    RT_LOAD_OK(&x, cfg);
+    /* A split request admitted on the c1 snapshot holds it (until below). */
+    fg_ctx held;
+    ck_assert_int_eq(fg_ctx_init(&held, "GET", "/"), 0);
+    ck_assert_int_eq(fg_runtime_enter(x.rt, &held), 0);
+    int ok = 1;
+    for (int i = 0; i < 4; i++)
+        ok += rt_send(&x, "/", p_ok(0)) == 0;
+    ck_assert_int_eq(ok, 2); /* burst 4 over 2 instances */
+    cl_fig f = cluster_figures(x.m, "shared", 1);
+    ck_assert_double_eq(f.mode, 1);
+    ck_assert_double_eq(f.fallbacks, 1); /* at start: the connect was refused */
+    ck_assert_double_eq(f.recoveries, 0);
+    ck_assert_double_eq(f.errors, 1);
+    ck_assert_double_eq(f.roundtrips, 0);
+    ck_assert_double_eq(f.leased, 0);
+    ck_assert_double_eq(f.refunded, 0);
+    ck_assert_double_eq(f.held, 0);
+    ck_assert_double_eq(f.dec[0][0], 0);
+    ck_assert_double_eq(f.dec[0][1], 0);
+    ck_assert_double_eq(f.dec[1][0], 2);
+    ck_assert_double_eq(f.dec[1][1], 3);
+    ck_assert_uint_eq(fg_metrics_stage_rejections(x.m, "shared", FG_ELIMITED), 3);
+
+    /* JSON: the same figures, and why it is in fallback. */
+    char *text = json_text(x.m);
+    json_error_t jerr;
+    json_t *root = json_loads(text, 0, &jerr);
+    ck_assert_msg(root != NULL, "%s", jerr.text);
+    json_t *cls = json_object_get(root, "clusters");
+    ck_assert_uint_eq(json_array_size(cls), 1);
+    json_t *c = json_array_get(cls, 0);
+    ck_assert_str_eq(json_string_value(json_object_get(c, "limiter")), "shared");
+    ck_assert_str_eq(json_string_value(json_object_get(c, "mode")), "fallback");
+    ck_assert_uint_eq(jint(c, "fallback_admitted"), 2);
+    ck_assert_uint_eq(jint(c, "fallback_rejected"), 3);
+    ck_assert_uint_eq(jint(c, "admitted"), 0);
+    ck_assert_uint_eq(jint(c, "rejected"), 0);
+    ck_assert_uint_eq(jint(c, "fallbacks"), 1);
+    ck_assert_uint_eq(jint(c, "recoveries"), 0);
+    ck_assert_uint_eq(jint(c, "errors"), 1);
+    ck_assert_uint_eq(jint(c, "roundtrips"), 0);
+    ck_assert_uint_eq(jint(c, "leased"), 0);
+    ck_assert_uint_eq(jint(c, "refunded"), 0);
+    ck_assert_uint_eq(jint(c, "held"), 0);
+    json_t *lc = json_object_get(c, "last_change");
+    ck_assert_str_eq(json_string_value(json_object_get(lc, "from")), "cluster");
+    ck_assert_str_eq(json_string_value(json_object_get(lc, "to")), "fallback");
+    char want[128];
+    snprintf(want, sizeof(want), "connect %s: ", addr);
+    const char *reason = json_string_value(json_object_get(lc, "reason"));
+    ck_assert_msg(strncmp(reason, want, strlen(want)) == 0, "reason \"%s\"", reason);
+    ck_assert_double_eq(jreal(lc, "seconds_ago"), 0); /* the fake clock has not moved */
+    json_decref(root);
+    free(text);
+
+    /* c2 changes the timeout: a new limiter of the same name, also refused
+     * at start, while the split request keeps the old one alive. (The fake
+     * clock never moves in this test: neither limiter retries Redis, so
+     * every count is exact.) */
+    snprintf(cfg, sizeof(cfg), cfg_cluster, "c2", addr, "6ms");
+    RT_LOAD_OK(&x, cfg);
+    ok = 0;
+    for (int i = 0; i < 5; i++)
+        ok += rt_send(&x, "/", p_ok(0)) == 0;
+    ck_assert_int_eq(ok, 2); /* the new limiter's own fallback bucket */
+    f = cluster_figures(x.m, "shared", 1);
+    ck_assert_uint_eq(fg__config_live_components(), live0 + 2); /* both limiters */
+    ck_assert_double_eq(f.fallbacks, 2);
+    ck_assert_double_eq(f.errors, 2);
+    ck_assert_double_eq(f.dec[1][0], 2 + 2);
+    ck_assert_double_eq(f.dec[1][1], 3 + 3);
+    ck_assert_double_eq(f.mode, 1);
+    /* The old snapshot goes with the split request: its counts stay. */
+    ck_assert_int_eq(fg_runtime_exit(x.rt, &held, 0), 0);
+    for (int i = 0; i < 3; i++)
+        RT_LOAD_OK(&x, cfg);
+    ck_assert_uint_eq(fg__config_live_components(), live0 + 1);
+    f = cluster_figures(x.m, "shared", 1);
+    ck_assert_double_eq(f.fallbacks, 2);
+    ck_assert_double_eq(f.errors, 2);
+    ck_assert_double_eq(f.dec[1][0], 4);
+    ck_assert_double_eq(f.dec[1][1], 6);
+
+    /* Removed: the families leave the export with the last snapshot. */
+    for (int i = 0; i < 3; i++)
+        RT_LOAD_OK(&x, "{\"version\": \"none\", \"chain\": [], \"handler\": \"script\"}");
+    ck_assert(!has_cluster_families(x.m));
+    text = json_text(x.m);
+    root = json_loads(text, 0, &jerr);
+    ck_assert_uint_eq(json_array_size(json_object_get(root, "clusters")), 0);
+    json_decref(root);
+    free(text);
+    rt_free(&x);
+    close(fd);
+}
+END_TEST
+
+/* A per-key cluster limiter adds its two families (only it: the one-bucket
+ * limiter beside it has no keys); the others are as for any limiter. */
+START_TEST(test_cluster_metrics_per_key) {
+    if (!fg_cluster_available())
+        return;
+    char addr[64], cfg[1024];
+    int fd = refused_port(addr, sizeof(addr));
+    rt_rig x;
+    rt_init(&x);
+    snprintf(cfg, sizeof(cfg),
+             "{\"version\": \"k\", \"limiters\": {"
+             "\"tenant\": {\"rate\": \"1/h\", \"burst\": 1, \"key\": {\"header\": \"x-t\"}, "
+             "\"max_keys\": 4, \"cluster\": {\"redis\": \"%s\"}}, "
+             "\"all\": {\"rate\": \"1/h\", \"burst\": 9, \"cluster\": {\"redis\": \"%s\"}}}, "
+             "\"chain\": [{\"limiter\": \"tenant\"}, {\"limiter\": \"all\"}], "
+             "\"handler\": \"script\"}",
+             addr, addr);
+    RT_LOAD_OK(&x, cfg);
+    const char *users[] = {"a", "a", "b"};
+    int ok = 0;
+    for (int i = 0; i < 3; i++) {
+        fg_ctx ctx;
+        ck_assert_int_eq(fg_ctx_init(&ctx, "GET", "/"), 0);
+        ck_assert_int_eq(fg_ctx_add_header(&ctx, "x-t", users[i]), 0);
+        ok += fg_runtime_call(x.rt, &ctx, NULL, NULL) == 0;
+    }
+    ck_assert_int_eq(ok, 2);
+    cl_fig t = cluster_figures(x.m, "tenant", 2);
+    ck_assert_double_eq(t.dec[1][0], 2);
+    ck_assert_double_eq(t.dec[1][1], 1);
+    cl_fig a = cluster_figures(x.m, "all", 2);
+    ck_assert_double_eq(a.dec[1][0], 2);
+    char *text = prom_text(x.m);
+    prom_doc d;
+    prom_parse(text, &d);
+    prom_family *f = prom_find_family(&d, "floodgate_cluster_keys");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_str_eq(f->type, "gauge");
+    ck_assert_uint_eq(f->samples, 1);
+    ck_assert_double_ge(pget(&d, "floodgate_cluster_keys", "limiter", "tenant", LABELS_END),
+                        0);
+    f = prom_find_family(&d, "floodgate_cluster_table_full_total");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_str_eq(f->type, "counter");
+    ck_assert_uint_eq(f->samples, 2);
+    ck_assert_double_ge(pget(&d, "floodgate_cluster_table_full_total", "limiter", "tenant",
+                             "decision", "rejected", LABELS_END),
+                        0);
+    ck_assert_uint_eq(pcount(&d, "floodgate_cluster_keys", "limiter", "all"), 0);
+    prom_free(&d);
+    free(text);
+    text = json_text(x.m);
+    json_error_t jerr;
+    json_t *root = json_loads(text, 0, &jerr);
+    ck_assert_ptr_nonnull(root);
+    json_t *cls = json_object_get(root, "clusters");
+    ck_assert_uint_eq(json_array_size(cls), 2);
+    for (size_t i = 0; i < 2; i++) {
+        json_t *c = json_array_get(cls, i);
+        int per_key = strcmp(json_string_value(json_object_get(c, "limiter")), "tenant") == 0;
+        ck_assert_int_eq(json_object_get(c, "keys") != NULL, per_key);
+        ck_assert_int_eq(json_object_get(c, "full_rejected") != NULL, per_key);
+    }
+    json_decref(root);
+    free(text);
+    rt_free(&x);
+    close(fd);
+}
+END_TEST
+
 static const char *cfg_slo = "{\"version\": \"%s\", \"chain\": [], \"routes\": ["
                              "{\"name\": \"r\", \"match\": {\"path\": {\"prefix\": \"/r\"}}, "
                              "\"handler\": \"script\"%s},"
@@ -2377,6 +2654,8 @@ Suite *fg_suite_metrics(void) {
     tcase_add_test(tc, test_reload_series);
     tcase_add_test(tc, test_runtime_integration);
     tcase_add_test(tc, test_config_slo);
+    tcase_add_test(tc, test_cluster_metrics);
+    tcase_add_test(tc, test_cluster_metrics_per_key);
     suite_add_tcase(s, tc);
     tc = tcase_create("promises");
     tcase_add_test(tc, test_slo_before_stage);

@@ -7,16 +7,22 @@
  * counts traffic through one chain: a metrics stage, a gate that rejects
  * some requests, a pacer that makes some wait, and a router with three
  * routes whose handlers take known times and sometimes fail. On top: a
- * breaker's changes, config loads (one rejected), an SLO, and label
- * values with quotes, backslashes and newlines (a route, a stage, a
- * breaker and the version), which the exporter must escape.
+ * breaker's changes, config loads (one rejected), an SLO, three cluster
+ * limiters in fallback mode, one of them per key (their Redis port refuses
+ * connections; when this floodgate has hiredis), and label values with quotes, backslashes
+ * and newlines (a route, a stage, a breaker, a cluster limiter and the
+ * version), which the exporter must escape.
  *
  * Usage: prom_sample > metrics.prom   (exit 0, or 1 with a message on stderr)
  */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <floodgate.h>
 
@@ -60,11 +66,16 @@ static fg_stage *script(const char *name) {
     return s;
 }
 
+/* How a runtime's config registers its cluster limiters (lib/metrics.c;
+ * this program links the static library). */
+int fg__metrics_add_cluster(fg_metrics *m, const char *name, const fg_cluster_limiter *cl);
+void fg__metrics_remove_cluster(fg_metrics *m, const fg_cluster_limiter *cl);
+
 static const char *const hostile_stage = "gate \"x\\y\"\nz";
 static const char *const hostile_route = "we\"ird\\route\n2";
 
-static void send(const fg_chain *chain, const char *path, const char *reject_at, int code,
-                 uint64_t delay_ns, uint64_t latency_ns, int fail) {
+static void send_req(const fg_chain *chain, const char *path, const char *reject_at, int code,
+                     uint64_t delay_ns, uint64_t latency_ns, int fail) {
     next.reject_at = reject_at;
     next.code = code;
     next.delay_ns = delay_ns;
@@ -73,6 +84,44 @@ static void send(const fg_chain *chain, const char *path, const char *reject_at,
     fg_ctx ctx;
     check(fg_ctx_init(&ctx, "GET", path), "fg_ctx_init");
     (void)fg_chain_call(chain, &ctx, NULL, NULL);
+}
+
+/* A loopback port that refuses connections while fd is held. */
+static int refused_port(char *addr, size_t cap) {
+    struct sockaddr_in sa;
+    socklen_t len = sizeof(sa);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
+        getsockname(fd, (struct sockaddr *)&sa, &len) != 0)
+        check(FG_ESYS, "a loopback port");
+    (void)snprintf(addr, cap, "127.0.0.1:%u", (unsigned)ntohs(sa.sin_port));
+    return fd;
+}
+
+/* A cluster limiter in fallback mode (on the fake clock, so it never
+ * retries) that has decided a few requests, registered in m; per key with
+ * max_keys > 0. */
+static fg_cluster_limiter *cluster(fg_metrics *m, const char *name, const char *addr,
+                                   fg_clock clk, uint32_t max_keys) {
+    fg_cluster_options o = FG_CLUSTER_OPTIONS_INIT;
+    o.rate = 100;
+    o.burst = 4;
+    o.name = name;
+    o.redis = addr;
+    o.instances = 2;
+    o.max_keys = max_keys;
+    o.clock = clk;
+    fg_cluster_limiter *cl = NULL;
+    check(fg_cluster_limiter_new(&o, &cl), "fg_cluster_limiter_new");
+    for (int i = 0; i < 5; i++)
+        (void)(max_keys > 0 ? fg_cluster_limiter_try_key(cl, i % 2 ? "a" : "b", 1,
+                                                         fg_clock_read(&clk), 1, NULL)
+                            : fg_cluster_limiter_try(cl, fg_clock_read(&clk), 1, NULL));
+    check(fg__metrics_add_cluster(m, name, cl), "fg__metrics_add_cluster");
+    return cl;
 }
 
 int main(void) {
@@ -122,18 +171,19 @@ int main(void) {
     check(fg_metrics_set_slo(m, "main", hostile_route, &slo), "fg_metrics_set_slo");
 
     /* First (the clock moves on by its latency): a request over the 1 h cap. */
-    send(chain, "/odd", NULL, 0, 0, UINT64_C(7200) * FG_NS_PER_S, 0);
-    send(chain, "/odd", NULL, 0, 0, 5 * FG_NS_PER_S, 0);
+    send_req(chain, "/odd", NULL, 0, 0, UINT64_C(7200) * FG_NS_PER_S, 0);
+    send_req(chain, "/odd", NULL, 0, 0, 5 * FG_NS_PER_S, 0);
     for (int i = 0; i < 200; i++) {
         uint64_t lat = (uint64_t)(i % 50 + 1) * MS / 4; /* 0.25 .. 12.5 ms */
-        send(chain, "/users/7", NULL, 0, i % 40 == 0 ? 2 * MS : 0, lat, i % 25 == 0 ? -1 : 0);
-        send(chain, "/orders", i % 10 == 5 ? "quota" : NULL, FG_ELIMITED, 0,
-             i % 20 == 0 ? 300 * MS : 3 * MS, i % 50 == 0 ? FG_ETIMEDOUT : 0);
+        send_req(chain, "/users/7", NULL, 0, i % 40 == 0 ? 2 * MS : 0, lat,
+                 i % 25 == 0 ? -1 : 0);
+        send_req(chain, "/orders", i % 10 == 5 ? "quota" : NULL, FG_ELIMITED, 0,
+                 i % 20 == 0 ? 300 * MS : 3 * MS, i % 50 == 0 ? FG_ETIMEDOUT : 0);
     }
-    send(chain, "/users", hostile_stage, FG_EOVERLOADED, 0, 0, 0);
-    send(chain, "/users", hostile_stage, FG_EINVAL, 0, 0, 0); /* "other" */
-    send(chain, "/orders", "quota", FG_EBREAKER, 0, 0, 0);
-    send(chain, "/nowhere", NULL, 0, 0, 0, 0);
+    send_req(chain, "/users", hostile_stage, FG_EOVERLOADED, 0, 0, 0);
+    send_req(chain, "/users", hostile_stage, FG_EINVAL, 0, 0, 0); /* "other" */
+    send_req(chain, "/orders", "quota", FG_EBREAKER, 0, 0, 0);
+    send_req(chain, "/nowhere", NULL, 0, 0, 0, 0);
 
     fg_breaker_event ev;
     memset(&ev, 0, sizeof(ev));
@@ -149,6 +199,15 @@ int main(void) {
     check(fg_metrics_reload(m, 1, "2024-06-01.1"), "reload");
     check(fg_metrics_reload(m, 0, NULL), "reload");
     check(fg_metrics_reload(m, 1, "v\"2\\b\nc"), "reload");
+    fg_cluster_limiter *cl[3] = {NULL, NULL, NULL};
+    int port = -1;
+    if (fg_cluster_available()) {
+        char addr[64];
+        port = refused_port(addr, sizeof(addr));
+        cl[0] = cluster(m, "shared", addr, clk, 0);
+        cl[1] = cluster(m, "ten\"ant\\\n", addr, clk, 0);
+        cl[2] = cluster(m, "per_tenant", addr, clk, 8);
+    }
 
     size_t need = 0;
     int rc = fg_metrics_prometheus(m, NULL, 0, &need);
@@ -164,6 +223,12 @@ int main(void) {
     if (fwrite(buf, 1, len, stdout) != len || fflush(stdout) != 0)
         check(FG_ESYS, "writing stdout");
     free(buf);
+    for (int i = 0; i < 3; i++) {
+        fg__metrics_remove_cluster(m, cl[i]);
+        fg_cluster_limiter_free(cl[i]);
+    }
+    if (port >= 0)
+        (void)close(port);
     fg_chain_free(chain);
     fg_metrics_free(m);
     fg_fake_clock_free(fake);
