@@ -191,7 +191,9 @@ int bench_cluster_try_leased(const char *name) {
  * tokens and the target 1e6 / lease = 100 calls. One thread tries as fast
  * as it can, the clock read every 256 tries, until 1e6 requests (--quick:
  * 1e5) are admitted from a bucket of 2e6 (so none is refused): the most
- * demand one instance can put on its lease, i.e. the most renewals.
+ * demand one instance can put on its lease, i.e. the most renewals. The
+ * first request, which takes the first lease itself, comes before the
+ * count: the figure is the steady state.
  * ns_per_op is wall time per admitted request. The timeout is 100 ms rather
  * than the default 5 ms, so a busy machine does not turn a slow renewal
  * into a fallback; fallbacks= says whether one happened anyway.
@@ -219,6 +221,10 @@ int bench_cluster_roundtrips(const char *name) {
     (void)fg_cluster_limiter_get(cl, &got);
     uint64_t goal = ops_per_thread >= 1000000 ? 1000000 : 100000;
     fg_cluster_stats before, after;
+    /* The cold start is not counted: the first request finds no lease and
+     * takes the first one itself. */
+    uint64_t warm_wait;
+    (void)fg_cluster_limiter_try(cl, now_ns(), 1, &warm_wait);
     (void)fg_cluster_limiter_stats(cl, &before);
     uint64_t t0 = now_ns(), now = t0, admitted = 0, tries = 0;
     int rc = 0;

@@ -6,7 +6,7 @@
  *   - the hot path (fg_cluster_limiter_try): take n tokens from the lease
  *     with one compare-and-swap on `held`; no lock, no system call except
  *     one pipe write per lease when the lease falls below its low-water
- *     mark (half the lease), which wakes the renewer;
+ *     mark (a quarter of the lease), which wakes the renewer;
  *   - the slow path: a request that finds the lease empty takes the Redis
  *     mutex (waiting at most timeout_ns), and asks Redis for max(n, lease)
  *     tokens within what is left of the timeout. A refusal is remembered in
@@ -140,7 +140,7 @@ struct fg_cluster_limiter {
     char tau_arg[40];
     double interval_us;
     double tau_us;
-    uint64_t low_water; /* renew when held falls below this */
+    uint64_t low_water; /* renew when held falls below this: ceil(lease / 4) */
     fg_limiter *local;  /* FG_CLUSTER_FALLBACK_LOCAL's bucket (one bucket) */
 
     /* Redis: everything below is used only with mu held. */
@@ -916,7 +916,9 @@ static void fg_cl_renew(fg_cluster_limiter *cl, int woken) {
     uint64_t h = fg__load_u64(&cl->one.held);
     if (!woken || h >= cl->low_water || now < fg__load_u64(&cl->one.denied_until))
         return;
-    uint64_t want = cl->opts.lease - h;
+    /* A whole lease per call: round trips are one per lease spent. The
+     * lease then holds at most lease + low_water - 1 tokens. */
+    uint64_t want = cl->opts.lease;
     if (fg_cl_call(cl, &rk, want, 0, cl->opts.timeout_ns, &granted, &ahead) == 0)
         fg_cl_store(cl, &cl->one, now, granted, ahead, want);
 }
@@ -1172,7 +1174,9 @@ int fg_cluster_limiter_new(const fg_cluster_options *opts, fg_cluster_limiter **
     cl->tau_us = cl->interval_us * (double)o.burst;
     (void)snprintf(cl->interval_arg, sizeof(cl->interval_arg), "%.17g", cl->interval_us);
     (void)snprintf(cl->tau_arg, sizeof(cl->tau_arg), "%.17g", cl->tau_us);
-    cl->low_water = (o.lease + 1) / 2;
+    /* Renew at a quarter left: time for the call to return while the
+     * requests spend it, and at most a quarter lease held on top of one. */
+    cl->low_water = (o.lease + 3) / 4;
     cl->backoff = o.backoff_min_ns;
     cl->rng = fg__random_u64() | 1;
 

@@ -7,9 +7,10 @@
  * SCRIPT LOAD, called by its SHA1 with EVALSHA; reloaded by itself after
  * a Redis restart empties the script cache). Requests do not go to Redis:
  * each instance leases a batch of tokens (`lease`) and spends them locally,
- * lock-free, at the cost of a local limiter; a background thread renews the
- * lease when half of it is spent, so a steady stream of requests never
- * waits for Redis. Only a request that finds the lease empty goes to Redis
+ * lock-free, at the cost of a local limiter; a background thread takes the
+ * next whole lease when a quarter of the current one is left, so a steady
+ * stream of requests never waits for Redis and costs one Redis call per
+ * lease. Only a request that finds the lease empty goes to Redis
  * itself, and never for longer than `timeout_ns`.
  *
  * Exactness. Every token an instance spends was taken from the shared
@@ -18,9 +19,12 @@
  * window of time a lease taken before the window may be spent inside it,
  * which gives the bound for a window:
  *
- *     admitted <= burst + rate x window + instances x lease
+ *     admitted <= burst + rate x window + instances x held_max
  *
- * lease 1 is exact (every request is one Redis round trip). A lease's
+ * where held_max = lease + ceil(lease / 4) - 1, the most tokens an instance
+ * holds (a renewal adds a lease to the quarter left): 1 for lease 1, about
+ * 1.25 x lease otherwise. lease 1 is exact (every request is one Redis
+ * round trip). A lease's
  * tokens are spent within lease_ttl_ns of being taken or given back
  * (refunded) to the bucket; the tokens of an instance that crashed with a
  * lease are lost to the bucket only until it refills, lease x interval
