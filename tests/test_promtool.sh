@@ -43,11 +43,17 @@ if ! "$sample" > "$tmp/sample.prom" 2> "$tmp/sample.err"; then
     echo "FAIL promtool: $sample failed:"; cat "$tmp/sample.err"; fail=1
 else
     lint sample "$tmp/sample.prom"
-    # It must really hold what it is meant to test: all 12 families, the
+    # It must really hold what it is meant to test: all 12 families (23 with
+    # the cluster limiter's, when floodgate was built with hiredis), the
     # escaped hostile values, histogram buckets.
     n=$(grep -c '^# TYPE ' "$tmp/sample.prom")
-    [ "$n" -eq 12 ] || { echo "FAIL promtool: sample has $n families, want 12"; fail=1; }
-    for want in 'route="we\"ird\\route\n2"' 'stage="gate \"x\\y\"\nz"' \
+    want_n=12 cluster_want=
+    if grep -q '^# TYPE floodgate_cluster_mode ' "$tmp/sample.prom"; then
+        want_n=23 cluster_want='limiter="ten\"ant\\\n"'
+    fi
+    [ "$n" -eq "$want_n" ] ||
+        { echo "FAIL promtool: sample has $n families, want $want_n"; fail=1; }
+    for want in $cluster_want 'route="we\"ird\\route\n2"' 'stage="gate \"x\\y\"\nz"' \
                  'version="v\"2\\b\nc"' 'breaker="pay\"ments\\\n"' 'le="+Inf"' \
                  'floodgate_slo_burn_rate{' 'floodgate_breaker_transitions_total{'; do
         grep -qF "$want" "$tmp/sample.prom" ||
