@@ -577,7 +577,7 @@ static void gw_json_str(struct evbuffer *out, const char *s) {
 static void gw_config_info(struct gw_server *srv, struct evhttp_request *req) {
     struct evbuffer *out = evbuffer_new();
     char version[256] = "";
-    fg_watch_stats ws = {0, 0, 0};
+    fg_watch_stats ws = {0};
     if (out == NULL) {
         gw_reply_text(req, 500, "Internal Server Error", "out of memory\n");
         return;
