@@ -1115,7 +1115,7 @@ static int fg_cl_options(const fg_cluster_options *opts, fg_cluster_options *o) 
  * power-of-two shards. */
 static int fg_cl_table(fg_cluster_limiter *cl) {
     uint64_t want = (uint64_t)cl->opts.max_keys * 5 / 4 + 1;
-    cl->nshards = want >= 16 * 64 ? 16 : 1;
+    cl->nshards = want >= UINT64_C(16) * 64 ? 16 : 1;
     uint64_t per = (want + cl->nshards - 1) / cl->nshards, slots = 8;
     while (slots < per)
         slots *= 2;

@@ -1091,7 +1091,8 @@ static void fg_cluster_build(struct fg_build *b, const char *path, struct fg_def
         return;
     }
     uint64_t period = lo->period_ns ? lo->period_ns : UINT64_C(1000000000);
-    if (rc != 0 || period / lo->rate < 1000 || period > (UINT64_C(1) << 62) / lo->burst)
+    if (rc != 0 || lo->rate == 0 || lo->burst == 0 || period / lo->rate < 1000 ||
+        period > (UINT64_C(1) << 62) / lo->burst)
         fg_err(b, path, "%s", fg_cluster_range_hint);
     if (fg_nerrs(b) != before)
         return;

@@ -757,7 +757,7 @@ static void fg_cluster_drop(fg_metrics *m, size_t i) {
     fg__free(m->clusters[i]->live);
     fg__free(m->clusters[i]);
     memmove(&m->clusters[i], &m->clusters[i + 1],
-            (m->nclusters - i - 1) * sizeof(*m->clusters));
+            (m->nclusters - i - 1) * sizeof(struct fg_cluster_entry *));
     m->nclusters--;
 }
 
@@ -775,11 +775,11 @@ static int fg_cluster_get(fg_metrics *m, const char *name, struct fg_cluster_ent
         return FG_ETOOMANY;
     if (m->nclusters == m->capclusters) {
         size_t ncap = m->capclusters ? m->capclusters * 2 : 8;
-        struct fg_cluster_entry **g = fg__malloc(ncap * sizeof(*g));
+        struct fg_cluster_entry **g = fg__malloc(ncap * sizeof(struct fg_cluster_entry *));
         if (g == NULL)
             return FG_ENOMEM;
         if (m->nclusters > 0)
-            memcpy(g, m->clusters, m->nclusters * sizeof(*g));
+            memcpy(g, m->clusters, m->nclusters * sizeof(struct fg_cluster_entry *));
         fg__free(m->clusters);
         m->clusters = g;
         m->capclusters = ncap;
@@ -842,12 +842,12 @@ int fg__metrics_add_cluster(fg_metrics *m, const char *name, const fg_cluster_li
     int rc = fg_cluster_get(m, name, &e);
     if (rc == 0 && e->nlive == e->caplive) {
         size_t ncap = e->caplive ? e->caplive * 2 : 2;
-        const fg_cluster_limiter **g = fg__malloc(ncap * sizeof(*g));
+        const fg_cluster_limiter **g = fg__malloc(ncap * sizeof(const fg_cluster_limiter *));
         if (g == NULL) {
             rc = FG_ENOMEM;
         } else {
             if (e->nlive > 0)
-                memcpy(g, e->live, e->nlive * sizeof(*g));
+                memcpy(g, e->live, e->nlive * sizeof(const fg_cluster_limiter *));
             fg__free(e->live);
             e->live = g;
             e->caplive = ncap;
@@ -873,7 +873,8 @@ void fg__metrics_remove_cluster(fg_metrics *m, const fg_cluster_limiter *cl) {
         fg_cluster_stats st;
         if (fg_cluster_limiter_stats(cl, &st) == 0)
             fg_cluster_stats_add(&e->gone, &st);
-        memmove(&e->live[j], &e->live[j + 1], (e->nlive - j - 1) * sizeof(*e->live));
+        memmove(&e->live[j], &e->live[j + 1],
+                (e->nlive - j - 1) * sizeof(const fg_cluster_limiter *));
         if (--e->nlive == 0)
             fg_cluster_drop(m, i); /* the name is gone from the config */
         break;
@@ -1437,8 +1438,10 @@ static int fg_json_cluster(const struct fg_cluster_entry *e, uint64_t now, json_
         char reason[sizeof(e->last.reason)];
         size_t n = 0;
         for (; n < sizeof(reason) - 1 && e->last.reason[n] != '\0'; n++) {
-            unsigned char c = (unsigned char)e->last.reason[n];
-            reason[n] = c >= 0x20 && c < 0x7f ? (char)c : '?';
+            char c = e->last.reason[n];
+            if (c < 0x20 || c >= 0x7f)
+                c = '?';
+            reason[n] = c;
         }
         reason[n] = '\0';
         json_t *ch = json_object();
