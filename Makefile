@@ -211,7 +211,7 @@ test-shell: lib $(TOOL) $(GATEWAY) $(LOADGEN) $(B)/tests/cluster_driver $(B)/tes
 	sh tests/test_headers.sh
 	sh tests/test_gateway.sh $(GATEWAY) $(LOADGEN) $(VARIANT)
 	sh tests/test_cluster.sh $(B)/tests/cluster_driver $(VARIANT)
-	sh tests/test_etcd.sh $(B)/tests/etcd_driver $(VARIANT)
+	sh tests/test_etcd.sh $(B)/tests/etcd_driver $(VARIANT) $(GATEWAY)
 ifeq ($(VARIANT),release)
 	sh tests/test_python.sh $(B)
 	sh tests/test_go.sh $(B)

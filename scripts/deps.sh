@@ -7,7 +7,8 @@
 #          for the gateway example; hiredis and libcurl for the cluster limiter
 #          and the etcd config source, which the core builds without)
 #   servers: redis-server, etcd and etcdctl, which `make check` starts on
-#          127.0.0.1 for the cluster limiter's and the etcd watcher's tests
+#          127.0.0.1 for the cluster limiter's and the etcd watcher's tests,
+#          and python3, which those tests and the gateway's use in every variant
 #   lint:  clang-tidy, cppcheck, clang-format (what `make lint` needs)
 #   promtool: Prometheus's promtool, which `make check` (release) runs on the
 #          metrics exposition (tests/test_promtool.sh)
@@ -54,6 +55,7 @@ servers | all)
     [ -x /usr/bin/redis-server ] || need_cmd redis-server redis-server
     [ -x /usr/bin/etcd ] || need_cmd etcd etcd-server
     [ -x /usr/bin/etcdctl ] || need_cmd etcdctl etcd-client
+    need_cmd python3 python3 # tests/servers.sh and the tests' HTTP probes
     ;;
 esac
 case "$want" in

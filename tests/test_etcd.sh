@@ -23,11 +23,17 @@
 #   latency    put-to-serving time on loopback (median of 20; bound 100 ms)
 #   stop       fg_watch_stop is prompt; the driver exits 0; under asan and
 #              tsan its stderr holds no sanitizer report
+#   gateway    (with GATEWAY) the HTTP gateway example started with --etcd
+#              serves the key's config, then a new one put there; its
+#              /-/config names the source and the revision serving
 #
-# Usage: sh tests/test_etcd.sh DRIVER VARIANT   (VARIANT release | asan | tsan)
+# Usage: sh tests/test_etcd.sh DRIVER VARIANT [GATEWAY]
+#        (VARIANT release | asan | tsan)
 set -u
-driver=${1:?usage: test_etcd.sh DRIVER VARIANT}
+driver=${1:?usage: test_etcd.sh DRIVER VARIANT [GATEWAY]}
 variant=${2:-release}
+gateway=${3:-}
+gw_pid=
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=tests/servers.sh
 . "$here/servers.sh"
@@ -41,6 +47,7 @@ cleanup() {
     exec 3>&- 2>/dev/null
     [ -n "$driver_pid" ] && kill -KILL "$driver_pid" 2>/dev/null
     [ -n "$proxy_pid" ] && kill -KILL "$proxy_pid" 2>/dev/null
+    [ -n "$gw_pid" ] && kill -KILL "$gw_pid" 2>/dev/null
     fg_servers_stop
     rm -rf "$tmp"
 }
@@ -326,6 +333,65 @@ else
         failed "stop: fg_watch_stop took ${stop_ms:-?} ms"
     else
         pass "stop: fg_watch_stop took $stop_ms ms, exit 0, stderr clean"
+    fi
+fi
+
+# gateway: the example's --etcd, end to end over HTTP.
+# gw_config: the gateway's /-/config as "version revision source".
+gw_config() {
+    python3 -c '
+import json, sys, urllib.request
+with urllib.request.urlopen("http://127.0.0.1:%s/-/config" % sys.argv[1], timeout=5) as r:
+    c = json.load(r)
+print(c["version"], c["revision"], c["source"])' "$1" 2>/dev/null
+}
+if [ -n "$gateway" ]; then
+    gkey=/floodgate/test/gateway
+    here_root=$(cd "$here/.." && pwd)
+    gput() { # gput VERSION: the demo config under another version; prints the revision
+        sed "s/\"version\": *\"[^\"]*\"/\"version\": \"$1\"/" \
+            "$here_root/examples/gateway/floodgate.json" > "$tmp/gw.json"
+        ctl put -w json "$gkey" < "$tmp/gw.json" | sed -n 's/.*"revision":\([0-9]*\).*/\1/p'
+    }
+    g1=$(gput gw-etcd-1)
+    # the gateway's TSan suppressions: Concurrency Kit's ring only (test_gateway.sh)
+    TSAN_OPTIONS="$TSAN_OPTIONS:suppressions=$here_root/examples/gateway/tsan.supp" \
+        "$gateway" --port 0 --port-file "$tmp/gw.port" --etcd "$FG_ETCD_URL" "$gkey" --quiet \
+        >"$tmp/gw.out" 2>"$tmp/gw.err" &
+    gw_pid=$!
+    i=0
+    while [ ! -s "$tmp/gw.port" ] && kill -0 "$gw_pid" 2>/dev/null && [ $i -lt $((limit * 20)) ]; do
+        sleep 0.05
+        i=$((i + 1))
+    done
+    gport=$(cat "$tmp/gw.port" 2>/dev/null)
+    first=$(gw_config "$gport")
+    g2=$(gput gw-etcd-2)
+    i=0
+    second=
+    while [ $i -lt $((limit * 20)) ]; do
+        second=$(gw_config "$gport")
+        [ "${second%% *}" = gw-etcd-2 ] && break
+        sleep 0.05
+        i=$((i + 1))
+    done
+    kill -TERM "$gw_pid" 2>/dev/null
+    wait "$gw_pid"
+    grc=$?
+    gw_pid=
+    want1="gw-etcd-1 $g1 etcd $FG_ETCD_URL $gkey"
+    want2="gw-etcd-2 $g2 etcd $FG_ETCD_URL $gkey"
+    if [ "$first" != "$want1" ] || [ "$second" != "$want2" ]; then
+        failed "gateway: /-/config said '$first' then '$second', want '$want1' then '$want2'"
+        tail -5 "$tmp/gw.err"
+    elif [ "$grc" -ne 0 ]; then
+        failed "gateway: exit $grc after SIGTERM"
+        tail -20 "$tmp/gw.err"
+    elif grep -qE 'ERROR: (AddressSanitizer|LeakSanitizer)|WARNING: ThreadSanitizer|runtime error:|SUMMARY: [A-Za-z]+Sanitizer' "$tmp/gw.err"; then
+        failed "gateway: a sanitizer report on the gateway's stderr"
+        grep -E -A30 'ERROR: |WARNING: ThreadSanitizer|runtime error:' "$tmp/gw.err" | head -60
+    else
+        pass "gateway: --etcd served revision $g1, then $g2 put while serving; exit 0"
     fi
 fi
 

@@ -116,6 +116,8 @@ struct gw_server {
     unsigned port;
     const char *port_file;
     const char *config_path; /* NULL: the embedded config */
+    const char *etcd_url;    /* --etcd: the config from this etcd's etcd_key */
+    const char *etcd_key;
     unsigned workers;
     int bare;
     int quiet;
@@ -591,11 +593,19 @@ static void gw_config_info(struct gw_server *srv, struct evhttp_request *req) {
     gw_json_str(out, version);
     evbuffer_add_printf(out, "\",\"generation\":%llu,\"source\":\"",
                         (unsigned long long)fg_runtime_generation(srv->rt));
-    gw_json_str(out, srv->config_path ? srv->config_path : "embedded");
+    if (srv->etcd_url != NULL) {
+        gw_json_str(out, "etcd ");
+        gw_json_str(out, srv->etcd_url);
+        gw_json_str(out, " ");
+        gw_json_str(out, srv->etcd_key);
+    } else {
+        gw_json_str(out, srv->config_path ? srv->config_path : "embedded");
+    }
     evbuffer_add_printf(out,
-                        "\",\"reloads\":{\"attempts\":%llu,\"loaded\":%llu,\"failed\":%llu},",
+                        "\",\"reloads\":{\"attempts\":%llu,\"loaded\":%llu,\"failed\":%llu},"
+                        "\"revision\":%llu,",
                         (unsigned long long)ws.attempts, (unsigned long long)ws.loaded,
-                        (unsigned long long)ws.failed);
+                        (unsigned long long)ws.failed, (unsigned long long)ws.revision);
     pthread_mutex_lock(&srv->info_lock);
     evbuffer_add_printf(out, "\"last_reload\":{\"ok\":%s,\"at_ms\":%llu,\"error\":\"",
                         srv->last_ok ? "true" : "false", (unsigned long long)srv->last_at_ms);
@@ -821,15 +831,18 @@ static int gw_load_config(struct gw_server *srv) {
     int rc;
     if (srv->bare)
         return 0;
+    fg_watch_options wo = FG_WATCH_OPTIONS_INIT;
+    wo.on_reload = gw_on_reload;
+    wo.arg = srv;
+    if (srv->etcd_url != NULL)
+        return fg_runtime_watch_etcd(srv->rt, srv->registry, srv->etcd_url, srv->etcd_key, &wo,
+                                     &srv->watch);
     if (srv->config_path == NULL) {
         rc = fg_runtime_load_json(srv->rt, srv->registry, fg_gateway_default_config,
                                   strlen(fg_gateway_default_config), &errors);
         gw_on_reload(srv->rt, rc, rc == 0 ? NULL : &errors, srv);
         return rc;
     }
-    fg_watch_options wo = FG_WATCH_OPTIONS_INIT;
-    wo.on_reload = gw_on_reload;
-    wo.arg = srv;
     rc = fg_runtime_watch(srv->rt, srv->registry, srv->config_path, &wo, &srv->watch);
     return rc;
 }
@@ -871,6 +884,8 @@ static void gw_usage(FILE *to) {
         "  --port-file FILE     write the bound port to FILE once listening\n"
         "  --config FILE        load FILE and reload it when it changes\n"
         "                       (default: the embedded examples/gateway/floodgate.json)\n"
+        "  --etcd URL KEY       load the config from etcd KEY (e.g. http://127.0.0.1:2379)\n"
+        "                       and apply every change to it\n"
         "  --workers N          handler threads, 1..64 (default 4)\n"
         "  --bare               no floodgate: the same server without the chain\n"
         "  --latency-us N       the orders backends' work per request (default 1000)\n"
@@ -914,6 +929,10 @@ static int gw_options(struct gw_server *srv, int argc, char **argv) {
             srv->port_file = v;
         } else if (strcmp(a, "--config") == 0) {
             srv->config_path = v;
+        } else if (strcmp(a, "--etcd") == 0 && i + 2 < argc) {
+            srv->etcd_url = v;
+            srv->etcd_key = argv[i + 2];
+            i++; /* and the key, with the value below */
         } else if (strcmp(a, "--port") == 0 && gw_number(v, 65535, &n) == 0) {
             srv->port = (unsigned)n;
         } else if (strcmp(a, "--workers") == 0 && gw_number(v, GW_MAX_WORKERS, &n) == 0 &&
@@ -929,6 +948,10 @@ static int gw_options(struct gw_server *srv, int argc, char **argv) {
             return -1;
         }
         i++;
+    }
+    if (srv->etcd_url != NULL && srv->config_path != NULL) {
+        (void)fprintf(stderr, "gateway: --config and --etcd exclude each other\n");
+        return -1;
     }
     return 0;
 }
@@ -980,7 +1003,9 @@ int main(int argc, char **argv) {
     int rc = gw_load_config(srv);
     if (rc != 0) {
         (void)fprintf(stderr, "gateway: cannot load %s: %s\n%s\n",
-                      srv->config_path ? srv->config_path : "the embedded config",
+                      srv->etcd_key      ? srv->etcd_key
+                      : srv->config_path ? srv->config_path
+                                         : "the embedded config",
                       fg_strerror(rc), srv->last_error);
         goto out;
     }
