@@ -92,9 +92,9 @@ typedef enum fg_cluster_mode {
 
 /* A change of mode, as reported to the listener. */
 typedef struct fg_cluster_event {
-    fg_cluster_mode from;
-    fg_cluster_mode to;
-    uint64_t at_ns; /* on the limiter's clock */
+    fg_cluster_mode from; /* the mode before the change */
+    fg_cluster_mode to;   /* the mode after it */
+    uint64_t at_ns;       /* on the limiter's clock */
     /* Entering fallback: why, e.g. "connect 127.0.0.1:6379: Connection
      * refused" or "EVALSHA on 127.0.0.1:6379: timeout after 5 ms". Back in cluster: "". */
     char reason[160];
@@ -136,15 +136,15 @@ typedef struct fg_cluster_options {
     /* The longest a request waits for Redis (connecting, a lease call),
      * 0: 5 ms. Past it the request is decided by the fallback. */
     uint64_t timeout_ns;
-    fg_cluster_fallback fallback;
+    fg_cluster_fallback fallback; /* while Redis is unusable (default: local) */
     uint32_t instances; /* expected instances, for FG_CLUSTER_FALLBACK_LOCAL; 0 means 1 */
     /* Reconnect backoff: the first retry after backoff_min_ns (0: 50 ms),
-     * doubling to backoff_max_ns (0: 2 s), each with up to 50% random
-     * jitter subtracted. Measured on `clock`: with a fake clock the
+     * doubling to backoff_max_ns, each with up to 50% random jitter
+     * subtracted. Measured on the clock below: with a fake clock the
      * limiter reconnects only as the fake time passes. */
     uint64_t backoff_min_ns;
-    uint64_t backoff_max_ns;
-    /* Per key: 0 (one bucket), or the most keys held at once, 1 ..
+    uint64_t backoff_max_ns; /* the longest wait between reconnects (0: 2 s) */
+    /* Per key: 0 (one bucket), or the most keys held at once, from 1 to
      * FG_KEYED_MAX_KEYS; memory is fixed by it. */
     uint32_t max_keys;
     uint32_t key_max; /* longest key in bytes; 0 means FG_KEYED_KEY_MAX_DEFAULT */

@@ -190,7 +190,7 @@ typedef struct fg_watch_options {
      * random jitter (0: 50 ms and 2 s); it starts again from the minimum
      * once a stream is established. */
     uint64_t backoff_min_ns;
-    uint64_t backoff_max_ns;
+    uint64_t backoff_max_ns; /* etcd: the longest wait between reconnects */
 } fg_watch_options;
 
 /* Defaults: 100 ms debounce, no callback; etcd: 2 s timeout, 50 ms to 2 s
