@@ -24,11 +24,11 @@
  * where held_max = lease + ceil(lease / 4) - 1, the most tokens an instance
  * holds (a renewal adds a lease to the quarter left): 1 for lease 1, about
  * 1.25 x lease otherwise. lease 1 is exact (every request is one Redis
- * round trip). A lease's
- * tokens are spent within lease_ttl_ns of being taken or given back
- * (refunded) to the bucket; the tokens of an instance that crashed with a
- * lease are lost to the bucket only until it refills, lease x interval
- * later. docs/scale-out.md has the trade-off in numbers.
+ * round trip). A lease's tokens are spent within lease_ttl_ns of being
+ * taken or given back (refunded) to the bucket; the tokens of an instance
+ * that crashed with a lease (at most held_max) are lost to the bucket only
+ * until it refills, held_max x interval later. docs/scale-out.md has the
+ * trade-off in numbers.
  *
  * Redis unreachable, slow or failing is a designed state, not an outage:
  * the limiter switches to its fallback (a local bucket of rate/instances
