@@ -544,9 +544,14 @@ static int cmd_outage(const args *a) {
                 fb_time += d;
                 episodes++;
                 /* The local bucket: at most burst_l at the start of an episode,
-                 * then rate_l per period (+1 for the rounding). */
-                fb_budget +=
-                    burst_l + (uint64_t)((double)rate_l * (double)d / (double)period) + 1;
+                 * then rate_l per period (+1 for the rounding). A request
+                 * that waited the timeout for the Redis lock while the switch
+                 * was being detected is decided by the fallback too, before
+                 * the event's time: up to one timeout's refill more. */
+                fb_budget += burst_l +
+                             (uint64_t)((double)rate_l * (double)(d + got.timeout_ns) /
+                                        (double)period) +
+                             2;
             }
             fb_since = 0;
             last_rec_real = r->real_ns;
