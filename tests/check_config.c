@@ -1083,7 +1083,19 @@ static int port_pending(const port_hold *p) {
     return poll(&pf, 1, 0) == 1;
 }
 
+static void *no_op_thread(void *arg) { return arg; }
+
+/* The process's threads now. The first call starts and joins one thread:
+ * a sanitizer runtime (TSan's) starts a thread of its own with the
+ * process's first, which must not count as one of ours. */
 static long threads_now(void) {
+    static int warmed;
+    if (!warmed) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, no_op_thread, NULL) == 0)
+            pthread_join(t, NULL);
+        warmed = 1;
+    }
     FILE *f = fopen("/proc/self/status", "r");
     char line[256];
     long n = -1;
