@@ -39,6 +39,7 @@
 
 #include "alloc.h"
 #include "atomic.h"
+#include "cluster_internal.h"
 #include "internal.h"
 #include "siphash.h"
 
@@ -157,6 +158,47 @@ struct fg_cluster_limiter {
     int thread_started;
     int mutex_made;
 };
+
+int fg__cluster_addr_split(const char *addr, const char **host, size_t *host_len, int *port) {
+    if (strncmp(addr, "unix:", 5) == 0) {
+        if (addr[5] != '/')
+            return FG_EINVAL;
+        *host = addr + 5;
+        *host_len = strlen(addr + 5);
+        *port = 0;
+        return 0;
+    }
+    const char *colon = strrchr(addr, ':');
+    if (colon == NULL || colon == addr)
+        return FG_EINVAL;
+    /* The port: 1 to 5 digits, nothing else (no sign, no blanks). */
+    size_t digits = strlen(colon + 1);
+    if (digits == 0 || digits > 5)
+        return FG_EINVAL;
+    long p = 0;
+    for (const char *q = colon + 1; *q != '\0'; q++) {
+        if (*q < '0' || *q > '9')
+            return FG_EINVAL;
+        p = p * 10 + (*q - '0');
+    }
+    if (p < 1 || p > 65535)
+        return FG_EINVAL;
+    const char *h = addr;
+    size_t hlen = (size_t)(colon - addr);
+    if (h[0] == '[') {
+        if (hlen < 3 || h[hlen - 1] != ']')
+            return FG_EINVAL;
+        h++;
+        hlen -= 2;
+    }
+    for (size_t i = 0; i < hlen; i++)
+        if (h[i] == '/' || (unsigned char)h[i] < 0x21 || (unsigned char)h[i] > 0x7e)
+            return FG_EINVAL;
+    *host = h;
+    *host_len = hlen;
+    *port = (int)p;
+    return 0;
+}
 
 int fg_cluster_available(void) {
 #ifdef FG_HAVE_HIREDIS
@@ -958,36 +1000,14 @@ static void *fg_cl_main(void *arg) {
 /* ---- life cycle --------------------------------------------------------------------------
  */
 
-/* Splits "host:port", "[v6]:port" or "unix:/path" into cl->host / cl->port. */
+/* Splits the address into cl->host / cl->port. */
 static int fg_cl_parse_addr(fg_cluster_limiter *cl, const char *addr) {
-    if (strncmp(addr, "unix:", 5) == 0) {
-        if (addr[5] != '/')
-            return FG_EINVAL;
-        cl->host = fg__strndup(addr + 5, strlen(addr + 5));
-        cl->port = 0;
-        return cl->host ? 0 : FG_ENOMEM;
-    }
-    const char *colon = strrchr(addr, ':');
-    if (colon == NULL || colon == addr || colon[1] == '\0')
-        return FG_EINVAL;
-    const char *h = addr;
-    size_t hlen = (size_t)(colon - addr);
-    if (h[0] == '[') {
-        if (hlen < 3 || h[hlen - 1] != ']')
-            return FG_EINVAL;
-        h++;
-        hlen -= 2;
-    }
-    char *end;
-    errno = 0;
-    long port = strtol(colon + 1, &end, 10);
-    if (*end != '\0' || errno != 0 || port < 1 || port > 65535)
-        return FG_EINVAL;
-    for (size_t i = 0; i < hlen; i++)
-        if (h[i] == '/' || (unsigned char)h[i] < 0x21 || (unsigned char)h[i] > 0x7e)
-            return FG_EINVAL;
+    const char *h;
+    size_t hlen;
+    int rc = fg__cluster_addr_split(addr, &h, &hlen, &cl->port);
+    if (rc != 0)
+        return rc;
     cl->host = fg__strndup(h, hlen);
-    cl->port = (int)port;
     return cl->host ? 0 : FG_ENOMEM;
 }
 

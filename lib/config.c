@@ -48,6 +48,7 @@
 #include "floodgate/trace.h"
 
 #include "alloc.h"
+#include "cluster_internal.h"
 #include "internal.h"
 #include "runtime_internal.h"
 
@@ -927,37 +928,14 @@ static void fg_get_positive_duration(struct fg_build *b, const char *path, const
         fg_err(b, path, "must be more than 0 (leave it out for the default)");
 }
 
-/* The Redis address forms fg_cluster_limiter_new accepts
- * (floodgate/cluster.h): "host:port" with a host name or an IPv4 address,
- * "[IPv6]:port", or "unix:/path". Checked here too so that fg_config_check,
- * which never connects, finds a malformed one. */
+/* The Redis address forms fg_cluster_limiter_new accepts, checked with
+ * its own parser so that fg_config_check, which never connects, finds a
+ * malformed one. */
 static int fg_redis_addr_ok(const char *a) {
-    if (strncmp(a, "unix:", 5) == 0)
-        return a[5] == '/';
-    const char *colon = strrchr(a, ':');
-    if (colon == NULL || colon == a)
-        return 0;
-    size_t digits = strlen(colon + 1);
-    unsigned long port = 0;
-    for (const char *q = colon + 1; *q != '\0' && digits <= 5; q++) {
-        if (*q < '0' || *q > '9')
-            return 0;
-        port = port * 10 + (unsigned long)(*q - '0');
-    }
-    if (digits == 0 || digits > 5 || port < 1 || port > 65535)
-        return 0;
-    const char *h = a;
-    size_t hlen = (size_t)(colon - a);
-    if (h[0] == '[') {
-        if (hlen < 3 || h[hlen - 1] != ']')
-            return 0;
-        h++;
-        hlen -= 2;
-    }
-    for (size_t i = 0; i < hlen; i++)
-        if (h[i] == '/' || (unsigned char)h[i] < 0x21 || h[i] == 0x7f)
-            return 0;
-    return 1;
+    const char *host;
+    size_t host_len;
+    int port;
+    return fg__cluster_addr_split(a, &host, &host_len, &port) == 0;
 }
 
 _Static_assert(FG_CLUSTER_ADDR_MAX == 255, "fg_redis_addr_form names the bound");
