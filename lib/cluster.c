@@ -637,11 +637,16 @@ static int fg_cl_take(fg_cluster_limiter *cl, struct fg_cl_lease *l, uint64_t no
     return 0;
 }
 
+/* The retry-after a fallback rejection gives: until the next reconnect
+ * attempt (1 ms when it is due). */
+static uint64_t fg_cl_until_reconnect(fg_cluster_limiter *cl, uint64_t now) {
+    uint64_t next = fg__load_u64(&cl->next_attempt);
+    return next > now ? next - now : 1000000;
+}
+
 /* The fallback's decision. key is NULL for the one bucket. */
 static int fg_cl_fallback(fg_cluster_limiter *cl, const char *key, size_t key_len,
                           uint64_t now, uint64_t n, uint64_t *wait) {
-    uint64_t next = fg__load_u64(&cl->next_attempt);
-    uint64_t until_next = next > now ? next - now : 1000000;
     if (cl->opts.fallback == FG_CLUSTER_FALLBACK_LOCAL) {
         int rc = cl->slots != NULL
                      ? fg_keyed_limiter_try(cl->klocal, key, key_len, now, n, 0, wait)
@@ -650,12 +655,12 @@ static int fg_cl_fallback(fg_cluster_limiter *cl, const char *key, size_t key_le
             /* n fits the cluster's burst but not the local share of it:
              * such a request waits for the cluster. */
             rc = FG_ELIMITED;
-            *wait = until_next;
+            *wait = fg_cl_until_reconnect(cl, now);
         }
         fg__faa_u64(rc == 0 ? &cl->fb_admitted : &cl->fb_rejected, 1);
         return rc == 0 ? 0 : FG_ELIMITED;
     }
-    *wait = until_next;
+    *wait = fg_cl_until_reconnect(cl, now);
     fg__faa_u64(&cl->fb_rejected, 1);
     return FG_ELIMITED;
 }
